@@ -1,0 +1,487 @@
+//! The YAML file format. Every field has a doc comment; `docs/configuration.md` mirrors them.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use protocols::DecodeLimits;
+use residency_rules::{RegionId, TenantId};
+
+use super::{AuthPolicy, Config, HumanDuration, ParquetSinkConfig, Region, Tenant};
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Listener addresses.
+    #[serde(default)]
+    pub listen: ListenFile,
+    /// Per-request decode limits.
+    #[serde(default)]
+    pub limits: LimitsFile,
+    /// How requests are authenticated and tenants identified.
+    #[serde(default)]
+    pub auth: AuthFile,
+    /// Names of the labels the gateway adds.
+    #[serde(default)]
+    pub tags: TagsFile,
+    /// Regions and their sinks. At least one.
+    pub regions: Vec<RegionFile>,
+    /// Known tenants.
+    #[serde(default)]
+    pub tenants: Vec<TenantFile>,
+    /// Graceful shutdown.
+    #[serde(default)]
+    pub shutdown: ShutdownFile,
+}
+
+/// `listen:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    /// HTTP listener (remote-write, health, metrics). Default `0.0.0.0:8080`.
+    #[serde(default = "default_http")]
+    pub http: String,
+}
+
+fn default_http() -> String {
+    "0.0.0.0:8080".to_string()
+}
+
+impl Default for ListenFile {
+    fn default() -> Self {
+        Self {
+            http: default_http(),
+        }
+    }
+}
+
+const DEFAULT_LIMITS: DecodeLimits = DecodeLimits::new_default();
+
+/// `limits:` (defaults in [`DecodeLimits::new_default`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Largest request body (compressed), bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Largest decompressed request, bytes.
+    #[serde(default = "default_max_decompressed_bytes")]
+    pub max_decompressed_bytes: usize,
+    /// Most series in one request.
+    #[serde(default = "default_max_series")]
+    pub max_series_per_request: usize,
+    /// Most labels on one series.
+    #[serde(default = "default_max_labels")]
+    pub max_labels_per_series: usize,
+    /// Longest label name, bytes.
+    #[serde(default = "default_max_name")]
+    pub max_label_name_bytes: usize,
+    /// Longest label value, bytes.
+    #[serde(default = "default_max_value")]
+    pub max_label_value_bytes: usize,
+}
+
+const fn default_max_body_bytes() -> usize {
+    DEFAULT_LIMITS.max_compressed_bytes
+}
+const fn default_max_decompressed_bytes() -> usize {
+    DEFAULT_LIMITS.max_decompressed_bytes
+}
+const fn default_max_series() -> usize {
+    DEFAULT_LIMITS.max_series
+}
+const fn default_max_labels() -> usize {
+    DEFAULT_LIMITS.max_labels_per_series
+}
+const fn default_max_name() -> usize {
+    DEFAULT_LIMITS.max_label_name_bytes
+}
+const fn default_max_value() -> usize {
+    DEFAULT_LIMITS.max_label_value_bytes
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_max_body_bytes(),
+            max_decompressed_bytes: default_max_decompressed_bytes(),
+            max_series_per_request: default_max_series(),
+            max_labels_per_series: default_max_labels(),
+            max_label_name_bytes: default_max_name(),
+            max_label_value_bytes: default_max_value(),
+        }
+    }
+}
+
+/// Authentication mode.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Every request must carry valid credentials (the default with a config file).
+    #[default]
+    Required,
+    /// No authentication; tenant from `X-Scope-OrgID`, else the basic-auth user, else `default`.
+    Off,
+}
+
+/// `auth:`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    /// `required` (default) or `off`.
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// With `required`: accept `X-Scope-OrgID` of a known tenant without credentials. Only
+    /// for a gateway behind a proxy that authenticates and sets the header.
+    #[serde(default)]
+    pub trust_org_id_header: bool,
+    /// With `off`: region for tenants not listed under `tenants`. Required with `off`.
+    #[serde(default)]
+    pub default_region: Option<String>,
+}
+
+/// `tags:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagsFile {
+    /// Label carrying the tenant. Default `tenant`.
+    #[serde(default = "default_tenant_label")]
+    pub tenant_label: String,
+    /// Label carrying the region. Default `region`.
+    #[serde(default = "default_region_label")]
+    pub region_label: String,
+}
+
+fn default_tenant_label() -> String {
+    "tenant".into()
+}
+fn default_region_label() -> String {
+    "region".into()
+}
+
+impl Default for TagsFile {
+    fn default() -> Self {
+        Self {
+            tenant_label: default_tenant_label(),
+            region_label: default_region_label(),
+        }
+    }
+}
+
+/// One entry of `regions:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionFile {
+    /// Region id: ASCII letters, digits, `-`, `_`, `.`.
+    pub id: String,
+    /// The region's sinks; at least one.
+    #[serde(default)]
+    pub sinks: SinksFile,
+}
+
+/// `regions[].sinks:`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SinksFile {
+    /// Parquet files through an object store.
+    #[serde(default)]
+    pub parquet: Option<ParquetFile>,
+}
+
+/// `regions[].sinks.parquet:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetFile {
+    /// Local directory to write under (created if missing).
+    pub path: PathBuf,
+    /// Rotate a file at this many buffered bytes. Default 64 MiB.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: usize,
+    /// Rotate a file when its oldest row is this old. Requests are acknowledged when their
+    /// file is committed, so this bounds request latency. Default `5s`.
+    #[serde(default = "default_max_file_age")]
+    pub max_file_age: HumanDuration,
+    /// Requests queued for the sink before new ones get 503. Default 1024.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+const fn default_max_file_bytes() -> usize {
+    64 << 20
+}
+const fn default_max_file_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+/// Enough for Prometheus' default 50 shards x several in-flight requests per node, small
+/// enough that a stalled sink fills it (and answers 503) within a second of traffic.
+const fn default_queue_capacity() -> usize {
+    1024
+}
+
+/// One entry of `tenants:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantFile {
+    /// Tenant id: ASCII letters, digits, `-`, `_`, `.`; at most 150 bytes.
+    pub id: String,
+    /// Region its data goes to.
+    pub region: String,
+    /// Basic-auth passwords accepted for this tenant (user name = tenant id).
+    #[serde(default)]
+    pub passwords: Vec<String>,
+    /// Bearer tokens that identify this tenant.
+    #[serde(default)]
+    pub bearer_tokens: Vec<String>,
+}
+
+/// `shutdown:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownFile {
+    /// After SIGTERM, answer 503 on `/-/ready` for this long before closing listeners, so
+    /// load balancers stop sending first. Default `0s`.
+    #[serde(default = "default_drain_delay")]
+    pub drain_delay: HumanDuration,
+}
+
+const fn default_drain_delay() -> HumanDuration {
+    HumanDuration(Duration::ZERO)
+}
+
+impl Default for ShutdownFile {
+    fn default() -> Self {
+        Self {
+            drain_delay: default_drain_delay(),
+        }
+    }
+}
+
+fn valid_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl ConfigFile {
+    /// Validates meaning, collecting every problem; each names its field path and value.
+    pub fn validate(self) -> Result<Config, Vec<String>> {
+        let mut problems = Vec::new();
+
+        let http_addr = self
+            .listen
+            .http
+            .parse::<SocketAddr>()
+            .map_err(|e| {
+                problems.push(format!(
+                    "listen.http: {:?} is not an address: {e}",
+                    self.listen.http
+                ))
+            })
+            .ok();
+
+        let l = &self.limits;
+        for (field, v) in [
+            ("max_body_bytes", l.max_body_bytes),
+            ("max_decompressed_bytes", l.max_decompressed_bytes),
+            ("max_series_per_request", l.max_series_per_request),
+            ("max_labels_per_series", l.max_labels_per_series),
+            ("max_label_name_bytes", l.max_label_name_bytes),
+            ("max_label_value_bytes", l.max_label_value_bytes),
+        ] {
+            if v == 0 {
+                problems.push(format!("limits.{field}: must be greater than 0"));
+            }
+        }
+        // Snappy block headers are 32-bit; anything larger could never be reached anyway.
+        if l.max_decompressed_bytes > u32::MAX as usize {
+            problems.push(format!(
+                "limits.max_decompressed_bytes: {} is over 4 GiB, the snappy block maximum",
+                l.max_decompressed_bytes
+            ));
+        }
+        let limits = DecodeLimits {
+            max_compressed_bytes: l.max_body_bytes,
+            max_decompressed_bytes: l.max_decompressed_bytes,
+            max_series: l.max_series_per_request,
+            max_labels_per_series: l.max_labels_per_series,
+            max_label_name_bytes: l.max_label_name_bytes,
+            max_label_value_bytes: l.max_label_value_bytes,
+        };
+
+        for (field, v) in [
+            ("tags.tenant_label", &self.tags.tenant_label),
+            ("tags.region_label", &self.tags.region_label),
+        ] {
+            if !valid_label_name(v) || v.starts_with("__") {
+                problems.push(format!(
+                    "{field}: {v:?} is not a valid label name (letters, digits, '_'; not starting with a digit or '__')"
+                ));
+            }
+        }
+        if self.tags.tenant_label == self.tags.region_label {
+            problems.push(format!(
+                "tags.region_label: {:?} is the same as tags.tenant_label",
+                self.tags.region_label
+            ));
+        }
+
+        if self.regions.is_empty() {
+            problems.push("regions: at least one region is required".to_string());
+        }
+        let mut regions = Vec::new();
+        let mut region_ids = HashSet::new();
+        for (i, r) in self.regions.into_iter().enumerate() {
+            let id = match RegionId::parse(&r.id) {
+                Ok(id) => id,
+                Err(e) => {
+                    problems.push(format!("regions[{i}].id: {e}"));
+                    continue;
+                }
+            };
+            if !region_ids.insert(id.clone()) {
+                problems.push(format!("regions[{i}].id: region {id} is defined twice"));
+            }
+            let parquet = r.sinks.parquet.map(|p| {
+                let prefix = format!("regions[{i}].sinks.parquet");
+                if p.max_file_bytes == 0 {
+                    problems.push(format!("{prefix}.max_file_bytes: must be greater than 0"));
+                }
+                if p.max_file_age.0.is_zero() {
+                    problems.push(format!("{prefix}.max_file_age: must be greater than 0"));
+                }
+                if p.queue_capacity == 0 {
+                    problems.push(format!("{prefix}.queue_capacity: must be greater than 0"));
+                }
+                if p.path.as_os_str().is_empty() {
+                    problems.push(format!("{prefix}.path: must not be empty"));
+                }
+                ParquetSinkConfig {
+                    path: p.path,
+                    max_file_bytes: p.max_file_bytes,
+                    max_file_age: p.max_file_age.0,
+                    queue_capacity: p.queue_capacity,
+                }
+            });
+            if parquet.is_none() {
+                problems.push(format!(
+                    "regions[{i}].sinks: region {id} has no sink; its data would have nowhere to go"
+                ));
+            }
+            regions.push(Region { id, parquet });
+        }
+
+        let mut tenants = HashMap::new();
+        let mut bearer_tokens = HashMap::new();
+        for (i, t) in self.tenants.into_iter().enumerate() {
+            let id = match TenantId::parse(&t.id) {
+                Ok(id) => id,
+                Err(e) => {
+                    problems.push(format!("tenants[{i}].id: {e}"));
+                    continue;
+                }
+            };
+            let region = match RegionId::parse(&t.region) {
+                Ok(r) if region_ids.contains(&r) => Some(r),
+                Ok(r) => {
+                    problems.push(format!(
+                        "tenants[{i}].region: tenant {id} names region {r}, which is not under regions"
+                    ));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("tenants[{i}].region: {e}"));
+                    None
+                }
+            };
+            for (j, p) in t.passwords.iter().enumerate() {
+                if p.is_empty() {
+                    problems.push(format!("tenants[{i}].passwords[{j}]: must not be empty"));
+                }
+            }
+            for (j, tok) in t.bearer_tokens.into_iter().enumerate() {
+                if tok.is_empty() {
+                    problems.push(format!(
+                        "tenants[{i}].bearer_tokens[{j}]: must not be empty"
+                    ));
+                } else if let Some(other) = bearer_tokens.insert(tok, id.clone()) {
+                    problems.push(format!(
+                        "tenants[{i}].bearer_tokens[{j}]: token already identifies tenant {other}"
+                    ));
+                }
+            }
+            if let Some(region) = region {
+                let tenant = Tenant {
+                    id: id.clone(),
+                    region,
+                    passwords: t.passwords,
+                };
+                if tenants.insert(id.clone(), tenant).is_some() {
+                    problems.push(format!("tenants[{i}].id: tenant {id} is defined twice"));
+                }
+            }
+        }
+
+        let auth = match self.auth.mode {
+            AuthMode::Off => match self.auth.default_region.as_deref().map(RegionId::parse) {
+                Some(Ok(r)) if region_ids.contains(&r) => {
+                    Some(AuthPolicy::Off { default_region: r })
+                }
+                Some(Ok(r)) => {
+                    problems.push(format!(
+                        "auth.default_region: region {r} is not under regions"
+                    ));
+                    None
+                }
+                Some(Err(e)) => {
+                    problems.push(format!("auth.default_region: {e}"));
+                    None
+                }
+                None => {
+                    problems.push(
+                        "auth.default_region: required with auth.mode: off (where do unlisted tenants go?)"
+                            .to_string(),
+                    );
+                    None
+                }
+            },
+            AuthMode::Required => {
+                if self.auth.default_region.is_some() {
+                    problems.push(
+                        "auth.default_region: only allowed with auth.mode: off; with required auth every tenant is listed"
+                            .to_string(),
+                    );
+                }
+                let any_credential =
+                    tenants.values().any(|t| !t.passwords.is_empty()) || !bearer_tokens.is_empty();
+                if !any_credential && !self.auth.trust_org_id_header {
+                    problems.push(
+                        "auth.mode: required, but no tenant has passwords or bearer_tokens, so every request would be refused"
+                            .to_string(),
+                    );
+                }
+                Some(AuthPolicy::Required {
+                    trust_org_id_header: self.auth.trust_org_id_header,
+                })
+            }
+        };
+
+        match (http_addr, auth, problems.is_empty()) {
+            (Some(http_addr), Some(auth), true) => Ok(Config {
+                http_addr,
+                limits,
+                auth,
+                tenant_label: self.tags.tenant_label,
+                region_label: self.tags.region_label,
+                regions,
+                tenants,
+                bearer_tokens,
+                drain_delay: self.shutdown.drain_delay.0,
+            }),
+            _ => Err(problems),
+        }
+    }
+}

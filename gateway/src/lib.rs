@@ -1,0 +1,19 @@
+//! Traceo Gateway: the server behind the `traceo-gateway` binary.
+//!
+//! Modules, one per concern (each says what it owns and may call):
+//! - [`config`]: the YAML format, validation, the embedded default;
+//! - [`listen`]: HTTP listener, routes, the mapping of errors to answers;
+//! - [`tenant`]: who sent a request;
+//! - [`pipeline`]: routing a tagged batch to its region's sinks and awaiting durability;
+//! - [`sinks`]: where a region's data goes (Parquet now);
+//! - [`telemetry`]: self-metrics and logs;
+//! - [`server`]: wiring them together and shutting down in order.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod listen;
+pub mod pipeline;
+pub mod server;
+pub mod sinks;
+pub mod telemetry;
+pub mod tenant;

@@ -1,0 +1,313 @@
+//! The HTTP listener: HTTP/1.1 and h2c (prior knowledge) on one port, routes, and the
+//! remote-write handler.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use metrics_exporter_prometheus::PrometheusHandle;
+use protocols::remote_write::{CONTENT_TYPE_PROTOBUF, PROTO_V1, PROTO_V2};
+use residency_rules::TenantId;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::ApiError;
+use crate::config::Config;
+use crate::pipeline::{Pipeline, TaggedBatch};
+use crate::tenant;
+
+/// How long in-flight requests get to finish once the listener stops accepting.
+const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What request handlers share.
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// Routes batches to sinks.
+    pub pipeline: Pipeline,
+    /// Renders `/metrics`; `None` when no recorder is installed (library tests).
+    pub metrics: Option<PrometheusHandle>,
+    /// Set on SIGTERM: readiness fails so load balancers drain this node.
+    pub draining: AtomicBool,
+}
+
+/// Accepts connections until `stop` fires, then lets in-flight requests finish.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let svc = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(route(req, &state).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(GRACEFUL_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("in-flight requests did not finish within {GRACEFUL_TIMEOUT:?}");
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("static response is valid")
+}
+
+async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::POST, "/api/v1/write") => remote_write(req, state).await,
+        (_, "/api/v1/write") => ApiError::MethodNotAllowed("POST").into_response(),
+        (&Method::GET | &Method::HEAD, "/-/healthy") => text(StatusCode::OK, "OK\n"),
+        (&Method::GET | &Method::HEAD, "/-/ready") => {
+            if state.draining.load(Ordering::Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down\n")
+            } else if !state.pipeline.is_ready() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: a sink has stopped\n",
+                )
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let body = state
+                .metrics
+                .as_ref()
+                .map(|h| h.render())
+                .unwrap_or_default();
+            Response::builder()
+                .header(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+                .body(Full::new(Bytes::from(body)))
+                .expect("static response is valid")
+        }
+        (_, "/-/healthy" | "/-/ready" | "/metrics") => {
+            ApiError::MethodNotAllowed("GET").into_response()
+        }
+        _ => ApiError::NotFound.into_response(),
+    }
+}
+
+/// `POST /api/v1/write`: remote-write 1.0. Answers 204 once every sink of the tenant's region
+/// made the data durable.
+async fn remote_write(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let mut tenant: Option<TenantId> = None;
+    let result = remote_write_inner(req, state, &mut tenant).await;
+    let tenant_label = tenant
+        .as_ref()
+        .map_or("unknown", |t| t.as_str())
+        .to_string();
+    let response = match result {
+        Ok(()) => Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(Full::new(Bytes::new()))
+            .expect("static response is valid"),
+        Err(e) => {
+            metrics::counter!("traceo_rejections_total",
+                "protocol" => "remote_write_v1", "tenant" => tenant_label.clone(), "reason" => e.reason())
+            .increment(1);
+            debug!(tenant = %tenant_label, status = %e.status(), error = %e, "remote-write rejected");
+            e.into_response()
+        }
+    };
+    let code = response.status().as_u16().to_string();
+    metrics::counter!("traceo_requests_total",
+        "protocol" => "remote_write_v1", "tenant" => tenant_label.clone(), "code" => code)
+    .increment(1);
+    metrics::histogram!("traceo_request_duration_seconds",
+        "protocol" => "remote_write_v1", "tenant" => tenant_label)
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn remote_write_inner(
+    req: Request<Incoming>,
+    state: &AppState,
+    tenant_out: &mut Option<TenantId>,
+) -> Result<(), ApiError> {
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::Draining);
+    }
+    let headers = req.headers();
+    check_content_type(headers)?;
+    check_content_encoding(headers)?;
+    let tenant = tenant::identify(headers, &state.config).map_err(ApiError::Unauthorized)?;
+    *tenant_out = Some(tenant.clone());
+    let region = state
+        .config
+        .region_of(&tenant)
+        .ok_or_else(|| ApiError::Forbidden(tenant.to_string()))?
+        .clone();
+
+    let limits = state.config.limits;
+    let limit = limits.max_compressed_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let body = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::BodyTooLarge { limit }
+            } else {
+                ApiError::BodyRead(e.to_string())
+            }
+        })?
+        .to_bytes();
+    let labels = [
+        ("protocol", "remote_write_v1".to_string()),
+        ("tenant", tenant.to_string()),
+    ];
+    metrics::counter!("traceo_received_bytes_total", &labels).increment(body.len() as u64);
+
+    let batch = protocols::remote_write::v1::decode(&body, &limits).map_err(ApiError::Decode)?;
+    let samples = batch.sample_count() as u64;
+    let histograms = batch.histogram_count() as u64;
+    let exemplars = batch.exemplar_count() as u64;
+    state
+        .pipeline
+        .submit(Arc::new(TaggedBatch {
+            tenant: tenant.clone(),
+            region,
+            batch,
+        }))
+        .await
+        .map_err(ApiError::Unavailable)?;
+    metrics::counter!("traceo_samples_total", &labels).increment(samples);
+    metrics::counter!("traceo_histograms_total", &labels).increment(histograms);
+    metrics::counter!("traceo_exemplars_total", &labels).increment(exemplars);
+    Ok(())
+}
+
+/// Remote-write 1.0 requires `application/x-protobuf`; a `proto=` parameter other than
+/// `prometheus.WriteRequest` names a message this endpoint does not decode. A missing header is
+/// accepted as 1.0, as older senders omit it.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(v) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| ApiError::UnsupportedMediaType("Content-Type is not visible ASCII".into()))?;
+    let mut parts = s.split(';');
+    let media = parts.next().unwrap_or("").trim();
+    if !media.eq_ignore_ascii_case(CONTENT_TYPE_PROTOBUF) {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "unsupported Content-Type {s:?}: remote-write needs {CONTENT_TYPE_PROTOBUF}"
+        )));
+    }
+    for p in parts {
+        if let Some((k, v)) = p.split_once('=') {
+            let v = v.trim().trim_matches('"');
+            if k.trim().eq_ignore_ascii_case("proto") && v != PROTO_V1 {
+                let hint = if v == PROTO_V2 {
+                    " (remote-write 2.0 is not accepted yet; configure the sender for 1.0)"
+                } else {
+                    ""
+                };
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "unsupported proto {v:?}: this endpoint decodes {PROTO_V1}{hint}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Remote-write bodies are snappy block-compressed; a missing header is taken as snappy (the
+/// body then either decodes or is a 400).
+fn check_content_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str()) {
+        None => Ok(()),
+        Some(Ok(v)) if v.trim().eq_ignore_ascii_case("snappy") => Ok(()),
+        Some(v) => Err(ApiError::UnsupportedMediaType(format!(
+            "unsupported Content-Encoding {:?}: remote-write bodies are snappy",
+            v.unwrap_or("<not ASCII>")
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn with(name: header::HeaderName, v: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_static(v));
+        h
+    }
+
+    #[test]
+    fn content_type_variants() {
+        assert!(check_content_type(&HeaderMap::new()).is_ok());
+        assert!(check_content_type(&with(header::CONTENT_TYPE, "application/x-protobuf")).is_ok());
+        assert!(check_content_type(&with(
+            header::CONTENT_TYPE,
+            "application/x-protobuf;proto=prometheus.WriteRequest"
+        ))
+        .is_ok());
+        assert!(check_content_type(&with(header::CONTENT_TYPE, "application/json")).is_err());
+        let v2 = check_content_type(&with(
+            header::CONTENT_TYPE,
+            "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+        ))
+        .unwrap_err();
+        assert_eq!(v2.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
+    #[test]
+    fn content_encoding_variants() {
+        assert!(check_content_encoding(&HeaderMap::new()).is_ok());
+        assert!(check_content_encoding(&with(header::CONTENT_ENCODING, "snappy")).is_ok());
+        let e = check_content_encoding(&with(header::CONTENT_ENCODING, "gzip")).unwrap_err();
+        assert_eq!(e.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+}

@@ -1,0 +1,142 @@
+//! The one place internal errors become HTTP answers, per the remote-write 1.0 spec: 2xx only
+//! for data made durable, 4xx for requests that must not be retried, 5xx for retryable ones
+//! (remote-write senders retry every 5xx; Prometheus does not retry a 429 unless configured to,
+//! so backpressure is a 503 with `Retry-After`).
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::Full;
+
+use protocols::DecodeError;
+
+use crate::pipeline::SubmitError;
+use crate::tenant::AuthError;
+
+/// Seconds a client should wait after a 503; short, since most causes are momentary.
+const RETRY_AFTER_SECS: u32 = 1;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Wrong `Content-Type` or `Content-Encoding`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// No or bad credentials.
+    #[error("{0}")]
+    Unauthorized(AuthError),
+    /// A tenant the configuration does not route anywhere.
+    #[error("tenant {0} is not allowed to write here")]
+    Forbidden(String),
+    /// The body is over the size limit.
+    #[error("request body is over the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The body could not be read.
+    #[error("reading request body: {0}")]
+    BodyRead(String),
+    /// The body could not be decoded.
+    #[error("{0}")]
+    Decode(DecodeError),
+    /// The data could not be made durable now; retry.
+    #[error("{0}")]
+    Unavailable(SubmitError),
+    /// The gateway is shutting down.
+    #[error("shutting down")]
+    Draining,
+    /// No such path.
+    #[error("not found")]
+    NotFound,
+    /// Path exists, method does not.
+    #[error("method not allowed; use {0}")]
+    MethodNotAllowed(&'static str),
+}
+
+impl ApiError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unauthorized(AuthError::InvalidTenant(_) | AuthError::Malformed(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            ApiError::Decode(e) if e.is_too_large() => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Decode(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unavailable(_) | ApiError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// A short, low-cardinality reason for the rejections metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::BodyRead(_) => "body_read",
+            ApiError::Decode(e) => e.reason(),
+            ApiError::Unavailable(SubmitError::Overloaded { .. }) => "overloaded",
+            ApiError::Unavailable(_) => "sink_unavailable",
+            ApiError::Draining => "draining",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+        }
+    }
+
+    /// The response: status, a plain-text message, and the headers the status calls for.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let mut b = Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+        match &self {
+            ApiError::Unauthorized(_) if status == StatusCode::UNAUTHORIZED => {
+                b = b.header(header::WWW_AUTHENTICATE, "Basic realm=\"traceo\"");
+            }
+            ApiError::Unavailable(_) | ApiError::Draining => {
+                b = b.header(header::RETRY_AFTER, RETRY_AFTER_SECS);
+            }
+            ApiError::MethodNotAllowed(allow) => b = b.header(header::ALLOW, *allow),
+            _ => {}
+        }
+        b.body(Full::new(Bytes::from(format!("{self}\n"))))
+            .expect("static headers are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_errors_are_413_and_content_errors_400() {
+        let too_big = ApiError::Decode(DecodeError::DecompressedTooLarge {
+            claimed: 1 << 32,
+            limit: 10,
+        });
+        assert_eq!(too_big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let bad = ApiError::Decode(DecodeError::MissingMetricName { series: 0 });
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn backpressure_is_retryable_with_retry_after() {
+        let r = ApiError::Unavailable(SubmitError::Overloaded { sink: "s".into() }).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn missing_credentials_ask_for_basic_auth() {
+        let r = ApiError::Unauthorized(AuthError::Missing).into_response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+}

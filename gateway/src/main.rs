@@ -1,0 +1,103 @@
+//! `traceo-gateway`: the binary edge. Parses the command line, loads configuration, installs
+//! telemetry and signal handling, and runs the server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gateway::config::Config;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "traceo-gateway",
+    version,
+    about = "Metrics ingestion edge with data residency"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway. Without --config, runs the embedded default: one region `local`,
+    /// Parquet under ./data, authentication off.
+    Run {
+        /// YAML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and print every problem found.
+    CheckConfig {
+        /// YAML configuration file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(config),
+        Command::CheckConfig { file } => check_config(file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: PathBuf) -> anyhow::Result<()> {
+    let c = Config::load(&file)?;
+    println!(
+        "{}: ok ({} regions, {} tenants, listening on {})",
+        file.display(),
+        c.regions.len(),
+        c.tenants.len(),
+        c.http_addr
+    );
+    Ok(())
+}
+
+fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+    gateway::telemetry::init_logging();
+    let config = match config {
+        Some(path) => Config::load(&path)?,
+        None => {
+            tracing::info!("no --config given: running the embedded default (region local, Parquet under ./data, auth off)");
+            Config::embedded_default()
+        }
+    };
+    let metrics = gateway::telemetry::install_metrics().context("installing metrics recorder")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signal_watch(shutdown.clone()));
+        gateway::server::run(config, Some(metrics), shutdown).await
+    })?;
+    Ok(())
+}
+
+/// SIGTERM (orchestrators) and SIGINT (a person at a terminal) both start a graceful drain.
+async fn signal_watch(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

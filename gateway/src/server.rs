@@ -1,0 +1,100 @@
+//! Starts the sinks and the listener from a validated [`Config`] and shuts them down in the
+//! order that loses nothing: stop answering ready, stop accepting, let in-flight requests
+//! finish (their sinks still run), then flush and stop the sinks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Config;
+use crate::listen::{serve, AppState};
+use crate::pipeline::Pipeline;
+use crate::sinks;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A sink could not start.
+    #[error(transparent)]
+    Sink(#[from] sinks::parquet::StartError),
+}
+
+/// Runs the gateway until `shutdown` fires, then drains and returns.
+pub async fn run(
+    config: Config,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let config = Arc::new(config);
+    let sink_stop = CancellationToken::new();
+    let mut handles = Vec::new();
+    let mut tasks = Vec::new();
+    for region in &config.regions {
+        if let Some(p) = &region.parquet {
+            let (h, t) = sinks::parquet::spawn(
+                region.id.clone(),
+                p.clone(),
+                config.tenant_label.clone(),
+                config.region_label.clone(),
+                sink_stop.clone(),
+            )?;
+            handles.push(h);
+            tasks.push(t);
+        }
+    }
+    let pipeline = Pipeline::new(handles);
+
+    let listener = TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.http_addr,
+            source,
+        })?;
+    info!(addr = %config.http_addr, regions = config.regions.len(), tenants = config.tenants.len(), "traceo-gateway listening");
+
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        pipeline,
+        metrics: metrics.clone(),
+        draining: AtomicBool::new(false),
+    });
+    if let Some(h) = metrics {
+        // Histograms are summarised lazily; upkeep keeps memory flat between scrapes.
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            while tokio::select! { _ = tick.tick() => true, _ = stop.cancelled() => false } {
+                h.run_upkeep();
+            }
+        });
+    }
+
+    let stop_accepting = CancellationToken::new();
+    let server = tokio::spawn(serve(listener, state.clone(), stop_accepting.clone()));
+
+    shutdown.cancelled().await;
+    state.draining.store(true, Ordering::Relaxed);
+    info!(delay = ?config.drain_delay, "draining: readiness now fails");
+    tokio::time::sleep(config.drain_delay).await;
+    stop_accepting.cancel();
+    let _ = server.await;
+    info!("listener closed; flushing sinks");
+    sink_stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    info!("shutdown complete");
+    Ok(())
+}

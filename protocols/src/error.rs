@@ -1,0 +1,153 @@
+//! Typed decode errors. Each variant says what failed and with which size, index or field,
+//! because the message goes back to the client verbatim in a 4xx body.
+
+/// Why a request body could not be decoded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The request body is empty; remote-write always carries at least a snappy header.
+    #[error("request body is empty")]
+    EmptyBody,
+    /// The compressed body is larger than the configured limit.
+    #[error("compressed body is {size} bytes, over the limit of {limit} bytes")]
+    CompressedTooLarge {
+        /// Body size in bytes.
+        size: usize,
+        /// Configured limit in bytes.
+        limit: usize,
+    },
+    /// The snappy header claims a decompressed size over the limit; refused before allocating.
+    #[error("snappy header claims {claimed} decompressed bytes, over the limit of {limit} bytes")]
+    DecompressedTooLarge {
+        /// Size the header claims.
+        claimed: u64,
+        /// Configured limit in bytes.
+        limit: usize,
+    },
+    /// The body is not valid snappy block format.
+    #[error("invalid snappy block: {0}")]
+    Snappy(String),
+    /// The protobuf message ends inside a field.
+    #[error("truncated protobuf: {what} at byte {offset}")]
+    Truncated {
+        /// What was being read.
+        what: &'static str,
+        /// Byte offset in the decompressed message.
+        offset: usize,
+    },
+    /// A field arrived with a wire type its schema does not allow.
+    #[error("invalid protobuf: field {field} of {message} has wire type {wire_type}")]
+    WireType {
+        /// Message being decoded.
+        message: &'static str,
+        /// Field number.
+        field: u32,
+        /// Wire type seen.
+        wire_type: u8,
+    },
+    /// A malformed protobuf construct (bad varint, field number 0, group wire types).
+    #[error("invalid protobuf: {what} at byte {offset}")]
+    Malformed {
+        /// What is wrong.
+        what: &'static str,
+        /// Byte offset in the decompressed message.
+        offset: usize,
+    },
+    /// More series than allowed in one request.
+    #[error("request has more than {limit} series")]
+    TooManySeries {
+        /// Configured limit.
+        limit: usize,
+    },
+    /// More labels on one series than allowed.
+    #[error("series {series} has more than {limit} labels")]
+    TooManyLabels {
+        /// Index of the series in the request.
+        series: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// A label name longer than allowed.
+    #[error("series {series}: label name of {len} bytes is over the limit of {limit}")]
+    LabelNameTooLong {
+        /// Index of the series in the request.
+        series: usize,
+        /// Length in bytes.
+        len: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// A label value longer than allowed.
+    #[error("series {series}: value of label {name:?} is {len} bytes, over the limit of {limit}")]
+    LabelValueTooLong {
+        /// Index of the series in the request.
+        series: usize,
+        /// The label's name.
+        name: String,
+        /// Length in bytes.
+        len: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// A string field that is not valid UTF-8.
+    #[error("series {series}: {what} is not valid UTF-8")]
+    InvalidUtf8 {
+        /// Index of the series in the request (or metadata entry).
+        series: usize,
+        /// Which string.
+        what: &'static str,
+    },
+    /// A label name outside the Prometheus data model (`[a-zA-Z_][a-zA-Z0-9_]*`).
+    #[error("series {series}: invalid label name {name:?}")]
+    InvalidLabelName {
+        /// Index of the series in the request.
+        series: usize,
+        /// The offending name (lossy UTF-8).
+        name: String,
+    },
+    /// Two labels of one series share a name.
+    #[error("series {series}: duplicate label name {name:?}")]
+    DuplicateLabelName {
+        /// Index of the series in the request.
+        series: usize,
+        /// The repeated name.
+        name: String,
+    },
+    /// A series without a `__name__` label.
+    #[error("series {series} has no __name__ label")]
+    MissingMetricName {
+        /// Index of the series in the request.
+        series: usize,
+    },
+}
+
+impl DecodeError {
+    /// True when the error is about size (HTTP 413) rather than content (HTTP 400).
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            DecodeError::CompressedTooLarge { .. } | DecodeError::DecompressedTooLarge { .. }
+        )
+    }
+
+    /// A short, stable, low-cardinality name for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::EmptyBody => "empty_body",
+            DecodeError::CompressedTooLarge { .. } => "body_too_large",
+            DecodeError::DecompressedTooLarge { .. } => "decompressed_too_large",
+            DecodeError::Snappy(_) => "invalid_snappy",
+            DecodeError::Truncated { .. }
+            | DecodeError::WireType { .. }
+            | DecodeError::Malformed { .. } => "invalid_protobuf",
+            DecodeError::TooManySeries { .. } => "too_many_series",
+            DecodeError::TooManyLabels { .. } => "too_many_labels",
+            DecodeError::LabelNameTooLong { .. } => "label_name_too_long",
+            DecodeError::LabelValueTooLong { .. } => "label_value_too_long",
+            DecodeError::InvalidUtf8 { .. } => "invalid_utf8",
+            DecodeError::InvalidLabelName { .. } => "invalid_label_name",
+            DecodeError::DuplicateLabelName { .. } => "duplicate_label_name",
+            DecodeError::MissingMetricName { .. } => "missing_metric_name",
+        }
+    }
+}

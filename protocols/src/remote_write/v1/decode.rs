@@ -1,0 +1,625 @@
+//! Zero-copy decoder for `prometheus.WriteRequest`.
+
+use bytes::Bytes;
+
+use crate::model::{
+    Batch, BucketSpan, ExemplarEntry, Histogram, HistogramCount, Label, MetadataEntry, MetricType,
+    ResetHint, Sample, SeriesEntry, Span,
+};
+use crate::text::StrRange;
+use crate::wire::{zigzag32, zigzag64, Reader, FIXED64, LEN, VARINT};
+use crate::{snappy, DecodeError, DecodeLimits, METRIC_NAME_LABEL};
+
+/// Decodes a snappy-compressed remote-write 1.0 body.
+pub fn decode(body: &[u8], limits: &DecodeLimits) -> Result<Batch, DecodeError> {
+    let buf = snappy::decompress(body, limits)?;
+    decode_message(Bytes::from(buf), limits)
+}
+
+/// Decodes an uncompressed `WriteRequest` message.
+pub fn decode_message(buf: Bytes, limits: &DecodeLimits) -> Result<Batch, DecodeError> {
+    let mut batch = Batch::default();
+    decode_message_into(buf, limits, &mut batch)?;
+    Ok(batch)
+}
+
+/// Decodes an uncompressed `WriteRequest` into `batch`, reusing its column capacity. On error
+/// the batch holds a partial decode and must be cleared before use.
+pub fn decode_message_into(
+    buf: Bytes,
+    limits: &DecodeLimits,
+    batch: &mut Batch,
+) -> Result<(), DecodeError> {
+    batch.clear();
+    if buf.len() > limits.max_decompressed_bytes {
+        return Err(DecodeError::DecompressedTooLarge {
+            claimed: buf.len() as u64,
+            limit: limits.max_decompressed_bytes,
+        });
+    }
+    batch.buf = buf;
+    // Borrow the buffer separately from the columns so the decoder can push into them.
+    let buf = batch.buf.clone();
+    let mut r = Reader::new(&buf, 0, buf.len());
+    while !r.is_empty() {
+        let (field, wt) = r.key()?;
+        match (field, wt) {
+            (1, LEN) => {
+                let (s, e) = r.len_delimited("timeseries")?;
+                if batch.series.len() >= limits.max_series {
+                    return Err(DecodeError::TooManySeries {
+                        limit: limits.max_series,
+                    });
+                }
+                decode_series(&buf, s, e, limits, batch)?;
+            }
+            (3, LEN) => {
+                let (s, e) = r.len_delimited("metadata")?;
+                if batch.metadata.len() >= limits.max_series {
+                    return Err(DecodeError::TooManySeries {
+                        limit: limits.max_series,
+                    });
+                }
+                let idx = batch.metadata.len();
+                let m = decode_metadata(&buf, s, e, idx)?;
+                batch.metadata.push(m);
+            }
+            (1 | 3, _) => return Err(wire_type("WriteRequest", field, wt)),
+            _ => r.skip(wt)?,
+        }
+    }
+    Ok(())
+}
+
+fn wire_type(message: &'static str, field: u32, wire_type: u8) -> DecodeError {
+    DecodeError::WireType {
+        message,
+        field,
+        wire_type,
+    }
+}
+
+/// Label-name charset of the Prometheus data model: `[a-zA-Z_][a-zA-Z0-9_]*`.
+const NAME_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric() || c == b'_';
+        i += 1;
+    }
+    t
+};
+
+#[inline]
+fn valid_label_name(name: &[u8]) -> bool {
+    match name.first() {
+        Some(c) if !c.is_ascii_digit() => name.iter().all(|&c| NAME_CHAR[c as usize]),
+        _ => false,
+    }
+}
+
+fn decode_series(
+    buf: &[u8],
+    start: usize,
+    end: usize,
+    limits: &DecodeLimits,
+    batch: &mut Batch,
+) -> Result<(), DecodeError> {
+    let idx = batch.series.len();
+    let labels_start = batch.labels.len();
+    let samples_start = batch.samples.len();
+    let hist_start = batch.histograms.len();
+    let ex_start = batch.exemplars.len();
+    let mut dropped_empty = false;
+    let mut r = Reader::new(buf, start, end);
+    while !r.is_empty() {
+        let (field, wt) = r.key()?;
+        match (field, wt) {
+            (1, LEN) => {
+                let (s, e) = r.len_delimited("label")?;
+                if batch.labels.len() - labels_start >= limits.max_labels_per_series {
+                    return Err(DecodeError::TooManyLabels {
+                        series: idx,
+                        limit: limits.max_labels_per_series,
+                    });
+                }
+                match decode_label(buf, s, e, idx, limits)? {
+                    Some(label) => batch.labels.push(label),
+                    None => dropped_empty = true,
+                }
+            }
+            (2, LEN) => {
+                let (s, e) = r.len_delimited("sample")?;
+                batch.samples.push(decode_sample(buf, s, e)?);
+            }
+            (3, LEN) => {
+                let (s, e) = r.len_delimited("exemplar")?;
+                let ex = decode_exemplar(buf, s, e, idx, limits, &mut batch.exemplar_labels)?;
+                batch.exemplars.push(ex);
+            }
+            (4, LEN) => {
+                let (s, e) = r.len_delimited("histogram")?;
+                batch.histograms.push(decode_histogram(buf, s, e)?);
+            }
+            (1..=4, _) => return Err(wire_type("TimeSeries", field, wt)),
+            _ => r.skip(wt)?,
+        }
+    }
+    let sorted = sort_and_check(buf, &mut batch.labels[labels_start..], idx)?;
+    let labels = &batch.labels[labels_start..];
+    let has_name = labels
+        .iter()
+        .any(|l| &buf[l.name.start as usize..l.name.end as usize] == METRIC_NAME_LABEL.as_bytes());
+    if !has_name {
+        return Err(DecodeError::MissingMetricName { series: idx });
+    }
+    batch.series.push(SeriesEntry {
+        labels: Span::at(labels_start, batch.labels.len()),
+        samples: Span::at(samples_start, batch.samples.len()),
+        histograms: Span::at(hist_start, batch.histograms.len()),
+        exemplars: Span::at(ex_start, batch.exemplars.len()),
+        raw: Span::at(start, end),
+        spliceable: sorted && !dropped_empty,
+    });
+    Ok(())
+}
+
+/// Sorts labels by name if the sender did not, then rejects duplicates. Returns whether the
+/// labels were already sorted.
+fn sort_and_check(buf: &[u8], labels: &mut [Label], series: usize) -> Result<bool, DecodeError> {
+    let name = |l: &Label| &buf[l.name.start as usize..l.name.end as usize];
+    let mut sorted = true;
+    for w in labels.windows(2) {
+        match name(&w[0]).cmp(name(&w[1])) {
+            std::cmp::Ordering::Less => {}
+            std::cmp::Ordering::Equal => {
+                return Err(DecodeError::DuplicateLabelName {
+                    series,
+                    name: String::from_utf8_lossy(name(&w[0])).into_owned(),
+                })
+            }
+            std::cmp::Ordering::Greater => sorted = false,
+        }
+    }
+    if !sorted {
+        labels.sort_unstable_by(|a, b| name(a).cmp(name(b)));
+        for w in labels.windows(2) {
+            if name(&w[0]) == name(&w[1]) {
+                return Err(DecodeError::DuplicateLabelName {
+                    series,
+                    name: String::from_utf8_lossy(name(&w[0])).into_owned(),
+                });
+            }
+        }
+    }
+    Ok(sorted)
+}
+
+/// Decodes one `Label`; `None` for an empty value (same as absent in the data model).
+#[inline]
+fn decode_label(
+    buf: &[u8],
+    start: usize,
+    end: usize,
+    series: usize,
+    limits: &DecodeLimits,
+) -> Result<Option<Label>, DecodeError> {
+    let mut name = (start, start);
+    let mut value = (start, start);
+    let mut r = Reader::new(buf, start, end);
+    while !r.is_empty() {
+        let (field, wt) = r.key()?;
+        match (field, wt) {
+            (1, LEN) => name = r.len_delimited("label name")?,
+            (2, LEN) => value = r.len_delimited("label value")?,
+            (1 | 2, _) => return Err(wire_type("Label", field, wt)),
+            _ => r.skip(wt)?,
+        }
+    }
+    let name_bytes = &buf[name.0..name.1];
+    if name_bytes.len() > limits.max_label_name_bytes {
+        return Err(DecodeError::LabelNameTooLong {
+            series,
+            len: name_bytes.len(),
+            limit: limits.max_label_name_bytes,
+        });
+    }
+    if !valid_label_name(name_bytes) {
+        if std::str::from_utf8(name_bytes).is_err() {
+            return Err(DecodeError::InvalidUtf8 {
+                series,
+                what: "label name",
+            });
+        }
+        return Err(DecodeError::InvalidLabelName {
+            series,
+            name: String::from_utf8_lossy(name_bytes).into_owned(),
+        });
+    }
+    let value_len = value.1 - value.0;
+    if value_len > limits.max_label_value_bytes {
+        return Err(DecodeError::LabelValueTooLong {
+            series,
+            name: String::from_utf8_lossy(name_bytes).into_owned(),
+            len: value_len,
+            limit: limits.max_label_value_bytes,
+        });
+    }
+    let value = StrRange::validate(buf, value.0, value.1).ok_or(DecodeError::InvalidUtf8 {
+        series,
+        what: "label value",
+    })?;
+    if value_len == 0 {
+        return Ok(None);
+    }
+    // The name passed the ASCII charset check, so it is valid UTF-8.
+    let name = StrRange::validate(buf, name.0, name.1).ok_or(DecodeError::InvalidUtf8 {
+        series,
+        what: "label name",
+    })?;
+    Ok(Some(Label { name, value }))
+}
+
+#[inline]
+fn decode_sample(buf: &[u8], start: usize, end: usize) -> Result<Sample, DecodeError> {
+    let mut s = Sample {
+        value: 0.0,
+        timestamp_ms: 0,
+    };
+    let mut r = Reader::new(buf, start, end);
+    while !r.is_empty() {
+        let (field, wt) = r.key()?;
+        match (field, wt) {
+            (1, FIXED64) => s.value = r.f64()?,
+            (2, VARINT) => s.timestamp_ms = r.varint()? as i64,
+            (1 | 2, _) => return Err(wire_type("Sample", field, wt)),
+            _ => r.skip(wt)?,
+        }
+    }
+    Ok(s)
+}
+
+fn decode_exemplar(
+    buf: &[u8],
+    start: usize,
+    end: usize,
+    series: usize,
+    limits: &DecodeLimits,
+    labels: &mut Vec<Label>,
+) -> Result<ExemplarEntry, DecodeError> {
+    let labels_start = labels.len();
+    let mut ex = ExemplarEntry {
+        labels: Span::default(),
+        value: 0.0,
+        timestamp_ms: 0,
+    };
+    let mut r = Reader::new(buf, start, end);
+    while !r.is_empty() {
+        let (field, wt) = r.key()?;
+        match (field, wt) {
+            (1, LEN) => {
+                let (s, e) = r.len_delimited("exemplar label")?;
+                if labels.len() - labels_start >= limits.max_labels_per_series {
+                    return Err(DecodeError::TooManyLabels {
+                        series,
+                        limit: limits.max_labels_per_series,
+                    });
+                }
+                if let Some(l) = decode_label(buf, s, e, series, limits)? {
+                    labels.push(l);
+                }
+            }
+            (2, FIXED64) => ex.value = r.f64()?,
+            (3, VARINT) => ex.timestamp_ms = r.varint()? as i64,
+            (1..=3, _) => return Err(wire_type("Exemplar", field, wt)),
+            _ => r.skip(wt)?,
+        }
+    }
+    sort_and_check(buf, &mut labels[labels_start..], series)?;
+    ex.labels = Span::at(labels_start, labels.len());
+    Ok(ex)
+}
+
+fn decode_span(buf: &[u8], start: usize, end: usize) -> Result<BucketSpan, DecodeError> {
+    let mut span = BucketSpan::default();
+    let mut r = Reader::new(buf, start, end);
+    while !r.is_empty() {
+        let (field, wt) = r.key()?;
+        match (field, wt) {
+            (1, VARINT) => span.offset = zigzag32(r.varint()?),
+            (2, VARINT) => span.length = r.varint()? as u32,
+            (1 | 2, _) => return Err(wire_type("BucketSpan", field, wt)),
+            _ => r.skip(wt)?,
+        }
+    }
+    Ok(span)
+}
+
+/// Reads a repeated sint64, packed (LEN) or not (VARINT); protobuf parsers must accept both.
+fn read_sint64s(
+    r: &mut Reader<'_>,
+    buf: &[u8],
+    wt: u8,
+    out: &mut Vec<i64>,
+) -> Result<(), DecodeError> {
+    if wt == VARINT {
+        out.push(zigzag64(r.varint()?));
+        return Ok(());
+    }
+    let (s, e) = r.len_delimited("packed sint64")?;
+    let mut p = Reader::new(buf, s, e);
+    while !p.is_empty() {
+        out.push(zigzag64(p.varint()?));
+    }
+    Ok(())
+}
+
+/// Reads a repeated double, packed (LEN) or not (FIXED64).
+fn read_doubles(
+    r: &mut Reader<'_>,
+    buf: &[u8],
+    wt: u8,
+    out: &mut Vec<f64>,
+) -> Result<(), DecodeError> {
+    if wt == FIXED64 {
+        out.push(r.f64()?);
+        return Ok(());
+    }
+    let (s, e) = r.len_delimited("packed double")?;
+    if (e - s) % 8 != 0 {
+        return Err(DecodeError::Malformed {
+            what: "packed double length is not a multiple of 8",
+            offset: s,
+        });
+    }
+    out.extend(
+        buf[s..e]
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("chunks_exact yields 8 bytes"))),
+    );
+    Ok(())
+}
+
+fn decode_histogram(buf: &[u8], start: usize, end: usize) -> Result<Histogram, DecodeError> {
+    let mut h = Histogram::default();
+    let mut r = Reader::new(buf, start, end);
+    while !r.is_empty() {
+        let (field, wt) = r.key()?;
+        match (field, wt) {
+            (1, VARINT) => h.count = HistogramCount::Int(r.varint()?),
+            (2, FIXED64) => h.count = HistogramCount::Float(r.f64()?),
+            (3, FIXED64) => h.sum = r.f64()?,
+            (4, VARINT) => h.schema = zigzag32(r.varint()?),
+            (5, FIXED64) => h.zero_threshold = r.f64()?,
+            (6, VARINT) => h.zero_count = HistogramCount::Int(r.varint()?),
+            (7, FIXED64) => h.zero_count = HistogramCount::Float(r.f64()?),
+            (8, LEN) => {
+                let (s, e) = r.len_delimited("negative span")?;
+                h.negative_spans.push(decode_span(buf, s, e)?);
+            }
+            (9, VARINT | LEN) => read_sint64s(&mut r, buf, wt, &mut h.negative_deltas)?,
+            (10, FIXED64 | LEN) => read_doubles(&mut r, buf, wt, &mut h.negative_counts)?,
+            (11, LEN) => {
+                let (s, e) = r.len_delimited("positive span")?;
+                h.positive_spans.push(decode_span(buf, s, e)?);
+            }
+            (12, VARINT | LEN) => read_sint64s(&mut r, buf, wt, &mut h.positive_deltas)?,
+            (13, FIXED64 | LEN) => read_doubles(&mut r, buf, wt, &mut h.positive_counts)?,
+            (14, VARINT) => h.reset_hint = ResetHint::from_wire(r.varint()?),
+            (15, VARINT) => h.timestamp_ms = r.varint()? as i64,
+            (16, FIXED64 | LEN) => read_doubles(&mut r, buf, wt, &mut h.custom_values)?,
+            (1..=16, _) => return Err(wire_type("Histogram", field, wt)),
+            _ => r.skip(wt)?,
+        }
+    }
+    Ok(h)
+}
+
+fn decode_metadata(
+    buf: &[u8],
+    start: usize,
+    end: usize,
+    idx: usize,
+) -> Result<MetadataEntry, DecodeError> {
+    let mut m = MetadataEntry {
+        metric_type: MetricType::Unknown,
+        family: StrRange::default(),
+        help: StrRange::default(),
+        unit: StrRange::default(),
+    };
+    let text = |(s, e): (usize, usize), what| {
+        StrRange::validate(buf, s, e).ok_or(DecodeError::InvalidUtf8 { series: idx, what })
+    };
+    let mut r = Reader::new(buf, start, end);
+    while !r.is_empty() {
+        let (field, wt) = r.key()?;
+        match (field, wt) {
+            (1, VARINT) => m.metric_type = MetricType::from_wire(r.varint()?),
+            (2, LEN) => {
+                m.family = text(r.len_delimited("metric family name")?, "metric family name")?
+            }
+            (4, LEN) => m.help = text(r.len_delimited("help")?, "help")?,
+            (5, LEN) => m.unit = text(r.len_delimited("unit")?, "unit")?,
+            (1 | 2 | 4 | 5, _) => return Err(wire_type("MetricMetadata", field, wt)),
+            _ => r.skip(wt)?,
+        }
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{put_bytes, put_message};
+
+    fn label(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+        put_message(out, 1, |o| {
+            put_bytes(o, 1, name);
+            put_bytes(o, 2, value);
+        });
+    }
+
+    fn request(series: &[&[(&[u8], &[u8])]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for labels in series {
+            put_message(&mut out, 1, |o| {
+                for (n, v) in labels.iter() {
+                    label(o, n, v);
+                }
+            });
+        }
+        out
+    }
+
+    fn decode_plain(msg: Vec<u8>) -> Result<Batch, DecodeError> {
+        decode_message(Bytes::from(msg), &DecodeLimits::default())
+    }
+
+    #[test]
+    fn rejects_duplicate_label_names() {
+        let msg = request(&[&[(b"__name__", b"up"), (b"job", b"a"), (b"job", b"b")]]);
+        let err = decode_plain(msg).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::DuplicateLabelName {
+                series: 0,
+                name: "job".into()
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_duplicates_hidden_by_unsorted_order() {
+        let msg = request(&[&[(b"job", b"a"), (b"__name__", b"up"), (b"job", b"b")]]);
+        assert!(matches!(
+            decode_plain(msg),
+            Err(DecodeError::DuplicateLabelName { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_invalid_utf8_value() {
+        let msg = request(&[&[(b"__name__", b"up"), (b"job", b"\xff\xfe")]]);
+        assert_eq!(
+            decode_plain(msg).unwrap_err(),
+            DecodeError::InvalidUtf8 {
+                series: 0,
+                what: "label value"
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_label_name_outside_data_model() {
+        for bad in [&b"1abc"[..], b"a-b", b"", b"caf\xc3\xa9"] {
+            let msg = request(&[&[(b"__name__", b"up"), (bad, b"x")]]);
+            assert!(
+                matches!(decode_plain(msg), Err(DecodeError::InvalidLabelName { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_series_without_metric_name() {
+        let msg = request(&[&[(b"job", b"a")]]);
+        assert_eq!(
+            decode_plain(msg).unwrap_err(),
+            DecodeError::MissingMetricName { series: 0 }
+        );
+    }
+
+    #[test]
+    fn sorts_unsorted_labels_and_marks_them_not_spliceable() {
+        let msg = request(&[&[(b"job", b"a"), (b"__name__", b"up")]]);
+        let batch = decode_plain(msg).unwrap();
+        let s = batch.series().next().unwrap();
+        let labels: Vec<_> = s.labels().iter().collect();
+        assert_eq!(labels, vec![("__name__", "up"), ("job", "a")]);
+        assert!(s.spliceable_bytes().is_none());
+    }
+
+    #[test]
+    fn drops_empty_label_values() {
+        let msg = request(&[&[(b"__name__", b"up"), (b"job", b"")]]);
+        let batch = decode_plain(msg).unwrap();
+        let s = batch.series().next().unwrap();
+        assert_eq!(s.labels().len(), 1);
+        assert!(s.spliceable_bytes().is_none());
+    }
+
+    #[test]
+    fn enforces_series_and_label_limits() {
+        let limits = DecodeLimits {
+            max_series: 1,
+            max_labels_per_series: 2,
+            max_label_value_bytes: 3,
+            max_label_name_bytes: 8,
+            ..DecodeLimits::default()
+        };
+        let two = request(&[&[(b"__name__", b"a")], &[(b"__name__", b"b")]]);
+        assert_eq!(
+            decode_message(Bytes::from(two), &limits).unwrap_err(),
+            DecodeError::TooManySeries { limit: 1 }
+        );
+        let three = request(&[&[(b"__name__", b"a"), (b"b", b"1"), (b"c", b"2")]]);
+        assert_eq!(
+            decode_message(Bytes::from(three), &limits).unwrap_err(),
+            DecodeError::TooManyLabels {
+                series: 0,
+                limit: 2
+            }
+        );
+        let long_value = request(&[&[(b"__name__", b"abcd")]]);
+        assert!(matches!(
+            decode_message(Bytes::from(long_value), &limits).unwrap_err(),
+            DecodeError::LabelValueTooLong {
+                len: 4,
+                limit: 3,
+                ..
+            }
+        ));
+        let long_name = request(&[&[(b"__name__", b"a"), (b"abcdefghi", b"1")]]);
+        assert!(matches!(
+            decode_message(Bytes::from(long_name), &limits).unwrap_err(),
+            DecodeError::LabelNameTooLong {
+                len: 9,
+                limit: 8,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rejects_truncated_message() {
+        let mut msg = request(&[&[(b"__name__", b"up")]]);
+        msg.truncate(msg.len() - 2);
+        assert!(matches!(
+            decode_plain(msg),
+            Err(DecodeError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_wrong_wire_type_for_known_field() {
+        // field 1 (timeseries) as a varint.
+        let msg = vec![0x08, 0x01];
+        assert_eq!(
+            decode_plain(msg).unwrap_err(),
+            DecodeError::WireType {
+                message: "WriteRequest",
+                field: 1,
+                wire_type: 0
+            }
+        );
+    }
+
+    #[test]
+    fn skips_unknown_fields() {
+        let mut msg = request(&[&[(b"__name__", b"up")]]);
+        // field 15, varint 7: unknown to WriteRequest.
+        msg.extend_from_slice(&[0x78, 0x07]);
+        assert_eq!(decode_plain(msg).unwrap().series_count(), 1);
+    }
+}

@@ -1,0 +1,133 @@
+//! Encoder for `prometheus.WriteRequest` out of the internal model.
+
+use crate::model::{Batch, BucketSpan, Histogram, HistogramCount, SeriesRef};
+use crate::wire::{
+    put_bytes, put_f64, put_key, put_message, put_uvarint_field, put_varint, zigzag_encode64, LEN,
+    VARINT,
+};
+
+/// Appends `batch` as an uncompressed `WriteRequest` to `out`, copying each series' original
+/// bytes where they are canonical (see [`SeriesRef::spliceable_bytes`]) and re-encoding the
+/// rest.
+pub fn encode(batch: &Batch, out: &mut Vec<u8>) {
+    encode_inner(batch, out, true);
+}
+
+/// Like [`encode`] but re-encodes every series from the model; used to check the splice path
+/// against the model and where labels change.
+pub fn reencode(batch: &Batch, out: &mut Vec<u8>) {
+    encode_inner(batch, out, false);
+}
+
+/// Encodes `batch` and compresses it as one snappy block, ready to send.
+pub fn encode_compressed(batch: &Batch) -> Vec<u8> {
+    let mut raw = Vec::new();
+    encode(batch, &mut raw);
+    crate::snappy::compress(&raw)
+}
+
+fn encode_inner(batch: &Batch, out: &mut Vec<u8>, splice: bool) {
+    for s in batch.series() {
+        match s.spliceable_bytes() {
+            Some(raw) if splice => put_bytes(out, 1, raw),
+            _ => put_message(out, 1, |o| encode_series(&s, o)),
+        }
+    }
+    for m in batch.metadata() {
+        put_message(out, 3, |o| {
+            put_uvarint_field(o, 1, m.metric_type().to_wire());
+            put_bytes(o, 2, m.family().as_bytes());
+            put_bytes(o, 4, m.help().as_bytes());
+            put_bytes(o, 5, m.unit().as_bytes());
+        });
+    }
+}
+
+fn encode_series(s: &SeriesRef<'_>, o: &mut Vec<u8>) {
+    for (name, value) in s.labels().iter() {
+        put_label(o, 1, name, value);
+    }
+    for sample in s.samples() {
+        put_message(o, 2, |o| {
+            put_f64(o, 1, sample.value);
+            put_uvarint_field(o, 2, sample.timestamp_ms as u64);
+        });
+    }
+    for ex in s.exemplars() {
+        put_message(o, 3, |o| {
+            for (name, value) in ex.labels().iter() {
+                put_label(o, 1, name, value);
+            }
+            put_f64(o, 2, ex.value());
+            put_uvarint_field(o, 3, ex.timestamp_ms() as u64);
+        });
+    }
+    for h in s.histograms() {
+        put_message(o, 4, |o| encode_histogram(h, o));
+    }
+}
+
+fn put_label(o: &mut Vec<u8>, field: u32, name: &str, value: &str) {
+    put_message(o, field, |o| {
+        put_bytes(o, 1, name.as_bytes());
+        put_bytes(o, 2, value.as_bytes());
+    });
+}
+
+fn put_count(o: &mut Vec<u8>, int_field: u32, c: HistogramCount) {
+    match c {
+        HistogramCount::Int(v) => put_uvarint_field(o, int_field, v),
+        HistogramCount::Float(v) => put_f64(o, int_field + 1, v),
+    }
+}
+
+fn put_spans(o: &mut Vec<u8>, field: u32, spans: &[BucketSpan]) {
+    for span in spans {
+        put_message(o, field, |o| {
+            put_uvarint_field(o, 1, zigzag_encode64(i64::from(span.offset)));
+            put_uvarint_field(o, 2, u64::from(span.length));
+        });
+    }
+}
+
+fn put_packed_sint64(o: &mut Vec<u8>, field: u32, values: &[i64]) {
+    if values.is_empty() {
+        return;
+    }
+    put_message(o, field, |o| {
+        for &v in values {
+            put_varint(o, zigzag_encode64(v));
+        }
+    });
+}
+
+fn put_packed_f64(o: &mut Vec<u8>, field: u32, values: &[f64]) {
+    if values.is_empty() {
+        return;
+    }
+    put_key(o, field, LEN);
+    put_varint(o, (values.len() * 8) as u64);
+    for v in values {
+        o.extend_from_slice(&v.to_bits().to_le_bytes());
+    }
+}
+
+/// Appends one histogram as a `prometheus.Histogram` message body (no outer tag), the form the
+/// Parquet sink stores for full fidelity.
+pub fn encode_histogram(h: &Histogram, o: &mut Vec<u8>) {
+    put_count(o, 1, h.count);
+    put_f64(o, 3, h.sum);
+    put_key(o, 4, VARINT);
+    put_varint(o, zigzag_encode64(i64::from(h.schema)));
+    put_f64(o, 5, h.zero_threshold);
+    put_count(o, 6, h.zero_count);
+    put_spans(o, 8, &h.negative_spans);
+    put_packed_sint64(o, 9, &h.negative_deltas);
+    put_packed_f64(o, 10, &h.negative_counts);
+    put_spans(o, 11, &h.positive_spans);
+    put_packed_sint64(o, 12, &h.positive_deltas);
+    put_packed_f64(o, 13, &h.positive_counts);
+    put_uvarint_field(o, 14, h.reset_hint.to_wire());
+    put_uvarint_field(o, 15, h.timestamp_ms as u64);
+    put_packed_f64(o, 16, &h.custom_values);
+}

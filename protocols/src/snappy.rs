@@ -1,0 +1,120 @@
+//! Snappy block format with bounds checked before allocating.
+//!
+//! Remote-write bodies use the snappy *block* format (not the framed stream format). The block
+//! starts with a varint of the decompressed length: we read it, compare it with the limit and
+//! only then allocate exactly that many bytes.
+
+use crate::{DecodeError, DecodeLimits};
+
+/// Decompresses a snappy block into `out` (cleared first, capacity reused), enforcing the
+/// compressed and decompressed limits.
+pub fn decompress_into(
+    body: &[u8],
+    limits: &DecodeLimits,
+    out: &mut Vec<u8>,
+) -> Result<(), DecodeError> {
+    if body.is_empty() {
+        return Err(DecodeError::EmptyBody);
+    }
+    if body.len() > limits.max_compressed_bytes {
+        return Err(DecodeError::CompressedTooLarge {
+            size: body.len(),
+            limit: limits.max_compressed_bytes,
+        });
+    }
+    let claimed = claimed_len(body)?;
+    if claimed > limits.max_decompressed_bytes as u64 {
+        return Err(DecodeError::DecompressedTooLarge {
+            claimed,
+            limit: limits.max_decompressed_bytes,
+        });
+    }
+    out.clear();
+    // `claimed` is bounded by the limit above, so this allocation is bounded too.
+    out.resize(claimed as usize, 0);
+    let n = snap::raw::Decoder::new()
+        .decompress(body, out)
+        .map_err(|e| DecodeError::Snappy(e.to_string()))?;
+    out.truncate(n);
+    Ok(())
+}
+
+/// Decompresses a snappy block into a new buffer.
+pub fn decompress(body: &[u8], limits: &DecodeLimits) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::new();
+    decompress_into(body, limits, &mut out)?;
+    Ok(out)
+}
+
+/// Compresses `data` as one snappy block.
+pub fn compress(data: &[u8]) -> Vec<u8> {
+    // Compression of an in-memory buffer only fails if the input exceeds snappy's ~4 GiB
+    // block limit, which the decoded-size limits keep us far below.
+    snap::raw::Encoder::new()
+        .compress_vec(data)
+        .expect("snappy block compression of a bounded buffer cannot fail")
+}
+
+/// The decompressed length a snappy block header claims (an unsigned LEB128 varint of at most
+/// 32 bits, per the snappy format description).
+fn claimed_len(body: &[u8]) -> Result<u64, DecodeError> {
+    let mut value: u64 = 0;
+    for (i, &b) in body.iter().enumerate().take(5) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            if value > u64::from(u32::MAX) {
+                break;
+            }
+            return Ok(value);
+        }
+    }
+    Err(DecodeError::Snappy(
+        "invalid decompressed-length header".to_string(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_header_claiming_4gib_before_allocating() {
+        // varint 0xFFFF_FFFF followed by garbage.
+        let body = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x00, 0x01];
+        let mut out = Vec::new();
+        let err = decompress_into(&body, &DecodeLimits::default(), &mut out).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::DecompressedTooLarge { claimed, .. } if claimed == u64::from(u32::MAX))
+        );
+        assert_eq!(
+            out.capacity(),
+            0,
+            "nothing may be allocated for a refused header"
+        );
+    }
+
+    #[test]
+    fn rejects_body_over_compressed_limit() {
+        let limits = DecodeLimits {
+            max_compressed_bytes: 4,
+            ..DecodeLimits::default()
+        };
+        let err = decompress(&[1, 2, 3, 4, 5], &limits).unwrap_err();
+        assert_eq!(err, DecodeError::CompressedTooLarge { size: 5, limit: 4 });
+    }
+
+    #[test]
+    fn rejects_invalid_block() {
+        let err = decompress(&[0x05, 0xff, 0xff], &DecodeLimits::default()).unwrap_err();
+        assert!(matches!(err, DecodeError::Snappy(_)), "{err:?}");
+    }
+
+    #[test]
+    fn round_trips() {
+        let data = b"hello hello hello hello".repeat(10);
+        assert_eq!(
+            decompress(&compress(&data), &DecodeLimits::default()).unwrap(),
+            data
+        );
+    }
+}
