@@ -1,1 +1,58 @@
-fn main() {}
+//! Remote-write 1.0 decode against the snappy-decompress-only floor of the same bytes.
+//!
+//! Payload: `loadtest::gen` default shape (2000 series x 10 realistic labels x 1 sample, seed
+//! 42), the shape the issue targets and `BENCHMARKS.md` records.
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use loadtest::gen::{Generator, PayloadSpec};
+use protocols::{remote_write::v1, snappy, Batch, DecodeLimits};
+
+fn bench(c: &mut Criterion) {
+    let spec = PayloadSpec::default();
+    let body = Generator::new(spec).next_body(1_700_000_000_000);
+    let limits = DecodeLimits::default();
+    let mut group = c.benchmark_group("remote_write_v1");
+    group.throughput(Throughput::Elements(spec.series_per_request as u64));
+
+    let mut scratch = Vec::new();
+    group.bench_function("snappy_decompress_only", |b| {
+        b.iter(|| {
+            snappy::decompress_into(black_box(&body), &limits, &mut scratch).unwrap();
+            black_box(scratch.len())
+        })
+    });
+
+    group.bench_function("decode", |b| {
+        b.iter(|| {
+            let batch = v1::decode(black_box(&body), &limits).unwrap();
+            black_box(batch.sample_count())
+        })
+    });
+
+    // The server's steady state: column capacity reused between requests.
+    let mut batch = Batch::default();
+    group.bench_function("decode_reusing_columns", |b| {
+        b.iter(|| {
+            let raw = snappy::decompress(black_box(&body), &limits).unwrap();
+            v1::decode_message_into(Bytes::from(raw), &limits, &mut batch).unwrap();
+            black_box(batch.sample_count())
+        })
+    });
+
+    let decoded = v1::decode(&body, &limits).unwrap();
+    let mut out = Vec::new();
+    group.bench_function("encode_splice", |b| {
+        b.iter(|| {
+            out.clear();
+            v1::encode(black_box(&decoded), &mut out);
+            black_box(out.len())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

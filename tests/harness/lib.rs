@@ -1,1 +1,258 @@
+//! Harness for end-to-end tests: real processes on free loopback ports in temp dirs, readiness
+//! waits with deadlines, logs printed when a test fails, children killed on drop, and a reader
+//! for the Parquet files the gateway writes.
+#![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, TimestampMillisecondType};
+use arrow_array::Array;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the loopback interface has free ports")
+}
+
+/// Polls `check` until it returns `Some` or the deadline passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A child process killed when dropped; its output goes to a log file printed if the test
+/// is failing at that moment.
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout and stderr into `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
+        let out = File::create(&log).expect("log file in temp dir");
+        let err = out.try_clone().expect("dup log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    /// The process log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics with the log if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited with {status}; log:\n{}", self.name, self.log());
+        }
+    }
+
+    /// Sends SIGTERM and waits for exit; returns the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        wait_for(&format!("{} to exit", self.name), timeout, || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- {} log ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// An HTTP agent that returns every status instead of turning 4xx/5xx into errors.
+pub fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// GET `url`; `Some((status, body))` if anything answered.
+pub fn get(url: &str) -> Option<(u16, String)> {
+    let mut resp = http().get(url).call().ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    Some((status, body))
+}
+
+/// A running `traceo-gateway`.
+pub struct Gateway {
+    /// The process.
+    pub proc: Proc,
+    /// Its HTTP port on 127.0.0.1.
+    pub port: u16,
+    /// Its temp dir (config, logs, data).
+    pub dir: PathBuf,
+}
+
+impl Gateway {
+    /// Starts the gateway binary `bin` with `config` (YAML; `{port}` and `{dir}` are
+    /// substituted) and waits until `/-/ready` answers 200.
+    pub fn start(bin: &str, dir: &Path, config: &str) -> Gateway {
+        let port = free_port();
+        let yaml = config
+            .replace("{port}", &port.to_string())
+            .replace("{dir}", &dir.display().to_string());
+        let cfg = dir.join("gateway.yaml");
+        std::fs::write(&cfg, yaml).expect("write config");
+        let mut cmd = Command::new(bin);
+        cmd.arg("run").arg("--config").arg(&cfg).current_dir(dir);
+        cmd.env("RUST_LOG", "info");
+        let mut proc = Proc::spawn("traceo-gateway", cmd, dir.join("gateway.log"));
+        let url = format!("http://127.0.0.1:{port}/-/ready");
+        wait_for("gateway readiness", Duration::from_secs(30), || {
+            proc.assert_running();
+            get(&url).filter(|(s, _)| *s == 200)
+        });
+        Gateway {
+            proc,
+            port,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// One row of a gateway Parquet file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// File it came from, relative to the data dir.
+    pub file: String,
+    /// Milliseconds since the epoch.
+    pub timestamp_ms: i64,
+    /// `tenant` column.
+    pub tenant: String,
+    /// `region` column.
+    pub region: String,
+    /// `metric` column.
+    pub metric: String,
+    /// `labels` map column.
+    pub labels: BTreeMap<String, String>,
+    /// `value` column (None for histogram rows).
+    pub value: Option<f64>,
+}
+
+/// Every `*.parquet` file under `dir`, recursively (temporary names are skipped).
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Reads every row of every Parquet file under `dir` with the Arrow reader.
+pub fn read_rows(dir: &Path) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for path in parquet_files(dir) {
+        let file = File::open(&path).expect("open parquet file");
+        let rel = path
+            .strip_prefix(dir)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap_or_else(|e| panic!("{rel} is not a readable Parquet file: {e}"))
+            .build()
+            .expect("build reader");
+        for batch in reader {
+            let batch = batch.expect("read record batch");
+            let col = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .unwrap_or_else(|| panic!("{rel} has no column {name}"))
+                    .clone()
+            };
+            let ts = col("timestamp");
+            let ts = ts.as_primitive::<TimestampMillisecondType>();
+            let tenant = col("tenant");
+            let tenant = tenant.as_string::<i32>();
+            let region = col("region");
+            let region = region.as_string::<i32>();
+            let metric = col("metric");
+            let metric = metric.as_string::<i32>();
+            let value = col("value");
+            let value = value.as_primitive::<Float64Type>();
+            let labels = col("labels");
+            let labels = labels.as_map();
+            for i in 0..batch.num_rows() {
+                let entries = labels.value(i);
+                let keys = entries.column(0).as_string::<i32>();
+                let vals = entries.column(1).as_string::<i32>();
+                let map = (0..entries.len())
+                    .map(|j| (keys.value(j).to_string(), vals.value(j).to_string()))
+                    .collect();
+                rows.push(Row {
+                    file: rel.clone(),
+                    timestamp_ms: ts.value(i),
+                    tenant: tenant.value(i).to_string(),
+                    region: region.value(i).to_string(),
+                    metric: metric.value(i).to_string(),
+                    labels: map,
+                    value: (!value.is_null(i)).then(|| value.value(i)),
+                });
+            }
+        }
+    }
+    rows
+}
