@@ -14,6 +14,14 @@ fn bench(c: &mut Criterion) {
     let spec = PayloadSpec::default();
     let body = Generator::new(spec).next_body(1_700_000_000_000);
     let limits = DecodeLimits::default();
+    let raw_len = snappy::decompress(&body, &limits).map_or(0, |r| r.len());
+    eprintln!(
+        "payload: {} series x {} labels, {} bytes snappy, {} bytes decompressed",
+        spec.series_per_request,
+        spec.labels_per_series,
+        body.len(),
+        raw_len
+    );
     let mut group = c.benchmark_group("remote_write_v1");
     group.throughput(Throughput::Elements(spec.series_per_request as u64));
 
