@@ -303,13 +303,18 @@ impl<'p> TenantView<'p> {
         let mut deny_request: Option<u16> = None;
         for (index, (name, value)) in labels.into_iter().enumerate() {
             let exact = set.exact_rules(name);
-            let pattern = set.pattern_rules();
+            let pattern = set.pattern_rules(name);
             if exact.is_empty() && pattern.is_empty() {
                 continue;
             }
-            for &ri in exact.iter().chain(pattern) {
+            // Exact-name candidates matched by the table lookup; only patterns need a test.
+            let candidates = exact
+                .iter()
+                .map(|&ri| (ri, true))
+                .chain(pattern.iter().map(|&ri| (ri, false)));
+            for (ri, name_known) in candidates {
                 let rule = &rules[ri as usize];
-                if !rule.label.matches(name) {
+                if !name_known && !rule.label.matches(name) {
                     continue;
                 }
                 if let Some(v) = &rule.value {
