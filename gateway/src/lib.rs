@@ -11,8 +11,10 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod explain;
 pub mod listen;
 pub mod pipeline;
+pub mod reload;
 pub mod server;
 pub mod sinks;
 pub mod telemetry;

@@ -1,7 +1,7 @@
 //! `traceo-gateway`: the binary edge. Parses the command line, loads configuration, installs
 //! telemetry and signal handling, and runs the server.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -34,6 +34,21 @@ enum Command {
         /// YAML configuration file.
         file: PathBuf,
     },
+    /// Show the residency decision for one series of one tenant.
+    Explain {
+        /// Residency policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// The series, e.g. '{__name__="x",email="a@b"}' or 'x{email="a@b"}'.
+        #[arg(long)]
+        labels: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +56,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(config),
         Command::CheckConfig { file } => check_config(file),
+        Command::Explain {
+            policy,
+            tenant,
+            labels,
+            json,
+        } => explain(&policy, &tenant, &labels, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,6 +81,23 @@ fn check_config(file: PathBuf) -> anyhow::Result<()> {
         c.tenants.len(),
         c.http_addr
     );
+    Ok(())
+}
+
+fn explain(policy: &Path, tenant: &str, labels: &str, json: bool) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(policy).with_context(|| format!("reading {}", policy.display()))?;
+    let compiled =
+        residency_rules::load(&text).map_err(|e| anyhow::anyhow!("{}: {e}", policy.display()))?;
+    let tenant = residency_rules::TenantId::parse(tenant).context("--tenant")?;
+    let labels =
+        gateway::explain::parse_labels(labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
+    let e = gateway::explain::explain(&compiled, &tenant, &labels);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        print!("{}", gateway::explain::render_text(&e, &labels));
+    }
     Ok(())
 }
 

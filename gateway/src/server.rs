@@ -43,18 +43,12 @@ pub async fn run(
     let mut tasks = Vec::new();
     for region in &config.regions {
         if let Some(p) = &region.parquet {
-            let (h, t) = sinks::parquet::spawn(
-                region.id.clone(),
-                p.clone(),
-                config.tenant_label.clone(),
-                config.region_label.clone(),
-                sink_stop.clone(),
-            )?;
+            let (h, t) = sinks::parquet::spawn(region.id.clone(), p.clone(), sink_stop.clone())?;
             handles.push(h);
             tasks.push(t);
         }
     }
-    let pipeline = Pipeline::new(handles);
+    let pipeline = Pipeline::new(handles, &config.tenant_label, &config.region_label);
 
     let listener = TcpListener::bind(config.http_addr)
         .await
@@ -69,7 +63,21 @@ pub async fn run(
         pipeline,
         metrics: metrics.clone(),
         draining: AtomicBool::new(false),
+        policy: arc_swap::ArcSwap::new(config.policy()),
+        unknown_tenant_status: config
+            .residency
+            .as_ref()
+            .and_then(|r| http::StatusCode::from_u16(r.unknown_tenant_status).ok())
+            .unwrap_or(http::StatusCode::FORBIDDEN),
     });
+    if let Some(settings) = config.residency.clone() {
+        tokio::spawn(crate::reload::watch_policy(
+            config.clone(),
+            settings,
+            state.clone(),
+            shutdown.clone(),
+        ));
+    }
     if let Some(h) = metrics {
         // Histograms are summarised lazily; upkeep keeps memory flat between scrapes.
         let stop = shutdown.clone();

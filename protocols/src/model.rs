@@ -290,6 +290,13 @@ impl Batch {
             .map(move |entry| SeriesRef { batch: self, entry })
     }
 
+    /// The series at `index` in request order.
+    pub fn series_at(&self, index: usize) -> Option<SeriesRef<'_>> {
+        self.series
+            .get(index)
+            .map(|entry| SeriesRef { batch: self, entry })
+    }
+
     /// The metadata entries, in request order.
     pub fn metadata(&self) -> impl ExactSizeIterator<Item = MetadataRef<'_>> + '_ {
         self.metadata.iter().map(move |m| MetadataRef {

@@ -26,7 +26,7 @@ impl RegionSet {
 
 /// Why a tenant's request is refused before any series is looked at.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("tenant {tenant:?} is not known to the residency policy")]
+#[error("tenant {tenant} is not known to the residency policy")]
 pub struct UnknownTenant {
     /// The tenant.
     pub tenant: TenantId,
@@ -114,6 +114,19 @@ impl CompiledPolicy {
                 tenant: tenant.clone(),
             }),
         }
+    }
+
+    /// The view unlisted tenants get under `unknown_tenants: allow`, if any.
+    pub fn unknown_tenant_view(&self) -> Option<TenantView<'_>> {
+        self.unknown.as_ref().map(|entry| TenantView {
+            policy: self,
+            entry,
+        })
+    }
+
+    /// Names of the data classes.
+    pub fn class_names(&self) -> impl Iterator<Item = &str> {
+        self.classes.iter().map(|c| &**c)
     }
 
     /// Whether the policy lists this tenant by name (as opposed to `unknown_tenants: allow`).

@@ -415,7 +415,7 @@ fn unknown_tenant_is_refused_by_default() {
     };
     assert_eq!(
         &*d.reason,
-        "tenant TenantId(\"nobody\") is not known to the residency policy"
+        "tenant nobody is not known to the residency policy"
     );
 }
 

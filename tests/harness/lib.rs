@@ -256,3 +256,48 @@ pub fn read_rows(dir: &Path) -> Vec<Row> {
     }
     rows
 }
+
+/// A snappy-compressed remote-write 1.0 request: one float sample at `timestamp_ms` per
+/// series, each series given as `(name, value)` label pairs (sent in the order given).
+pub fn remote_write_body(series: &[&[(&str, &str)]], timestamp_ms: i64) -> Vec<u8> {
+    use prost::Message;
+    use protocols::remote_write::v1::reference as pb;
+    let req = pb::WriteRequest {
+        timeseries: series
+            .iter()
+            .map(|labels| pb::TimeSeries {
+                labels: labels
+                    .iter()
+                    .map(|(n, v)| pb::Label {
+                        name: n.to_string(),
+                        value: v.to_string(),
+                    })
+                    .collect(),
+                samples: vec![pb::Sample {
+                    value: 1.0,
+                    timestamp: timestamp_ms,
+                }],
+                ..Default::default()
+            })
+            .collect(),
+        metadata: vec![],
+    };
+    protocols::snappy::compress(&req.encode_to_vec())
+}
+
+/// POSTs a remote-write body with the protobuf and snappy headers plus `headers`; returns
+/// the status and the response body.
+pub fn post_remote_write(url: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = http()
+        .post(url)
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "snappy")
+        .header("x-prometheus-remote-write-version", "0.1.0");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req.send(body).expect("gateway answers");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, text)
+}

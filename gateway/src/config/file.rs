@@ -10,7 +10,9 @@ use serde::Deserialize;
 use protocols::DecodeLimits;
 use residency_rules::{RegionId, TenantId};
 
-use super::{AuthPolicy, Config, HumanDuration, ParquetSinkConfig, Region, Tenant};
+use super::{
+    AuthPolicy, Config, HumanDuration, ParquetSinkConfig, Region, ResidencySettings, Tenant,
+};
 
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
@@ -36,6 +38,31 @@ pub struct ConfigFile {
     /// Graceful shutdown.
     #[serde(default)]
     pub shutdown: ShutdownFile,
+    /// The residency policy. Without it, an implicit policy sends each tenant to its
+    /// `tenants[].region` (and unlisted tenants to `auth.default_region`).
+    #[serde(default)]
+    pub residency: Option<ResidencyFile>,
+}
+
+/// `residency:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResidencyFile {
+    /// Policy file (see `docs/residency.md`); relative paths are relative to this file.
+    pub policy: PathBuf,
+    /// Status for a tenant the policy does not know: 401 or 403 (default).
+    #[serde(default = "default_unknown_tenant_status")]
+    pub unknown_tenant_status: u16,
+    /// How often the policy file is checked for changes (SIGHUP reloads at once). Default `5s`.
+    #[serde(default = "default_policy_poll")]
+    pub poll_interval: HumanDuration,
+}
+
+const fn default_unknown_tenant_status() -> u16 {
+    403
+}
+const fn default_policy_poll() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
 }
 
 /// `listen:`
@@ -228,8 +255,9 @@ const fn default_queue_capacity() -> usize {
 pub struct TenantFile {
     /// Tenant id: ASCII letters, digits, `-`, `_`, `.`; at most 150 bytes.
     pub id: String,
-    /// Region its data goes to.
-    pub region: String,
+    /// Region its data goes to. Only without `residency.policy` (the policy decides then).
+    #[serde(default)]
+    pub region: Option<String>,
     /// Basic-auth passwords accepted for this tenant (user name = tenant id).
     #[serde(default)]
     pub passwords: Vec<String>,
@@ -270,6 +298,23 @@ impl ConfigFile {
     /// Validates meaning, collecting every problem; each names its field path and value.
     pub fn validate(self) -> Result<Config, Vec<String>> {
         let mut problems = Vec::new();
+        let has_policy = self.residency.is_some();
+        let residency = self.residency.as_ref().map(|r| {
+            if r.unknown_tenant_status != 401 && r.unknown_tenant_status != 403 {
+                problems.push(format!(
+                    "residency.unknown_tenant_status: {} is neither 401 nor 403",
+                    r.unknown_tenant_status
+                ));
+            }
+            if r.poll_interval.0.is_zero() {
+                problems.push("residency.poll_interval: must be greater than 0".to_string());
+            }
+            ResidencySettings {
+                policy_file: r.policy.clone(),
+                unknown_tenant_status: r.unknown_tenant_status,
+                poll_interval: r.poll_interval.0,
+            }
+        });
 
         let http_addr = self
             .listen
@@ -384,17 +429,30 @@ impl ConfigFile {
                     continue;
                 }
             };
-            let region = match RegionId::parse(&t.region) {
-                Ok(r) if region_ids.contains(&r) => Some(r),
-                Ok(r) => {
+            let region = match (t.region.as_deref().map(RegionId::parse), has_policy) {
+                (Some(_), true) => {
                     problems.push(format!(
-                        "tenants[{i}].region: tenant {id} names region {r}, which is not under regions"
+                        "tenants[{i}].region: the residency policy (residency.policy) decides where tenant {id}'s data goes; remove this field"
                     ));
                     None
                 }
-                Err(e) => {
+                (None, true) => None,
+                (None, false) => {
+                    problems.push(format!(
+                        "tenants[{i}].region: required (or configure residency.policy)"
+                    ));
+                    continue;
+                }
+                (Some(Ok(r)), false) if region_ids.contains(&r) => Some(r),
+                (Some(Ok(r)), false) => {
+                    problems.push(format!(
+                        "tenants[{i}].region: tenant {id} names region {r}, which is not under regions"
+                    ));
+                    continue;
+                }
+                (Some(Err(e)), false) => {
                     problems.push(format!("tenants[{i}].region: {e}"));
-                    None
+                    continue;
                 }
             };
             for (j, p) in t.passwords.iter().enumerate() {
@@ -413,23 +471,32 @@ impl ConfigFile {
                     ));
                 }
             }
-            if let Some(region) = region {
-                let tenant = Tenant {
-                    id: id.clone(),
-                    region,
-                    passwords: t.passwords,
-                };
-                if tenants.insert(id.clone(), tenant).is_some() {
-                    problems.push(format!("tenants[{i}].id: tenant {id} is defined twice"));
-                }
+            let tenant = Tenant {
+                id: id.clone(),
+                region,
+                passwords: t.passwords,
+            };
+            if tenants.insert(id.clone(), tenant).is_some() {
+                problems.push(format!("tenants[{i}].id: tenant {id} is defined twice"));
             }
         }
 
         let auth = match self.auth.mode {
-            AuthMode::Off => match self.auth.default_region.as_deref().map(RegionId::parse) {
-                Some(Ok(r)) if region_ids.contains(&r) => {
-                    Some(AuthPolicy::Off { default_region: r })
+            AuthMode::Off if has_policy => {
+                if self.auth.default_region.is_some() {
+                    problems.push(
+                        "auth.default_region: the residency policy's unknown_tenants decides where unlisted tenants go; remove this field"
+                            .to_string(),
+                    );
                 }
+                Some(AuthPolicy::Off {
+                    default_region: None,
+                })
+            }
+            AuthMode::Off => match self.auth.default_region.as_deref().map(RegionId::parse) {
+                Some(Ok(r)) if region_ids.contains(&r) => Some(AuthPolicy::Off {
+                    default_region: Some(r),
+                }),
                 Some(Ok(r)) => {
                     problems.push(format!(
                         "auth.default_region: region {r} is not under regions"
@@ -480,6 +547,8 @@ impl ConfigFile {
                 tenants,
                 bearer_tokens,
                 drain_delay: self.shutdown.drain_delay.0,
+                residency,
+                policy: None,
             }),
             _ => Err(problems),
         }

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use protocols::DecodeLimits;
-use residency_rules::{RegionId, TenantId};
+use residency_rules::{CompiledPolicy, PolicyError, RegionId, TenantId};
+use std::sync::Arc;
 
 /// The configuration the embedded default runs: one region `local`, Parquet under `./data`,
 /// authentication off.
@@ -68,8 +69,9 @@ pub enum AuthPolicy {
     /// No authentication: tenant from `X-Scope-OrgID`, else the basic-auth user, else
     /// `default`; tenants not listed go to `default_region`.
     Off {
-        /// Region for tenants not listed in `tenants`.
-        default_region: RegionId,
+        /// Region for tenants not listed in `tenants` (implicit policy only; with a policy
+        /// file its `unknown_tenants` decides).
+        default_region: Option<RegionId>,
     },
     /// Credentials required: basic auth (user = tenant, password checked) or a bearer token.
     Required {
@@ -83,8 +85,8 @@ pub enum AuthPolicy {
 pub struct Tenant {
     /// The tenant.
     pub id: TenantId,
-    /// Where its data goes.
-    pub region: RegionId,
+    /// Where its data goes (implicit policy only; with a policy file the policy decides).
+    pub region: Option<RegionId>,
     /// Accepted basic-auth passwords (several, for rotation).
     pub passwords: Vec<String>,
 }
@@ -132,6 +134,21 @@ pub struct Config {
     pub bearer_tokens: HashMap<String, TenantId>,
     /// Time between SIGTERM (readiness turns 503) and closing the listeners.
     pub drain_delay: Duration,
+    /// The policy file settings; `None` for the implicit policy.
+    pub residency: Option<ResidencySettings>,
+    /// The residency policy in force at load (the server swaps in reloads).
+    pub policy: Option<Arc<CompiledPolicy>>,
+}
+
+/// `residency:` validated.
+#[derive(Debug, Clone)]
+pub struct ResidencySettings {
+    /// The policy file, resolved against the config file's directory.
+    pub policy_file: PathBuf,
+    /// 401 or 403 for a tenant the policy does not know.
+    pub unknown_tenant_status: u16,
+    /// How often the file is checked for changes.
+    pub poll_interval: Duration,
 }
 
 impl Config {
@@ -157,19 +174,169 @@ impl Config {
             file: file.to_string(),
             message: e.to_string(),
         })?;
-        parsed.validate().map_err(|problems| ConfigError::Invalid {
+        let mut config = parsed.validate().map_err(|problems| ConfigError::Invalid {
             file: file.to_string(),
             problems,
-        })
+        })?;
+        let invalid = |problems| ConfigError::Invalid {
+            file: file.to_string(),
+            problems,
+        };
+        let policy = match config.residency.as_mut() {
+            Some(settings) => {
+                if settings.policy_file.is_relative() {
+                    if let Some(dir) = Path::new(file).parent() {
+                        settings.policy_file = dir.join(&settings.policy_file);
+                    }
+                }
+                let settings = settings.clone();
+                config.load_policy(&settings).map_err(invalid)?
+            }
+            None => config.implicit_policy().map_err(|e| invalid(e.problems))?,
+        };
+        config.policy = Some(Arc::new(policy));
+        Ok(config)
     }
 
-    /// The region a tenant's data goes to, or `None` for a tenant that is not allowed.
-    pub fn region_of(&self, tenant: &TenantId) -> Option<&RegionId> {
-        match (self.tenants.get(tenant), &self.auth) {
-            (Some(t), _) => Some(&t.region),
-            (None, AuthPolicy::Off { default_region }) => Some(default_region),
-            (None, AuthPolicy::Required { .. }) => None,
+    /// The residency policy loaded with this configuration.
+    pub fn policy(&self) -> Arc<CompiledPolicy> {
+        match &self.policy {
+            Some(p) => p.clone(),
+            // `from_yaml` always sets it; a hand-built Config without one refuses everyone.
+            None => Arc::new(
+                residency_rules::load("regions: [{id: none, jurisdiction: none}]")
+                    .expect("the refuse-all policy compiles"),
+            ),
         }
+    }
+
+    /// The policy a configuration without `residency.policy` implies: each listed tenant in
+    /// its `region` only, unlisted tenants in `auth.default_region` (auth off) or refused.
+    fn implicit_policy(&self) -> Result<CompiledPolicy, PolicyError> {
+        use residency_rules::policy::{RegionPolicy, TenantPolicy, UnknownTenants};
+        let policy = residency_rules::Policy {
+            regions: self
+                .regions
+                .iter()
+                .map(|r| RegionPolicy {
+                    id: r.id.to_string(),
+                    jurisdiction: "unspecified".into(),
+                    tags: Default::default(),
+                })
+                .collect(),
+            tenants: self
+                .tenants
+                .values()
+                .filter_map(|t| {
+                    t.region.as_ref().map(|r| TenantPolicy {
+                        id: t.id.to_string(),
+                        home: r.to_string(),
+                        allowed: Vec::new(),
+                        default_class: None,
+                    })
+                })
+                .collect(),
+            unknown_tenants: match &self.auth {
+                AuthPolicy::Off {
+                    default_region: Some(r),
+                } => UnknownTenants::Allow {
+                    home: r.to_string(),
+                    allowed: Vec::new(),
+                },
+                _ => UnknownTenants::Deny,
+            },
+            classes: Default::default(),
+            rules: Vec::new(),
+            hash_key: None,
+        };
+        residency_rules::compile(&policy)
+    }
+
+    /// Reads and compiles the policy file of `settings` and checks it against this
+    /// configuration; every problem names the policy file.
+    pub fn load_policy(&self, settings: &ResidencySettings) -> Result<CompiledPolicy, Vec<String>> {
+        let name = settings.policy_file.display().to_string();
+        let text = std::fs::read_to_string(&settings.policy_file)
+            .map_err(|e| vec![format!("residency.policy: cannot read {name}: {e}")])?;
+        let policy = residency_rules::load(&text).map_err(|e| {
+            e.problems
+                .into_iter()
+                .map(|p| format!("residency.policy ({name}): {p}"))
+                .collect::<Vec<_>>()
+        })?;
+        let problems = self.check_policy(&policy, &name);
+        if problems.is_empty() {
+            Ok(policy)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// What makes a policy unusable with this configuration's sinks and credentials: a
+    /// region with sinks the policy does not know (its sinks would never receive data), a
+    /// tenant or data class whose allowed regions have no sink here, a tenant with
+    /// credentials the policy would refuse.
+    pub fn check_policy(&self, policy: &CompiledPolicy, policy_name: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        let has_sink = |r: &RegionId| {
+            self.regions
+                .iter()
+                .any(|g| &g.id == r && g.parquet.is_some())
+        };
+        for (i, r) in self.regions.iter().enumerate() {
+            if !policy.has_region(&r.id) {
+                problems.push(format!(
+                    "regions[{i}].id: region {} is not in the residency policy {policy_name}, so its sinks would never receive data",
+                    r.id
+                ));
+            }
+        }
+        let mut views: Vec<(String, residency_rules::TenantView<'_>)> = Vec::new();
+        let mut ids: Vec<&TenantId> = policy.tenant_ids().collect();
+        ids.sort();
+        for t in ids {
+            if let Ok(v) = policy.tenant(t) {
+                views.push((format!("tenant {t}"), v));
+            }
+        }
+        if let Some(v) = policy.unknown_tenant_view() {
+            views.push(("unknown_tenants".to_string(), v));
+        }
+        for (who, view) in &views {
+            let names = |set| {
+                view.route(set)
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if !view.route(view.default_regions()).any(has_sink) {
+                problems.push(format!(
+                    "residency.policy ({policy_name}): {who}: none of its allowed regions ({}) has a sink in this configuration",
+                    names(view.default_regions())
+                ));
+            }
+            for class in policy.class_names() {
+                if let Some(set) = view.class_regions(class) {
+                    if !view.route(set).any(has_sink) {
+                        problems.push(format!(
+                            "residency.policy ({policy_name}): {who}: class {class} allows only ({}), and none has a sink in this configuration",
+                            names(set)
+                        ));
+                    }
+                }
+            }
+        }
+        let mut tenants: Vec<&Tenant> = self.tenants.values().collect();
+        tenants.sort_by(|a, b| a.id.cmp(&b.id));
+        for t in tenants {
+            if policy.tenant(&t.id).is_err() {
+                problems.push(format!(
+                    "tenants: tenant {} has credentials here but the residency policy {policy_name} does not know it, so all its requests would be refused",
+                    t.id
+                ));
+            }
+        }
+        problems
     }
 }
 

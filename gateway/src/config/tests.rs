@@ -89,8 +89,8 @@ tenants: [{ id: acme, region: us }]
     let c = Config::from_yaml("g.yaml", yaml).unwrap();
     let acme = TenantId::parse("acme").unwrap();
     let other = TenantId::parse("other").unwrap();
-    assert_eq!(c.region_of(&acme).unwrap().as_str(), "us");
-    assert_eq!(c.region_of(&other).unwrap().as_str(), "eu");
+    assert_eq!(home(&c, &acme).as_deref(), Some("us"));
+    assert_eq!(home(&c, &other).as_deref(), Some("eu"));
 }
 
 #[test]
@@ -100,5 +100,125 @@ regions: [{ id: eu, sinks: { parquet: { path: /tmp/x } } }]
 tenants: [{ id: acme, region: eu, passwords: [p] }]
 "#;
     let c = Config::from_yaml("g.yaml", yaml).unwrap();
-    assert!(c.region_of(&TenantId::parse("stranger").unwrap()).is_none());
+    assert!(home(&c, &TenantId::parse("stranger").unwrap()).is_none());
+}
+
+/// The implicit policy's home region of a tenant, `None` when it is refused.
+fn home(c: &Config, t: &TenantId) -> Option<String> {
+    let p = c.policy();
+    let h = p.tenant(t).ok().map(|v| v.home().to_string());
+    h
+}
+
+/// Writes a gateway config and a policy beside it; returns the load result's message.
+fn load_with_policy(gateway: &str, policy: &str) -> Result<Config, String> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
+    let file = dir.path().join("gateway.yaml");
+    std::fs::write(&file, gateway).unwrap();
+    Config::load(&file).map_err(|e| {
+        e.to_string()
+            .replace(&dir.path().display().to_string(), "DIR")
+    })
+}
+
+const TWO_REGION_POLICY: &str = r#"
+regions:
+  - { id: eu-west, jurisdiction: EU }
+  - { id: eu-central, jurisdiction: EU }
+  - { id: us-east, jurisdiction: US }
+tenants:
+  - { id: eu-only, home: eu-west }
+  - { id: eu-failover, home: eu-west, allowed: [eu-west, eu-central] }
+  - { id: us-only, home: us-east }
+classes:
+  personal: { scope: home }
+"#;
+
+#[test]
+fn policy_file_loads_relative_to_the_config() {
+    let c = load_with_policy(
+        r#"
+auth: { mode: off }
+residency: { policy: policy.yaml }
+regions:
+  - { id: eu-west, sinks: { parquet: { path: /tmp/eu } } }
+  - { id: us-east, sinks: { parquet: { path: /tmp/us } } }
+"#,
+        TWO_REGION_POLICY,
+    )
+    .unwrap();
+    let p = c.policy();
+    let v = p.tenant(&TenantId::parse("eu-failover").unwrap()).unwrap();
+    let route: Vec<String> = v.route(v.allowed()).map(|r| r.to_string()).collect();
+    assert_eq!(route, ["eu-west", "eu-central"]);
+}
+
+#[test]
+fn refuses_sinks_of_a_region_the_policy_lacks_and_tenants_without_sinks() {
+    let err = load_with_policy(
+        r#"
+auth: { mode: off }
+residency: { policy: policy.yaml }
+regions:
+  - { id: eu-central, sinks: { parquet: { path: /tmp/eu } } }
+  - { id: mars, sinks: { parquet: { path: /tmp/mars } } }
+"#,
+        TWO_REGION_POLICY,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        "DIR/gateway.yaml: invalid configuration:
+  - regions[1].id: region mars is not in the residency policy DIR/policy.yaml, so its sinks would never receive data
+  - residency.policy (DIR/policy.yaml): tenant eu-failover: class personal allows only (eu-west), and none has a sink in this configuration
+  - residency.policy (DIR/policy.yaml): tenant eu-only: none of its allowed regions (eu-west) has a sink in this configuration
+  - residency.policy (DIR/policy.yaml): tenant eu-only: class personal allows only (eu-west), and none has a sink in this configuration
+  - residency.policy (DIR/policy.yaml): tenant us-only: none of its allowed regions (us-east) has a sink in this configuration
+  - residency.policy (DIR/policy.yaml): tenant us-only: class personal allows only (us-east), and none has a sink in this configuration"
+    );
+}
+
+#[test]
+fn refuses_region_fields_that_the_policy_owns() {
+    let err = load_with_policy(
+        r#"
+auth: { mode: required }
+residency: { policy: policy.yaml, unknown_tenant_status: 404 }
+regions:
+  - { id: eu-west, sinks: { parquet: { path: /tmp/eu } } }
+  - { id: us-east, sinks: { parquet: { path: /tmp/us } } }
+tenants:
+  - { id: eu-only, region: eu-west, passwords: [p] }
+"#,
+        TWO_REGION_POLICY,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        "DIR/gateway.yaml: invalid configuration:
+  - residency.unknown_tenant_status: 404 is neither 401 nor 403
+  - tenants[0].region: the residency policy (residency.policy) decides where tenant eu-only's data goes; remove this field"
+    );
+}
+
+#[test]
+fn refuses_credentials_for_a_tenant_the_policy_would_refuse() {
+    let err = load_with_policy(
+        r#"
+residency: { policy: policy.yaml }
+regions:
+  - { id: eu-west, sinks: { parquet: { path: /tmp/eu } } }
+  - { id: us-east, sinks: { parquet: { path: /tmp/us } } }
+tenants:
+  - { id: stranger, passwords: [p] }
+"#,
+        TWO_REGION_POLICY,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        "DIR/gateway.yaml: invalid configuration:
+  - tenants: tenant stranger has credentials here but the residency policy DIR/policy.yaml does not know it, so all its requests would be refused"
+    );
 }

@@ -15,14 +15,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use metrics_exporter_prometheus::PrometheusHandle;
 use protocols::remote_write::{CONTENT_TYPE_PROTOBUF, PROTO_V1, PROTO_V2};
-use residency_rules::TenantId;
+use protocols::Batch;
+use residency_rules::{CompiledPolicy, DenyScope, SeriesDecision, TenantId, TenantView};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::ApiError;
 use crate::config::Config;
-use crate::pipeline::{Pipeline, TaggedBatch};
+use crate::pipeline::{Pipeline, Plan};
 use crate::tenant;
 
 /// How long in-flight requests get to finish once the listener stops accepting.
@@ -38,6 +39,10 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Set on SIGTERM: readiness fails so load balancers drain this node.
     pub draining: AtomicBool,
+    /// The residency policy in force; reloads swap it whole.
+    pub policy: arc_swap::ArcSwap<CompiledPolicy>,
+    /// Status for a tenant the policy does not know (401 or 403).
+    pub unknown_tenant_status: StatusCode,
 }
 
 /// Accepts connections until `stop` fires, then lets in-flight requests finish.
@@ -175,11 +180,14 @@ async fn remote_write_inner(
     check_content_encoding(headers)?;
     let tenant = tenant::identify(headers, &state.config).map_err(ApiError::Unauthorized)?;
     *tenant_out = Some(tenant.clone());
-    let region = state
-        .config
-        .region_of(&tenant)
-        .ok_or_else(|| ApiError::Forbidden(tenant.to_string()))?
-        .clone();
+    // One policy for the whole request, even if a reload swaps it meanwhile.
+    let policy = state.policy.load_full();
+    let view = policy
+        .tenant(&tenant)
+        .map_err(|e| ApiError::UnknownTenant {
+            status: state.unknown_tenant_status,
+            message: e.to_string(),
+        })?;
 
     let limits = state.config.limits;
     let limit = limits.max_compressed_bytes;
@@ -211,19 +219,49 @@ async fn remote_write_inner(
     let samples = batch.sample_count() as u64;
     let histograms = batch.histogram_count() as u64;
     let exemplars = batch.exemplar_count() as u64;
-    state
-        .pipeline
-        .submit(Arc::new(TaggedBatch {
-            tenant: tenant.clone(),
-            region,
-            batch,
-        }))
-        .await
-        .map_err(ApiError::Unavailable)?;
+    let plan = plan(&view, &tenant, &batch)?;
+    if !plan.is_empty() {
+        state
+            .pipeline
+            .submit(&view, &tenant, batch, plan)
+            .await
+            .map_err(ApiError::Unavailable)?;
+    }
     metrics::counter!("traceo_samples_total", &labels).increment(samples);
     metrics::counter!("traceo_histograms_total", &labels).increment(histograms);
     metrics::counter!("traceo_exemplars_total", &labels).increment(exemplars);
     Ok(())
+}
+
+/// Residency decisions for every series of `batch`: where each may go and what to edit. A
+/// tenant without label rules skips the per-series loop. A `deny_request` match refuses the
+/// whole request before anything reaches a sink; `deny_series` drops the series (counted).
+fn plan(view: &TenantView<'_>, tenant: &TenantId, batch: &Batch) -> Result<Plan, ApiError> {
+    if !view.has_rules() {
+        return Ok(Plan::all(view.default_regions()));
+    }
+    let mut plan = Plan::default();
+    for (i, series) in batch.series().enumerate() {
+        match view.decide(series.labels().iter()) {
+            SeriesDecision::Allow { regions, edits } => {
+                plan.add(i as u32, regions, &edits, view, &series)
+            }
+            SeriesDecision::Deny(d) => {
+                let rule = d.rule.as_deref().unwrap_or("classes").to_string();
+                let scope = match d.scope {
+                    DenyScope::Request => "request",
+                    DenyScope::Series => "series",
+                };
+                metrics::counter!("traceo_residency_denied_total",
+                    "tenant" => tenant.to_string(), "scope" => scope, "rule" => rule)
+                .increment(1);
+                if d.scope == DenyScope::Request {
+                    return Err(ApiError::PolicyDenied(d.reason.to_string()));
+                }
+            }
+        }
+    }
+    Ok(plan)
 }
 
 /// Remote-write 1.0 requires `application/x-protobuf`; a `proto=` parameter other than

@@ -24,9 +24,17 @@ pub enum ApiError {
     /// No or bad credentials.
     #[error("{0}")]
     Unauthorized(AuthError),
-    /// A tenant the configuration does not route anywhere.
-    #[error("tenant {0} is not allowed to write here")]
-    Forbidden(String),
+    /// A tenant the residency policy does not know: 401 or 403 by config.
+    #[error("{message}")]
+    UnknownTenant {
+        /// 401 or 403.
+        status: StatusCode,
+        /// What to tell the client.
+        message: String,
+    },
+    /// A residency rule refused the request.
+    #[error("refused by residency policy: {0}")]
+    PolicyDenied(String),
     /// The body is over the size limit.
     #[error("request body is over the limit of {limit} bytes")]
     BodyTooLarge {
@@ -62,7 +70,8 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::UnknownTenant { status, .. } => *status,
+            ApiError::PolicyDenied(_) => StatusCode::FORBIDDEN,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::Decode(e) if e.is_too_large() => StatusCode::PAYLOAD_TOO_LARGE,
@@ -78,7 +87,8 @@ impl ApiError {
         match self {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
+            ApiError::UnknownTenant { .. } => "unknown_tenant",
+            ApiError::PolicyDenied(_) => "policy_denied",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::BodyRead(_) => "body_read",
             ApiError::Decode(e) => e.reason(),

@@ -1,27 +1,157 @@
-//! The pipeline: from a decoded, tagged batch to every sink of its region, and back with an
-//! acknowledgement once each of them has made the data durable.
+//! The pipeline: from a decoded batch and its residency decisions to the sinks of the regions
+//! those decisions allow, and back with an acknowledgement once each sink has made its part
+//! durable.
 //!
-//! It owns the region -> sinks routing table, built once from the validated configuration, so a
-//! batch can only ever be handed to sinks of its own region. It never touches bytes on the wire
-//! (that is `listen` and `protocols`) nor storage (that is `sinks`).
+//! It owns the region -> sinks routing table. A caller cannot name a region: it hands over a
+//! [`Plan`] of residency [`RegionSet`]s, and the pipeline resolves each set through
+//! [`TenantView::route`] (which only yields the tenant's allowed regions) to the first region
+//! that has sinks. A route outside a tenant's allowed regions has no way to be expressed here.
+//! It never touches bytes on the wire (that is `listen` and `protocols`) nor storage (`sinks`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use protocols::Batch;
-use residency_rules::{RegionId, TenantId};
+use protocols::{Batch, SeriesRef};
+use residency_rules::{EditOp, LabelEdit, RegionId, RegionSet, TenantId, TenantView};
 
 use crate::sinks::{SinkError, SinkHandle};
 
-/// One request's data with the identity the gateway attached to it.
+/// A label edit with its replacement value already computed (hashes need the policy key,
+/// which sinks do not hold).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedEdit {
+    /// Index of the label in the series' (sorted) label list.
+    pub index: u16,
+    /// `None`: drop the label; `Some(v)`: replace its value with `v`.
+    pub replacement: Option<String>,
+}
+
+/// Where each series of a request goes: groups of series sharing one region set, and the
+/// label edits of the series that have any.
+#[derive(Debug, Default)]
+pub struct Plan {
+    groups: Vec<(RegionSet, Vec<u32>)>,
+    all: Option<RegionSet>,
+    edits: HashMap<u32, Box<[ResolvedEdit]>>,
+}
+
+impl Plan {
+    /// Every series of the batch to `set`, unedited: the common case, no per-series work.
+    pub fn all(set: RegionSet) -> Plan {
+        Plan {
+            all: Some(set),
+            ..Plan::default()
+        }
+    }
+
+    /// Adds one series with its decision.
+    pub fn add(
+        &mut self,
+        series: u32,
+        set: RegionSet,
+        edits: &[LabelEdit],
+        view: &TenantView<'_>,
+        labels: &SeriesRef<'_>,
+    ) {
+        match self.groups.iter_mut().find(|(s, _)| *s == set) {
+            Some((_, list)) => list.push(series),
+            None => self.groups.push((set, vec![series])),
+        }
+        if !edits.is_empty() {
+            let resolved = edits
+                .iter()
+                .map(|e| ResolvedEdit {
+                    index: e.index,
+                    replacement: match e.op {
+                        EditOp::Drop => None,
+                        EditOp::Hash => labels
+                            .labels()
+                            .iter()
+                            .nth(e.index as usize)
+                            .map(|(_, v)| view.policy().hash_value(v)),
+                    },
+                })
+                .collect();
+            self.edits.insert(series, resolved);
+        }
+    }
+
+    /// Whether no series is routed anywhere (all denied).
+    pub fn is_empty(&self) -> bool {
+        self.all.is_none() && self.groups.is_empty()
+    }
+}
+
+/// One region's share of a request, with the identity and tags the gateway attached.
 #[derive(Debug)]
 pub struct TaggedBatch {
     /// Whose data this is.
     pub tenant: TenantId,
-    /// The region it was routed to.
+    /// The region it was routed to: always one of the tenant's allowed regions.
     pub region: RegionId,
-    /// The decoded request.
-    pub batch: Batch,
+    /// The decoded request (shared by every region's share).
+    pub batch: Arc<Batch>,
+    /// Indices of the series routed here, ascending; `None` for all of them.
+    pub selection: Option<Vec<u32>>,
+    /// Label edits by series index.
+    pub edits: Arc<HashMap<u32, Box<[ResolvedEdit]>>>,
+    /// Labels the gateway adds: tenant, region, then the region's policy tags.
+    pub tags: Arc<[(String, String)]>,
+}
+
+impl TaggedBatch {
+    /// The series of this share with their stored labels (see [`output_labels`]).
+    pub fn series(&self) -> impl Iterator<Item = (SeriesRef<'_>, Vec<(Cow<'_, str>, &str)>)> {
+        let all: Box<dyn Iterator<Item = u32> + '_> = match &self.selection {
+            None => Box::new(0..self.batch.series_count() as u32),
+            Some(sel) => Box::new(sel.iter().copied()),
+        };
+        all.filter_map(move |i| {
+            let series = self.batch.series_at(i as usize)?;
+            let edits = self.edits.get(&i).map_or(&[][..], |e| &e[..]);
+            let labels = output_labels(&series, edits, &self.tags);
+            Some((series, labels))
+        })
+    }
+}
+
+/// A series' labels as stored: the client's labels (including `__name__`) after residency
+/// edits, a client label named like a gateway tag renamed `exported_<name>` (repeatedly, until
+/// free) so no client can spoof its tenant or region, then the tags; sorted by name.
+pub fn output_labels<'a>(
+    series: &SeriesRef<'a>,
+    edits: &'a [ResolvedEdit],
+    tags: &'a [(String, String)],
+) -> Vec<(Cow<'a, str>, &'a str)> {
+    let labels = series.labels();
+    let mut out: Vec<(Cow<'a, str>, &'a str)> = Vec::with_capacity(labels.len() + tags.len());
+    for (i, (name, value)) in labels.iter().enumerate() {
+        let value = match edits.iter().find(|e| e.index as usize == i) {
+            Some(ResolvedEdit {
+                replacement: None, ..
+            }) => continue,
+            Some(ResolvedEdit {
+                replacement: Some(h),
+                ..
+            }) => h.as_str(),
+            None => value,
+        };
+        if tags.iter().any(|(t, _)| t == name) {
+            let mut renamed = format!("exported_{name}");
+            while labels.get(&renamed).is_some() || tags.iter().any(|(t, _)| *t == renamed) {
+                renamed.insert_str(0, "exported_");
+            }
+            out.push((Cow::Owned(renamed), value));
+        } else {
+            out.push((Cow::Borrowed(name), value));
+        }
+    }
+    for (name, value) in tags {
+        out.push((Cow::Borrowed(name.as_str()), value.as_str()));
+    }
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 /// Why a batch was not made durable. Every variant is retryable by the client.
@@ -47,26 +177,35 @@ pub enum SubmitError {
         /// What went wrong.
         error: SinkError,
     },
-    /// No sink serves the region (prevented by config validation; kept as an error, not a panic).
-    #[error("no sink serves region {0}")]
-    NoRoute(RegionId),
+    /// None of the allowed regions has a sink (prevented by config validation, kept as an
+    /// error rather than a panic; the data goes nowhere rather than out of its regions).
+    #[error("no sink serves any region allowed for tenant {0}")]
+    NoRoute(TenantId),
 }
 
-/// Routes batches to the sinks of their region.
+/// Routes batches to the sinks of allowed regions.
 #[derive(Clone)]
 pub struct Pipeline {
     routes: Arc<HashMap<RegionId, Vec<SinkHandle>>>,
+    tenant_label: Arc<str>,
+    region_label: Arc<str>,
 }
 
 impl Pipeline {
     /// Builds the routing table from sink handles, each tagged with its one region.
-    pub fn new(sinks: impl IntoIterator<Item = SinkHandle>) -> Self {
+    pub fn new(
+        sinks: impl IntoIterator<Item = SinkHandle>,
+        tenant_label: &str,
+        region_label: &str,
+    ) -> Self {
         let mut routes: HashMap<RegionId, Vec<SinkHandle>> = HashMap::new();
         for s in sinks {
             routes.entry(s.region().clone()).or_default().push(s);
         }
         Self {
             routes: Arc::new(routes),
+            tenant_label: tenant_label.into(),
+            region_label: region_label.into(),
         }
     }
 
@@ -75,16 +214,76 @@ impl Pipeline {
         self.routes.values().flatten().all(SinkHandle::is_running)
     }
 
-    /// Hands `batch` to every sink of its region and waits until all made it durable.
-    pub async fn submit(&self, batch: Arc<TaggedBatch>) -> Result<(), SubmitError> {
-        let sinks = self
-            .routes
-            .get(&batch.region)
-            .ok_or_else(|| SubmitError::NoRoute(batch.region.clone()))?;
+    /// Whether some region has sinks.
+    pub fn serves(&self, region: &RegionId) -> bool {
+        self.routes.get(region).is_some_and(|s| !s.is_empty())
+    }
+
+    /// The region a set resolves to: the first of the tenant's allowed regions, in failover
+    /// order, that has sinks here.
+    fn resolve<'v>(&self, view: &TenantView<'v>, set: RegionSet) -> Option<&'v RegionId> {
+        view.route(set).find(|r| self.serves(r))
+    }
+
+    /// Hands each group of `plan` to every sink of its region and waits until all made it
+    /// durable. Nothing is submitted unless every group has a region.
+    pub async fn submit(
+        &self,
+        view: &TenantView<'_>,
+        tenant: &TenantId,
+        batch: Batch,
+        plan: Plan,
+    ) -> Result<(), SubmitError> {
+        let batch = Arc::new(batch);
+        let edits = Arc::new(plan.edits);
+        let mut shares: Vec<(RegionId, Option<Vec<u32>>)> = Vec::new();
+        let groups: Vec<(RegionSet, Option<Vec<u32>>)> = match plan.all {
+            Some(set) => vec![(set, None)],
+            None => plan.groups.into_iter().map(|(s, l)| (s, Some(l))).collect(),
+        };
+        for (set, selection) in groups {
+            let region = self
+                .resolve(view, set)
+                .ok_or_else(|| SubmitError::NoRoute(tenant.clone()))?;
+            match shares.iter_mut().find(|(r, _)| r == region) {
+                // Two sets resolving to one region: merge, keeping indices ascending.
+                Some((_, Some(existing))) => {
+                    if let Some(more) = selection {
+                        existing.extend(more);
+                        existing.sort_unstable();
+                    }
+                }
+                Some((_, None)) => {}
+                None => shares.push((region.clone(), selection)),
+            }
+        }
         // Enqueue everywhere first so sinks work in parallel, then wait for every ack.
-        let mut acks = Vec::with_capacity(sinks.len());
-        for sink in sinks {
-            acks.push((sink, sink.enqueue(batch.clone())?));
+        let mut acks = Vec::new();
+        for (region, selection) in shares {
+            let mut tags: Vec<(String, String)> = vec![
+                (self.tenant_label.to_string(), tenant.to_string()),
+                (self.region_label.to_string(), region.to_string()),
+            ];
+            for (k, v) in view.policy().region_tags(&region).iter() {
+                if *k != *self.tenant_label && *k != *self.region_label {
+                    tags.push((k.clone(), v.clone()));
+                }
+            }
+            let share = Arc::new(TaggedBatch {
+                tenant: tenant.clone(),
+                region: region.clone(),
+                batch: batch.clone(),
+                selection,
+                edits: edits.clone(),
+                tags: tags.into(),
+            });
+            let sinks = self
+                .routes
+                .get(&region)
+                .ok_or_else(|| SubmitError::NoRoute(tenant.clone()))?;
+            for sink in sinks {
+                acks.push((sink, sink.enqueue(share.clone())?));
+            }
         }
         for (sink, ack) in acks {
             match ack.await {
@@ -103,5 +302,99 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use protocols::remote_write::v1::reference as pb;
+    use protocols::DecodeLimits;
+
+    fn batch(labels: &[(&str, &str)]) -> Batch {
+        use prost::Message;
+        let req = pb::WriteRequest {
+            timeseries: vec![pb::TimeSeries {
+                labels: labels
+                    .iter()
+                    .map(|(n, v)| pb::Label {
+                        name: n.to_string(),
+                        value: v.to_string(),
+                    })
+                    .collect(),
+                samples: vec![pb::Sample {
+                    value: 1.0,
+                    timestamp: 1,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        protocols::remote_write::v1::decode_message(
+            Bytes::from(req.encode_to_vec()),
+            &DecodeLimits::default(),
+        )
+        .unwrap()
+    }
+
+    fn tags() -> Vec<(String, String)> {
+        vec![
+            ("tenant".into(), "acme".into()),
+            ("region".into(), "eu-west".into()),
+        ]
+    }
+
+    #[test]
+    fn spoofed_tags_are_kept_as_exported() {
+        let b = batch(&[
+            ("__name__", "up"),
+            ("exported_region", "x"),
+            ("region", "us-east"),
+            ("tenant", "evil"),
+        ]);
+        let s = b.series().next().unwrap();
+        let tags = tags();
+        let out = output_labels(&s, &[], &tags);
+        let out: Vec<(&str, &str)> = out.iter().map(|(k, v)| (k.as_ref(), *v)).collect();
+        assert_eq!(
+            out,
+            [
+                ("__name__", "up"),
+                ("exported_exported_region", "us-east"),
+                ("exported_region", "x"),
+                ("exported_tenant", "evil"),
+                ("region", "eu-west"),
+                ("tenant", "acme"),
+            ]
+        );
+    }
+
+    #[test]
+    fn edits_drop_and_replace() {
+        let b = batch(&[("__name__", "up"), ("email", "a@b"), ("user", "42")]);
+        let s = b.series().next().unwrap();
+        let edits = [
+            ResolvedEdit {
+                index: 1,
+                replacement: None,
+            },
+            ResolvedEdit {
+                index: 2,
+                replacement: Some("h".into()),
+            },
+        ];
+        let tags = tags();
+        let out = output_labels(&s, &edits, &tags);
+        let out: Vec<(&str, &str)> = out.iter().map(|(k, v)| (k.as_ref(), *v)).collect();
+        assert_eq!(
+            out,
+            [
+                ("__name__", "up"),
+                ("region", "eu-west"),
+                ("tenant", "acme"),
+                ("user", "h"),
+            ]
+        );
     }
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use object_store::local::LocalFileSystem;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use protocols::METRIC_NAME_LABEL;
 use residency_rules::{RegionId, TenantId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -27,7 +28,7 @@ use tracing::{error, info};
 
 use super::{Ack, SinkError, SinkHandle, SinkRequest};
 use crate::config::ParquetSinkConfig;
-use rows::{LabelTags, Rows};
+use rows::Rows;
 
 pub use rows::schema;
 
@@ -96,7 +97,6 @@ struct ParquetSink {
     cfg: ParquetSinkConfig,
     root: PathBuf,
     store: Arc<dyn ObjectStore>,
-    tags: LabelTags,
     partitions: HashMap<PartitionKey, Partition>,
     buffered_bytes: usize,
 }
@@ -105,8 +105,6 @@ struct ParquetSink {
 pub fn spawn(
     region: RegionId,
     cfg: ParquetSinkConfig,
-    tenant_label: String,
-    region_label: String,
     cancel: CancellationToken,
 ) -> Result<(SinkHandle, JoinHandle<()>), StartError> {
     let dir_err = |source| StartError::Dir {
@@ -127,7 +125,6 @@ pub fn spawn(
         region: region.clone(),
         root,
         store: Arc::new(store),
-        tags: LabelTags::new(tenant_label, region_label),
         cfg,
         partitions: HashMap::new(),
         buffered_bytes: 0,
@@ -163,8 +160,13 @@ impl ParquetSink {
 
     async fn accept(&mut self, req: SinkRequest) {
         let batch = &req.batch;
-        for series in batch.batch.series() {
-            let labels = self.tags.labels_of(&series, &batch.tenant, &self.region);
+        debug_assert_eq!(batch.region, self.region, "the pipeline routes by region");
+        for (series, labels) in batch.series() {
+            // `__name__` is the `metric` column.
+            let labels: Vec<_> = labels
+                .into_iter()
+                .filter(|(k, _)| k != METRIC_NAME_LABEL)
+                .collect();
             let metric = series.metric_name();
             for s in series.samples() {
                 let p = partition(

@@ -9,57 +9,11 @@ use arrow_schema::{ArrowError, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use protocols::{Histogram, SeriesRef, METRIC_NAME_LABEL};
+use protocols::Histogram;
 use residency_rules::{RegionId, TenantId};
 
 /// Fixed bytes a row costs beyond its strings: timestamp, value and histogram columns.
 const ROW_OVERHEAD_BYTES: usize = 40;
-
-/// The labels the gateway adds, and how a client label of the same name is kept.
-pub(crate) struct LabelTags {
-    tenant_label: String,
-    region_label: String,
-}
-
-impl LabelTags {
-    pub(crate) fn new(tenant_label: String, region_label: String) -> Self {
-        Self {
-            tenant_label,
-            region_label,
-        }
-    }
-
-    /// The series' labels for storage: every client label except `__name__` (stored as the
-    /// `metric` column), a client label named like a tag renamed `exported_<name>` so no client
-    /// can spoof its tenant or region, then the tags; sorted by name.
-    pub(crate) fn labels_of<'a>(
-        &'a self,
-        series: &SeriesRef<'a>,
-        tenant: &'a TenantId,
-        region: &'a RegionId,
-    ) -> Vec<(Cow<'a, str>, &'a str)> {
-        let labels = series.labels();
-        let mut out: Vec<(Cow<'a, str>, &'a str)> = Vec::with_capacity(labels.len() + 2);
-        for (name, value) in labels.iter() {
-            if name == METRIC_NAME_LABEL {
-                continue;
-            }
-            if name == self.tenant_label || name == self.region_label {
-                let mut renamed = format!("exported_{name}");
-                while labels.get(&renamed).is_some() {
-                    renamed.insert_str(0, "exported_");
-                }
-                out.push((Cow::Owned(renamed), value));
-            } else {
-                out.push((Cow::Borrowed(name), value));
-            }
-        }
-        out.push((Cow::Borrowed(&self.tenant_label), tenant.as_str()));
-        out.push((Cow::Borrowed(&self.region_label), region.as_str()));
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
-}
 
 /// Column builders for one file.
 pub(crate) struct Rows {
