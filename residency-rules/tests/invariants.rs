@@ -497,3 +497,36 @@ fn yaml_shape_errors_name_the_line() {
         err.problems[0]
     );
 }
+
+/// The worked example of `docs/residency.md` compiles and decides what the document says.
+#[test]
+fn documented_global_policy_decides_as_documented() {
+    let p = residency_rules::load(include_str!("../../deploy/policy.yaml")).unwrap();
+    let regions = |tenant: &str, labels: &[(&str, &str)]| match p
+        .decide(&TenantId::parse(tenant).unwrap(), labels.iter().copied())
+    {
+        Decision::Allow { regions, .. } => regions.iter().map(|r| r.to_string()).collect(),
+        Decision::Deny(d) => vec![format!("denied: {}", d.reason)],
+    };
+    let up = [("__name__", "up")];
+    let personal = [("__name__", "logins_total"), ("email", "ann@example.com")];
+    assert_eq!(regions("acme-eu", &up), ["eu-west", "eu-central"]);
+    assert_eq!(regions("acme-eu", &personal), ["eu-west", "eu-central"]);
+    assert_eq!(regions("panda-cn", &up), ["cn-north"]);
+    assert_eq!(regions("panda-cn", &personal), ["cn-north"]);
+    assert_eq!(regions("sakura-jp", &up), ["jp-east", "ap-southeast"]);
+    assert_eq!(regions("sakura-jp", &personal), ["jp-east"]);
+    assert_eq!(regions("globex", &personal), ["us-east"]);
+    assert_eq!(
+        regions("acme-eu", &[("__name__", "x"), ("env", "debug")]),
+        ["denied: debug dumps of EU tenants must not leave the cluster"]
+    );
+    assert_eq!(
+        regions("globex", &[("__name__", "x"), ("card_number", "4111")]),
+        ["denied: card data is out of scope for metrics"]
+    );
+    assert_eq!(
+        regions("initech", &up),
+        ["denied: tenant initech is not known to the residency policy"]
+    );
+}
