@@ -17,5 +17,6 @@ pub mod pipeline;
 pub mod reload;
 pub mod server;
 pub mod sinks;
+pub mod tail;
 pub mod telemetry;
 pub mod tenant;

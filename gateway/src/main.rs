@@ -34,6 +34,27 @@ enum Command {
         /// YAML configuration file.
         file: PathBuf,
     },
+    /// Print the samples in a topic the Kafka sink writes.
+    Tail {
+        /// Bootstrap brokers, host:port[,host:port].
+        #[arg(long)]
+        brokers: String,
+        /// Topic (e.g. metrics.eu-west).
+        #[arg(long)]
+        topic: String,
+        /// One JSON object per sample.
+        #[arg(long)]
+        json: bool,
+        /// Start at the end of each partition (only new messages) instead of the beginning.
+        #[arg(long)]
+        new_only: bool,
+        /// Exit after this many messages.
+        #[arg(long)]
+        max_messages: Option<u64>,
+        /// Exit after this many seconds without a message.
+        #[arg(long)]
+        idle_exit_secs: Option<u64>,
+    },
     /// Show the residency decision for one series of one tenant.
     Explain {
         /// Residency policy file.
@@ -56,6 +77,25 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(config),
         Command::CheckConfig { file } => check_config(file),
+        Command::Tail {
+            brokers,
+            topic,
+            json,
+            new_only,
+            max_messages,
+            idle_exit_secs,
+        } => gateway::tail::tail(
+            &gateway::tail::TailOptions {
+                brokers,
+                topic,
+                json,
+                follow_only_new: new_only,
+                max_messages,
+                idle_exit: idle_exit_secs.map(std::time::Duration::from_secs),
+            },
+            &mut std::io::stdout().lock(),
+        )
+        .map(|_| ()),
         Command::Explain {
             policy,
             tenant,

@@ -29,6 +29,9 @@ pub enum StartError {
     /// A sink could not start.
     #[error(transparent)]
     Sink(#[from] sinks::parquet::StartError),
+    /// A Kafka sink could not start.
+    #[error(transparent)]
+    Kafka(#[from] sinks::kafka::StartError),
 }
 
 /// Runs the gateway until `shutdown` fires, then drains and returns.
@@ -46,6 +49,14 @@ pub async fn run(
             let (h, t) = sinks::parquet::spawn(region.id.clone(), p.clone(), sink_stop.clone())?;
             handles.push(h);
             tasks.push(t);
+        }
+    }
+    let mut kafka_threads = Vec::new();
+    for region in &config.regions {
+        if let Some(k) = &region.kafka {
+            let (h, t) = sinks::kafka::spawn(region.id.clone(), k.clone(), sink_stop.clone())?;
+            handles.push(h);
+            kafka_threads.push(t);
         }
     }
     let pipeline = Pipeline::new(handles, &config.tenant_label, &config.region_label);
@@ -102,6 +113,9 @@ pub async fn run(
     sink_stop.cancel();
     for t in tasks {
         let _ = t.await;
+    }
+    for t in kafka_threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     info!("shutdown complete");
     Ok(())

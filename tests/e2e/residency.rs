@@ -1,5 +1,5 @@
-//! Residency end to end: a real gateway with two regions, each with its own Parquet root, and
-//! three tenants (EU only, US only, EU with an EU failover region). Every sample must land
+//! Residency end to end: a real gateway with two regions, each with its own Parquet root and
+//! its own Kafka broker (`tansu`), and three tenants (EU only, US only, EU with an EU failover region). Every sample must land
 //! only in a root its tenant is allowed, a spoofed `region` label must arrive as
 //! `exported_region`, hashed values must never be stored in clear, and denied requests and
 //! series must leave no trace. A policy reload takes effect; a broken one is refused and the
@@ -8,7 +8,9 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use traceo_e2e::{get, post_remote_write, read_rows, remote_write_body, wait_for, Gateway, Row};
+use traceo_e2e::{
+    get, post_remote_write, read_rows, remote_write_body, tail_json, wait_for, Broker, Gateway, Row,
+};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
 
@@ -49,9 +51,11 @@ regions:
   - id: eu-west
     sinks:
       parquet: { path: "{dir}/eu-west", max_file_age: 300ms }
+      KAFKA_EU
   - id: us-east
     sinks:
       parquet: { path: "{dir}/us-east", max_file_age: 300ms }
+      KAFKA_US
 "#;
 
 fn now_ms() -> i64 {
@@ -61,9 +65,22 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn start(dir: &Path) -> Gateway {
+/// Starts the gateway, with a Kafka broker per region when `brokers` is given.
+fn start(dir: &Path, brokers: Option<(&Broker, &Broker)>) -> Gateway {
     std::fs::write(dir.join("policy.yaml"), POLICY).expect("write policy");
-    Gateway::start(GATEWAY, dir, CONFIG)
+    let config = match brokers {
+        Some((eu, us)) => CONFIG
+            .replace(
+                "KAFKA_EU",
+                &format!("kafka: {{ brokers: \"{}\", linger: 2ms }}", eu.addr()),
+            )
+            .replace(
+                "KAFKA_US",
+                &format!("kafka: {{ brokers: \"{}\", linger: 2ms }}", us.addr()),
+            ),
+        None => CONFIG.replace("KAFKA_EU", "").replace("KAFKA_US", ""),
+    };
+    Gateway::start(GATEWAY, dir, &config)
 }
 
 fn write(gw: &Gateway, tenant: &str, series: &[&[(&str, &str)]]) -> (u16, String) {
@@ -85,7 +102,11 @@ fn rows_of(rows: &[Row], tenant: &str, metric: &str) -> Vec<Row> {
 fn samples_land_only_in_allowed_regions_and_denied_data_leaves_no_trace() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
-    let gw = start(dir);
+    let eu_broker = Broker::start(dir, "tansu-eu");
+    eu_broker.create_topic("metrics.eu-west", 2);
+    let us_broker = Broker::start(dir, "tansu-us");
+    us_broker.create_topic("metrics.us-east", 2);
+    let gw = start(dir, Some((&eu_broker, &us_broker)));
 
     for tenant in ["eu-only", "eu-failover", "us-only"] {
         let (status, body) = write(
@@ -197,6 +218,45 @@ fn samples_land_only_in_allowed_regions_and_denied_data_leaves_no_trace() {
         );
     }
 
+    // The same holds for each region's Kafka broker.
+    let eu_kafka = tail_json(GATEWAY, &eu_broker.addr(), "metrics.eu-west", 3);
+    let us_kafka = tail_json(GATEWAY, &us_broker.addr(), "metrics.us-east", 3);
+    for (region, lines, tenants) in [
+        ("eu-west", &eu_kafka, &["eu-only", "eu-failover"][..]),
+        ("us-east", &us_kafka, &["us-only"][..]),
+    ] {
+        for t in tenants {
+            let ups: Vec<_> = lines
+                .iter()
+                .filter(|l| l["tenant"] == *t && l["labels"]["__name__"] == "resid_up")
+                .collect();
+            assert_eq!(ups.len(), 1, "{t} in {region}: {lines:?}");
+            assert_eq!(ups[0]["labels"]["exported_region"], "spoofed-us");
+        }
+        for l in lines.iter() {
+            let tenant = l["tenant"].as_str().unwrap_or_default();
+            assert!(
+                tenants.contains(&tenant),
+                "tenant {tenant} in the {region} broker: {l}"
+            );
+            assert_eq!(l["region"], region, "{l}");
+            assert_eq!(l["labels"]["region"], region, "{l}");
+            assert_eq!(l["labels"]["tenant"], tenant, "{l}");
+            let name = l["labels"]["__name__"].as_str().unwrap_or_default();
+            assert!(
+                !matches!(
+                    name,
+                    "secret_token_age" | "resid_denied_marker" | "resid_dump" | "resid_stranger"
+                ),
+                "denied data in Kafka: {l}"
+            );
+            if name == "resid_user" {
+                let v = l["labels"]["user_id"].as_str().unwrap_or_default();
+                assert!(v.len() == 32 && v != "user-12345", "{l}");
+            }
+        }
+    }
+
     // The denials are counted by rule.
     let (_, metrics) = get(&gw.url("/metrics")).expect("metrics");
     for needle in [
@@ -215,7 +275,7 @@ fn samples_land_only_in_allowed_regions_and_denied_data_leaves_no_trace() {
 fn policy_reload_applies_good_policies_and_keeps_the_old_one_on_errors() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
-    let gw = start(dir);
+    let gw = start(dir, None);
     let probe = |gw: &Gateway| {
         write(
             gw,

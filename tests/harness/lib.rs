@@ -75,6 +75,16 @@ impl Proc {
         }
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`, `KILL`, ...) without waiting.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} {} failed", self.name);
+    }
+
     /// Sends SIGTERM and waits for exit; returns the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -300,4 +310,109 @@ pub fn post_remote_write(url: &str, body: &[u8], headers: &[(&str, &str)]) -> (u
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     (status, text)
+}
+
+/// The `tansu` broker binary: `$TANSU_BIN`, else where `.ci/run` installs it, else `PATH`.
+pub fn tansu_bin() -> String {
+    if let Ok(b) = std::env::var("TANSU_BIN") {
+        return b;
+    }
+    if let Ok(home) = std::env::var("HOME") {
+        let cached = Path::new(&home).join(".cache/traceo-tools/bin/tansu");
+        if cached.exists() {
+            return cached.display().to_string();
+        }
+    }
+    "tansu".to_string()
+}
+
+/// A running `tansu` Kafka-protocol broker with in-memory storage on a free port.
+pub struct Broker {
+    /// The process.
+    pub proc: Proc,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Broker {
+    /// Starts a broker (`name` labels its log in `dir`) and waits until it accepts
+    /// connections.
+    pub fn start(dir: &Path, name: &str) -> Broker {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut cmd = Command::new(tansu_bin());
+        cmd.arg("broker")
+            .arg("--listener-url")
+            .arg(&url)
+            .arg("--advertised-listener-url")
+            .arg(&url)
+            .arg("--storage-engine")
+            .arg("memory://tansu/")
+            .current_dir(dir);
+        let mut proc = Proc::spawn(name, cmd, dir.join(format!("{name}.log")));
+        wait_for(
+            &format!("{name} to listen"),
+            Duration::from_secs(30),
+            || {
+                proc.assert_running();
+                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            },
+        );
+        Broker { proc, port }
+    }
+
+    /// `127.0.0.1:<port>`, for `bootstrap.servers`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a topic with `partitions` partitions.
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        let out = Command::new(tansu_bin())
+            .arg("topic")
+            .arg("create")
+            .arg("--broker")
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .arg("--partitions")
+            .arg(partitions.to_string())
+            .arg(topic)
+            .output()
+            .expect("run tansu topic create");
+        assert!(
+            out.status.success(),
+            "tansu topic create {topic} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Every sample in `topic`, read with `traceo-gateway tail --json` (an rdkafka consumer),
+/// until the topic has been idle for `idle_secs`.
+pub fn tail_json(
+    gateway_bin: &str,
+    brokers: &str,
+    topic: &str,
+    idle_secs: u64,
+) -> Vec<serde_json::Value> {
+    let out = Command::new(gateway_bin)
+        .arg("tail")
+        .arg("--brokers")
+        .arg(brokers)
+        .arg("--topic")
+        .arg(topic)
+        .arg("--json")
+        .arg("--idle-exit-secs")
+        .arg(idle_secs.to_string())
+        .output()
+        .expect("run traceo-gateway tail");
+    assert!(
+        out.status.success(),
+        "tail {topic} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("tail printed {l:?}: {e}")))
+        .collect()
 }

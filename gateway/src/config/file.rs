@@ -11,7 +11,8 @@ use protocols::DecodeLimits;
 use residency_rules::{RegionId, TenantId};
 
 use super::{
-    AuthPolicy, Config, HumanDuration, ParquetSinkConfig, Region, ResidencySettings, Tenant,
+    AuthPolicy, Config, HumanDuration, KafkaSinkConfig, ParquetSinkConfig, Region,
+    ResidencySettings, Tenant,
 };
 
 /// The whole configuration file.
@@ -217,7 +218,69 @@ pub struct SinksFile {
     /// Parquet files through an object store.
     #[serde(default)]
     pub parquet: Option<ParquetFile>,
+    /// The region's Kafka cluster.
+    #[serde(default)]
+    pub kafka: Option<KafkaFile>,
 }
+
+/// `regions[].sinks.kafka:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaFile {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Topic name template: `{region}` and `{tenant}` are replaced. Default `metrics.{region}`.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// `lz4` (default), `zstd` or `none`.
+    #[serde(default)]
+    pub compression: KafkaCompression,
+    /// Producer linger (`linger.ms`). Default `5ms`.
+    #[serde(default = "default_linger")]
+    pub linger: HumanDuration,
+    /// Target size of one message before compression. Default 1000000 bytes.
+    #[serde(default = "default_message_bytes")]
+    pub message_bytes: usize,
+    /// A request whose messages are not confirmed within this fails (retryable). Default `10s`.
+    #[serde(default = "default_delivery_timeout")]
+    pub delivery_timeout: HumanDuration,
+    /// Requests queued for the sink before new ones get 503. Default 1024.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Extra librdkafka settings (e.g. `security.protocol`); ours win where they collide
+    /// with a setting the ack guarantee depends on.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// `regions[].sinks.kafka.compression`
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaCompression {
+    /// LZ4 (fast; the default).
+    #[default]
+    Lz4,
+    /// Zstandard (smaller, more CPU).
+    Zstd,
+    /// None.
+    None,
+}
+
+fn default_topic() -> String {
+    "metrics.{region}".into()
+}
+const fn default_linger() -> HumanDuration {
+    HumanDuration(Duration::from_millis(5))
+}
+const fn default_message_bytes() -> usize {
+    1_000_000
+}
+const fn default_delivery_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+/// Settings the acknowledgement guarantee rests on: `properties` may not override them.
+const PINNED_KAFKA_PROPERTIES: &[&str] = &["enable.idempotence", "acks", "bootstrap.servers"];
 
 /// `regions[].sinks.parquet:`
 #[derive(Debug, Deserialize)]
@@ -411,12 +474,59 @@ impl ConfigFile {
                     queue_capacity: p.queue_capacity,
                 }
             });
-            if parquet.is_none() {
+            let kafka = r.sinks.kafka.map(|k| {
+                let prefix = format!("regions[{i}].sinks.kafka");
+                if k.brokers.trim().is_empty() {
+                    problems.push(format!("{prefix}.brokers: must not be empty"));
+                }
+                let sample = k.topic.replace("{region}", "r").replace("{tenant}", "t");
+                if sample.is_empty()
+                    || sample.len() > 249
+                    || !sample
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                {
+                    problems.push(format!(
+                        "{prefix}.topic: {:?} does not make valid topic names (ASCII letters, digits, '.', '_', '-'; placeholders {{region}} and {{tenant}})",
+                        k.topic
+                    ));
+                }
+                if k.message_bytes == 0 || k.message_bytes > 64 << 20 {
+                    problems.push(format!(
+                        "{prefix}.message_bytes: {} is outside 1..=67108864",
+                        k.message_bytes
+                    ));
+                }
+                if k.delivery_timeout.0.is_zero() {
+                    problems.push(format!("{prefix}.delivery_timeout: must be greater than 0"));
+                }
+                if k.queue_capacity == 0 {
+                    problems.push(format!("{prefix}.queue_capacity: must be greater than 0"));
+                }
+                for key in k.properties.keys() {
+                    if PINNED_KAFKA_PROPERTIES.contains(&key.as_str()) {
+                        problems.push(format!(
+                            "{prefix}.properties.{key}: set by the gateway (acknowledgements depend on it); remove it"
+                        ));
+                    }
+                }
+                KafkaSinkConfig {
+                    brokers: k.brokers,
+                    topic: k.topic,
+                    compression: k.compression,
+                    linger: k.linger.0,
+                    message_bytes: k.message_bytes,
+                    delivery_timeout: k.delivery_timeout.0,
+                    queue_capacity: k.queue_capacity,
+                    properties: k.properties,
+                }
+            });
+            if parquet.is_none() && kafka.is_none() {
                 problems.push(format!(
                     "regions[{i}].sinks: region {id} has no sink; its data would have nowhere to go"
                 ));
             }
-            regions.push(Region { id, parquet });
+            regions.push(Region { id, parquet, kafka });
         }
 
         let mut tenants = HashMap::new();

@@ -111,6 +111,29 @@ pub struct Region {
     pub id: RegionId,
     /// Its Parquet sink, if any.
     pub parquet: Option<ParquetSinkConfig>,
+    /// Its Kafka sink, if any.
+    pub kafka: Option<KafkaSinkConfig>,
+}
+
+/// The Kafka sink of one region (see `KafkaFile` for the meaning of each field).
+#[derive(Debug, Clone)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap brokers.
+    pub brokers: String,
+    /// Topic template.
+    pub topic: String,
+    /// Compression codec.
+    pub compression: KafkaCompression,
+    /// Producer linger.
+    pub linger: Duration,
+    /// Target message size before compression.
+    pub message_bytes: usize,
+    /// Per-message delivery timeout.
+    pub delivery_timeout: Duration,
+    /// Request queue capacity.
+    pub queue_capacity: usize,
+    /// Extra librdkafka settings.
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 /// The validated runtime configuration.
@@ -281,7 +304,7 @@ impl Config {
         let has_sink = |r: &RegionId| {
             self.regions
                 .iter()
-                .any(|g| &g.id == r && g.parquet.is_some())
+                .any(|g| &g.id == r && (g.parquet.is_some() || g.kafka.is_some()))
         };
         for (i, r) in self.regions.iter().enumerate() {
             if !policy.has_region(&r.id) {

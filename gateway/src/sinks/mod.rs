@@ -4,6 +4,7 @@
 //! Sinks may call object stores and the network; they never decide routing (that is
 //! `pipeline`) and never answer clients (that is `listen`).
 
+pub mod kafka;
 pub mod parquet;
 
 use std::sync::{Arc, Mutex};
@@ -49,6 +50,12 @@ impl Ack {
     /// The sink has taken the batch's rows; success now depends only on committing them.
     pub(crate) fn accept(&self) {
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The sink took the request in but will not write it, for `error`: what the client is
+    /// told (instead of the generic "stopped before written").
+    pub(crate) fn refuse(&self, error: SinkError) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
     }
 
     /// Marks the request failed; the client will be told when the ack completes.

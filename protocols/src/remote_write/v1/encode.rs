@@ -33,6 +33,26 @@ fn encode_inner(batch: &Batch, out: &mut Vec<u8>, splice: bool) {
             _ => put_message(out, 1, |o| encode_series(&s, o)),
         }
     }
+    encode_metadata(batch, out);
+}
+
+fn encode_series(s: &SeriesRef<'_>, o: &mut Vec<u8>) {
+    encode_series_body(s, s.labels().iter(), o);
+}
+
+/// Appends one `TimeSeries` (field 1 of `WriteRequest`) for `s`, with `labels` (sorted by
+/// name) in place of the series' own: how sinks write a series after the gateway added its
+/// tags or a residency rule edited it.
+pub fn encode_series_with_labels<'a>(
+    s: &SeriesRef<'_>,
+    labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+    out: &mut Vec<u8>,
+) {
+    put_message(out, 1, |o| encode_series_body(s, labels, o));
+}
+
+/// Appends every metadata entry of `batch` (field 3 of `WriteRequest`).
+pub fn encode_metadata(batch: &Batch, out: &mut Vec<u8>) {
     for m in batch.metadata() {
         put_message(out, 3, |o| {
             put_uvarint_field(o, 1, m.metric_type().to_wire());
@@ -43,8 +63,12 @@ fn encode_inner(batch: &Batch, out: &mut Vec<u8>, splice: bool) {
     }
 }
 
-fn encode_series(s: &SeriesRef<'_>, o: &mut Vec<u8>) {
-    for (name, value) in s.labels().iter() {
+fn encode_series_body<'a>(
+    s: &SeriesRef<'_>,
+    labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+    o: &mut Vec<u8>,
+) {
+    for (name, value) in labels {
         put_label(o, 1, name, value);
     }
     for sample in s.samples() {

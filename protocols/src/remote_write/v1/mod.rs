@@ -12,4 +12,7 @@ mod encode;
 pub mod reference;
 
 pub use decode::{decode, decode_message, decode_message_into};
-pub use encode::{encode, encode_compressed, encode_histogram, reencode};
+pub use encode::{
+    encode, encode_compressed, encode_histogram, encode_metadata, encode_series_with_labels,
+    reencode,
+};

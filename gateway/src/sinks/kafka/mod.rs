@@ -1,0 +1,384 @@
+//! The Kafka sink of one region: one idempotent librdkafka producer per configured cluster.
+//!
+//! Each request's series are grouped by partition (a stable hash of the series' stored
+//! labels, so a series always lands in one partition and keeps its order there) and framed
+//! into `prometheus.WriteRequest` messages of about `message_bytes`, with headers `tenant`,
+//! `region`, `content-type` and `schema-version`. A request is acknowledged when the broker
+//! confirmed every one of its messages (`acks=all`): each message carries the request's
+//! [`Ack`] as its delivery opaque, so the ack completes when the last delivery report is in,
+//! failed if any report was an error.
+//!
+//! The producer is a `ThreadedProducer` (its own polling thread, delivery callbacks, no
+//! per-message futures) driven from a dedicated thread that owns the metadata cache. When
+//! librdkafka's queue is full the thread waits for deliveries instead of pulling more
+//! requests, so the bounded request queue fills and new requests get a retryable 503.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use protocols::remote_write::v1::{encode_metadata, encode_series_with_labels};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use residency_rules::RegionId;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::{Ack, SinkError, SinkHandle, SinkRequest};
+use crate::config::{KafkaCompression, KafkaSinkConfig};
+
+/// `content-type` header of remote-write 1.0 messages.
+pub const CONTENT_TYPE_V1: &str = "application/x-protobuf;proto=prometheus.WriteRequest";
+/// `schema-version` header: bumped on any incompatible change of message or headers.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// Why the sink could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// librdkafka refused the configuration.
+    #[error("kafka sink of region {region}: {source}")]
+    Client {
+        /// Region.
+        region: RegionId,
+        /// Cause.
+        source: KafkaError,
+    },
+    /// The sink thread could not be started.
+    #[error("kafka sink of region {region}: cannot start its thread: {source}")]
+    Thread {
+        /// Region.
+        region: RegionId,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// What a message carries to its delivery report.
+struct Delivery {
+    ack: Arc<Ack>,
+    started: Instant,
+}
+
+struct Context {
+    sink: String,
+}
+
+impl ClientContext for Context {}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = Box<Delivery>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, delivery: Self::DeliveryOpaque) {
+        let labels = [("sink", self.sink.clone())];
+        match result {
+            Ok(_) => {
+                metrics::counter!("traceo_kafka_messages_delivered_total", &labels).increment(1);
+                metrics::histogram!("traceo_kafka_delivery_seconds", &labels)
+                    .record(delivery.started.elapsed().as_secs_f64());
+            }
+            Err((e, _)) => {
+                metrics::counter!("traceo_kafka_delivery_errors_total", &labels).increment(1);
+                warn!(sink = %self.sink, error = %e, "kafka delivery failed");
+                delivery
+                    .ack
+                    .fail(SinkError(format!("{}: delivery failed: {e}", self.sink)));
+            }
+        }
+        // Dropping `delivery` releases this message's hold on the request's ack.
+    }
+}
+
+/// Builds the librdkafka configuration of a sink.
+fn client_config(cfg: &KafkaSinkConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "compression.type",
+            match cfg.compression {
+                KafkaCompression::Lz4 => "lz4",
+                KafkaCompression::Zstd => "zstd",
+                KafkaCompression::None => "none",
+            },
+        )
+        .set("linger.ms", cfg.linger.as_millis().to_string())
+        // A request fails (and is retried by its client) rather than wait longer than this.
+        .set(
+            "message.timeout.ms",
+            cfg.delivery_timeout.as_millis().to_string(),
+        )
+        // Room for one framed message plus the record overhead, uncompressed.
+        .set(
+            "message.max.bytes",
+            (cfg.message_bytes.saturating_mul(2).max(1 << 20)).to_string(),
+        )
+        .set("batch.size", cfg.message_bytes.max(16_384).to_string());
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Starts the Kafka sink of `region`; returns its handle and the thread to join on stop.
+pub fn spawn(
+    region: RegionId,
+    cfg: KafkaSinkConfig,
+    cancel: CancellationToken,
+) -> Result<(SinkHandle, JoinHandle<()>), StartError> {
+    let name = format!("kafka/{region}");
+    let producer: ThreadedProducer<Context> = client_config(&cfg)
+        .create_with_context(Context { sink: name.clone() })
+        .map_err(|source| StartError::Client {
+            region: region.clone(),
+            source,
+        })?;
+    let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+    let sink = KafkaSink {
+        name: name.clone(),
+        region: region.clone(),
+        cfg,
+        producer,
+        partitions: HashMap::new(),
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let thread = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || sink.run(rx, cancel, runtime))
+        .map_err(|source| StartError::Thread {
+            region: region.clone(),
+            source,
+        })?;
+    info!(sink = %name, "kafka sink started");
+    Ok((SinkHandle::new(name, region, tx), thread))
+}
+
+struct KafkaSink {
+    name: String,
+    region: RegionId,
+    cfg: KafkaSinkConfig,
+    producer: ThreadedProducer<Context>,
+    /// Partition count per topic, with when it was fetched.
+    partitions: HashMap<String, (i32, Instant)>,
+}
+
+/// How long a topic's partition count is trusted before it is fetched again.
+const METADATA_TTL: Duration = Duration::from_secs(60);
+
+impl KafkaSink {
+    fn run(
+        mut self,
+        mut rx: mpsc::Receiver<SinkRequest>,
+        cancel: CancellationToken,
+        runtime: tokio::runtime::Handle,
+    ) {
+        loop {
+            let next = runtime.block_on(async {
+                tokio::select! {
+                    biased;
+                    req = rx.recv() => req,
+                    _ = cancel.cancelled() => None,
+                }
+            });
+            match next {
+                Some(req) => self.accept(req),
+                None => break,
+            }
+        }
+        // Shutting down: still produce what was queued (its clients wait for it).
+        rx.close();
+        while let Ok(req) = rx.try_recv() {
+            self.accept(req);
+        }
+        let timeout = self.cfg.delivery_timeout + Duration::from_secs(1);
+        if let Err(e) = self.producer.flush(timeout) {
+            error!(sink = %self.name, error = %e, "kafka flush at shutdown failed; unflushed requests are reported failed");
+        }
+        info!(sink = %self.name, "kafka sink stopped");
+    }
+
+    fn topic_for(&self, tenant: &str) -> String {
+        self.cfg
+            .topic
+            .replace("{region}", self.region.as_str())
+            .replace("{tenant}", tenant)
+    }
+
+    fn partition_count(&mut self, topic: &str) -> Result<i32, SinkError> {
+        if let Some((n, at)) = self.partitions.get(topic) {
+            if at.elapsed() < METADATA_TTL {
+                return Ok(*n);
+            }
+        }
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), self.cfg.delivery_timeout)
+            .map_err(|e| SinkError(format!("{}: metadata of topic {topic}: {e}", self.name)))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or_else(|| SinkError(format!("{}: topic {topic} not in metadata", self.name)))?;
+        if let Some(e) = t.error() {
+            return Err(SinkError(format!(
+                "{}: topic {topic}: {:?} (create it, or enable auto-creation on the broker)",
+                self.name,
+                RDKafkaErrorCode::from(e)
+            )));
+        }
+        let n = t.partitions().len() as i32;
+        if n == 0 {
+            return Err(SinkError(format!(
+                "{}: topic {topic} has no partitions",
+                self.name
+            )));
+        }
+        self.partitions
+            .insert(topic.to_string(), (n, Instant::now()));
+        Ok(n)
+    }
+
+    fn accept(&mut self, req: SinkRequest) {
+        let batch = &req.batch;
+        let topic = self.topic_for(batch.tenant.as_str());
+        let partitions = match self.partition_count(&topic) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(sink = %self.name, error = %e, "request not produced");
+                req.ack.refuse(e);
+                return;
+            }
+        };
+        // Frame each partition's series into messages of about `message_bytes`.
+        let mut open: HashMap<i32, Vec<u8>> = HashMap::new();
+        let mut metadata_done = false;
+        for (series, labels) in batch.series() {
+            let p = (label_hash(&labels) % partitions as u64) as i32;
+            let buf = open.entry(p).or_default();
+            if !metadata_done {
+                // Metadata rides in the first message of the request.
+                encode_metadata(&batch.batch, buf);
+                metadata_done = true;
+            }
+            encode_series_with_labels(&series, labels.iter().map(|(k, v)| (k.as_ref(), *v)), buf);
+            if buf.len() >= self.cfg.message_bytes {
+                let full = std::mem::take(buf);
+                if !self.produce(&topic, p, &full, &req) {
+                    return;
+                }
+            }
+        }
+        let mut rest: Vec<(i32, Vec<u8>)> =
+            open.into_iter().filter(|(_, b)| !b.is_empty()).collect();
+        rest.sort_by_key(|(p, _)| *p);
+        for (p, buf) in rest {
+            if !self.produce(&topic, p, &buf, &req) {
+                return;
+            }
+        }
+        // Every message is queued; the ack now completes with the last delivery report.
+        req.ack.accept();
+    }
+
+    /// Produces one message, waiting (not spinning) while librdkafka's queue is full. Returns
+    /// false when the request failed and must not be produced further.
+    fn produce(&mut self, topic: &str, partition: i32, payload: &[u8], req: &SinkRequest) -> bool {
+        let headers = OwnedHeaders::new_with_capacity(4)
+            .insert(Header {
+                key: "tenant",
+                value: Some(req.batch.tenant.as_str()),
+            })
+            .insert(Header {
+                key: "region",
+                value: Some(self.region.as_str()),
+            })
+            .insert(Header {
+                key: "content-type",
+                value: Some(CONTENT_TYPE_V1),
+            })
+            .insert(Header {
+                key: "schema-version",
+                value: Some(SCHEMA_VERSION),
+            });
+        let labels = [("sink", self.name.clone())];
+        metrics::counter!("traceo_kafka_messages_total", &labels).increment(1);
+        metrics::counter!("traceo_kafka_message_bytes_total", &labels)
+            .increment(payload.len() as u64);
+        let mut record = BaseRecord::with_opaque_to(
+            topic,
+            Box::new(Delivery {
+                ack: req.ack.clone(),
+                started: Instant::now(),
+            }),
+        )
+        .partition(partition)
+        .key(req.batch.tenant.as_str())
+        .payload(payload)
+        .headers(headers);
+        let deadline = Instant::now() + self.cfg.delivery_timeout;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return true,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    if Instant::now() >= deadline {
+                        req.ack.refuse(SinkError(format!(
+                            "{}: producer queue full for {:?}",
+                            self.name, self.cfg.delivery_timeout
+                        )));
+                        return false;
+                    }
+                    metrics::counter!("traceo_kafka_queue_full_total", &labels).increment(1);
+                    // Deliveries free the queue; wait for them instead of spinning.
+                    std::thread::sleep(Duration::from_millis(5));
+                    record = back;
+                }
+                Err((e, _)) => {
+                    req.ack
+                        .refuse(SinkError(format!("{}: produce to {topic}: {e}", self.name)));
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// A stable 64-bit FNV-1a hash of a series' stored labels: the same series always maps to the
+/// same partition, across requests, restarts and gateway nodes.
+fn label_hash(labels: &[(std::borrow::Cow<'_, str>, &str)]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: &[u8]| {
+        for &x in b {
+            h ^= u64::from(x);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    for (k, v) in labels {
+        eat(k.as_bytes());
+        eat(v.as_bytes());
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    #[test]
+    fn label_hash_is_stable_and_separates_names_from_values() {
+        let a = [(Cow::Borrowed("a"), "bc")];
+        let b = [(Cow::Borrowed("ab"), "c")];
+        assert_ne!(label_hash(&a), label_hash(&b));
+        // Pinned: changing the hash moves every series to another partition.
+        assert_eq!(label_hash(&a), label_hash(&[(Cow::Borrowed("a"), "bc")]));
+        assert_eq!(label_hash(&[]), 0xcbf2_9ce4_8422_2325);
+    }
+}
