@@ -14,6 +14,7 @@
 //! requests, so the bounded request queue fills and new requests get a retryable 503.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -66,6 +67,24 @@ struct Delivery {
 
 struct Context {
     sink: String,
+    /// Set when a delivery failed in a way only a new producer id cures.
+    renew: Arc<AtomicBool>,
+}
+
+/// Delivery errors after which this producer's id or epoch is unusable on the broker: seen
+/// with tansu, which answers `ProducerFenced` to the epoch bump librdkafka performs after
+/// messages timed out in flight during an outage. Only a new producer recovers.
+fn needs_new_producer(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+        )
+    )
 }
 
 impl ClientContext for Context {}
@@ -84,6 +103,9 @@ impl ProducerContext for Context {
             Err((e, _)) => {
                 metrics::counter!("traceo_kafka_delivery_errors_total", &labels).increment(1);
                 warn!(sink = %self.sink, error = %e, "kafka delivery failed");
+                if needs_new_producer(e) {
+                    self.renew.store(true, Ordering::Relaxed);
+                }
                 delivery
                     .ack
                     .fail(SinkError(format!("{}: delivery failed: {e}", self.sink)));
@@ -132,8 +154,12 @@ pub fn spawn(
     cancel: CancellationToken,
 ) -> Result<(SinkHandle, JoinHandle<()>), StartError> {
     let name = format!("kafka/{region}");
+    let renew = Arc::new(AtomicBool::new(false));
     let producer: ThreadedProducer<Context> = client_config(&cfg)
-        .create_with_context(Context { sink: name.clone() })
+        .create_with_context(Context {
+            sink: name.clone(),
+            renew: renew.clone(),
+        })
         .map_err(|source| StartError::Client {
             region: region.clone(),
             source,
@@ -144,6 +170,7 @@ pub fn spawn(
         region: region.clone(),
         cfg,
         producer,
+        renew,
         partitions: HashMap::new(),
     };
     let runtime = tokio::runtime::Handle::current();
@@ -163,6 +190,7 @@ struct KafkaSink {
     region: RegionId,
     cfg: KafkaSinkConfig,
     producer: ThreadedProducer<Context>,
+    renew: Arc<AtomicBool>,
     /// Partition count per topic, with when it was fetched.
     partitions: HashMap<String, (i32, Instant)>,
 }
@@ -244,7 +272,33 @@ impl KafkaSink {
         Ok(n)
     }
 
+    /// Replaces a producer that hit a fatal error, or whose producer id the broker no longer
+    /// accepts (see [`needs_new_producer`]): its pending messages fail (their requests are
+    /// answered 503 and retried by their clients), and a fresh producer takes new ones.
+    fn renew_if_broken(&mut self) {
+        let fatal = self.producer.client().fatal_error();
+        let fenced = self.renew.swap(false, Ordering::Relaxed);
+        if fatal.is_none() && !fenced {
+            return;
+        }
+        error!(sink = %self.name, ?fatal, fenced, "kafka producer unusable; replacing it");
+        metrics::counter!("traceo_kafka_producer_restarts_total", "sink" => self.name.clone())
+            .increment(1);
+        match client_config(&self.cfg).create_with_context(Context {
+            sink: self.name.clone(),
+            renew: self.renew.clone(),
+        }) {
+            Ok(p) => {
+                // Dropping the old one purges and fails what it still held.
+                self.producer = p;
+                self.partitions.clear();
+            }
+            Err(e) => error!(sink = %self.name, error = %e, "cannot recreate the kafka producer"),
+        }
+    }
+
     fn accept(&mut self, req: SinkRequest) {
+        self.renew_if_broken();
         let batch = &req.batch;
         let topic = self.topic_for(batch.tenant.as_str());
         let partitions = match self.partition_count(&topic) {
