@@ -235,7 +235,8 @@ pub struct KafkaFile {
     /// `lz4` (default), `zstd` or `none`.
     #[serde(default)]
     pub compression: KafkaCompression,
-    /// Producer linger (`linger.ms`). Default `5ms`.
+    /// Producer linger (`linger.ms`). Default `1ms`: messages are pre-batched per request, so
+    /// a longer linger only adds latency (measured, see BENCHMARKS.md).
     #[serde(default = "default_linger")]
     pub linger: HumanDuration,
     /// Target size of one message before compression. Default 1000000 bytes.
@@ -270,7 +271,7 @@ fn default_topic() -> String {
     "metrics.{region}".into()
 }
 const fn default_linger() -> HumanDuration {
-    HumanDuration(Duration::from_millis(5))
+    HumanDuration(Duration::from_millis(1))
 }
 const fn default_message_bytes() -> usize {
     1_000_000
