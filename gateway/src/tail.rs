@@ -120,70 +120,146 @@ pub fn tail(opts: &TailOptions, out: &mut impl Write) -> anyhow::Result<u64> {
         let tenant = header(&m, "tenant");
         let region = header(&m, "region");
         let payload = m.payload().unwrap_or_default();
-        let batch = match protocols::remote_write::v1::decode_message(
-            Bytes::copy_from_slice(payload),
-            &limits,
-        ) {
-            Ok(b) => b,
+        let samples = match decode_samples(header(&m, "content-type"), payload, &limits) {
+            Ok(s) => s,
             Err(e) => {
                 writeln!(
                     out,
-                    "partition {} offset {}: not a remote-write 1.0 message: {e}",
+                    "partition {} offset {}: {e}",
                     m.partition(),
                     m.offset()
                 )?;
                 continue;
             }
         };
-        for s in batch.series() {
-            let labels = s.labels();
-            let emit = |out: &mut dyn Write,
-                        value: Option<f64>,
-                        count: Option<f64>,
-                        ts: i64|
-             -> std::io::Result<()> {
-                if opts.json {
-                    let line = SampleLine {
-                        tenant,
-                        region,
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        labels: labels.iter().collect(),
-                        value,
-                        histogram_count: count,
-                        timestamp_ms: ts,
-                    };
-                    let text = serde_json::to_string(&line).map_err(std::io::Error::other)?;
-                    writeln!(out, "{text}")
-                } else {
-                    let sel: Vec<String> = labels
+        for s in &samples {
+            if opts.json {
+                let line = SampleLine {
+                    tenant,
+                    region,
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    labels: s
+                        .labels
                         .iter()
-                        .filter(|(k, _)| *k != "__name__")
-                        .map(|(k, v)| format!("{k}={v:?}"))
-                        .collect();
-                    let v = match (value, count) {
-                        (Some(v), _) => v.to_string(),
-                        (None, Some(c)) => format!("histogram(count={c})"),
-                        _ => "?".into(),
-                    };
-                    writeln!(
-                        out,
-                        "[{tenant}@{region} p{}:{}] {}{{{}}} {v} {ts}",
-                        m.partition(),
-                        m.offset(),
-                        s.metric_name(),
-                        sel.join(", ")
-                    )
-                }
-            };
-            for sample in s.samples() {
-                emit(out, Some(sample.value), None, sample.timestamp_ms)?;
-            }
-            for h in s.histograms() {
-                emit(out, None, Some(h.count.as_f64()), h.timestamp_ms)?;
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect(),
+                    value: s.value,
+                    histogram_count: s.histogram_count,
+                    timestamp_ms: s.timestamp_ms,
+                };
+                writeln!(out, "{}", serde_json::to_string(&line)?)?;
+            } else {
+                let name = s
+                    .labels
+                    .iter()
+                    .find(|(k, _)| k == "__name__")
+                    .map_or("", |(_, v)| v.as_str());
+                let sel: Vec<String> = s
+                    .labels
+                    .iter()
+                    .filter(|(k, _)| k != "__name__")
+                    .map(|(k, v)| format!("{k}={v:?}"))
+                    .collect();
+                let v = match (s.value, s.histogram_count) {
+                    (Some(v), _) => v.to_string(),
+                    (None, Some(c)) => format!("histogram(count={c})"),
+                    _ => "?".into(),
+                };
+                writeln!(
+                    out,
+                    "[{tenant}@{region} p{}:{}] {name}{{{}}} {v} {}",
+                    m.partition(),
+                    m.offset(),
+                    sel.join(", "),
+                    s.timestamp_ms
+                )?;
             }
         }
         out.flush()?;
     }
     Ok(messages)
+}
+
+/// One sample of a message, owned (a cold path: people and tests read these).
+#[derive(Debug)]
+pub struct TailSample {
+    /// Labels, sorted, `__name__` included.
+    pub labels: Vec<(String, String)>,
+    /// Float value, or `None` for a histogram sample.
+    pub value: Option<f64>,
+    /// Observation count of a histogram sample.
+    pub histogram_count: Option<f64>,
+    /// Milliseconds since the epoch.
+    pub timestamp_ms: i64,
+}
+
+/// Decodes a message value by its `content-type` header (1.0 when absent).
+pub fn decode_samples(
+    content_type: &str,
+    payload: &[u8],
+    limits: &DecodeLimits,
+) -> anyhow::Result<Vec<TailSample>> {
+    use prost::Message as _;
+    use protocols::remote_write::v1::reference::histogram::Count;
+    let mut out = Vec::new();
+    if content_type.ends_with(protocols::remote_write::PROTO_V2) {
+        let req = protocols::remote_write::v2::reference::Request::decode(payload)
+            .context("not a remote-write 2.0 message")?;
+        for (i, ts) in req.timeseries.iter().enumerate() {
+            let labels: Vec<(String, String)> = req
+                .labels(i)?
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            for s in &ts.samples {
+                out.push(TailSample {
+                    labels: labels.clone(),
+                    value: Some(s.value),
+                    histogram_count: None,
+                    timestamp_ms: s.timestamp,
+                });
+            }
+            for h in &ts.histograms {
+                out.push(TailSample {
+                    labels: labels.clone(),
+                    value: None,
+                    histogram_count: Some(match h.count {
+                        Some(Count::CountInt(c)) => c as f64,
+                        Some(Count::CountFloat(c)) => c,
+                        None => 0.0,
+                    }),
+                    timestamp_ms: h.timestamp,
+                });
+            }
+        }
+        return Ok(out);
+    }
+    let batch =
+        protocols::remote_write::v1::decode_message(Bytes::copy_from_slice(payload), limits)
+            .context("not a remote-write 1.0 message")?;
+    for s in batch.series() {
+        let labels: Vec<(String, String)> = s
+            .labels()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for sample in s.samples() {
+            out.push(TailSample {
+                labels: labels.clone(),
+                value: Some(sample.value),
+                histogram_count: None,
+                timestamp_ms: sample.timestamp_ms,
+            });
+        }
+        for h in s.histograms() {
+            out.push(TailSample {
+                labels: labels.clone(),
+                value: None,
+                histogram_count: Some(h.count.as_f64()),
+                timestamp_ms: h.timestamp_ms,
+            });
+        }
+    }
+    Ok(out)
 }

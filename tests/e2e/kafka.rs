@@ -231,3 +231,66 @@ regions:
         refused.len()
     );
 }
+
+#[test]
+fn remote_write_v2_messages_carry_the_same_samples() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let broker = Broker::start(dir, "tansu");
+    broker.create_topic("metrics.local.acme", 2);
+    let gw = Gateway::start(
+        GATEWAY,
+        dir,
+        &r#"
+listen: { http: "127.0.0.1:{port}" }
+auth: { mode: off, default_region: local }
+regions:
+  - id: local
+    sinks:
+      kafka: { brokers: "BROKER", format: remote_write_v2, topic: "metrics.{region}.{tenant}", compression: zstd }
+"#
+        .replace("BROKER", &broker.addr()),
+    );
+    let ts = now_ms();
+    for i in 0..5 {
+        let i = i.to_string();
+        let body = remote_write_body(
+            &[
+                &[("__name__", "v2_probe"), ("seq", &i), ("zone", "a")],
+                &[("__name__", "v2_probe"), ("seq", &i), ("zone", "b")],
+            ],
+            ts,
+        );
+        let (status, text) = post_remote_write(
+            &gw.url("/api/v1/write"),
+            &body,
+            &[("x-scope-orgid", "acme")],
+        );
+        assert_eq!(status, 204, "{text}");
+    }
+    let lines = tail_json(GATEWAY, &broker.addr(), "metrics.local.acme", 3);
+    let mut found: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            assert_eq!(l["tenant"], "acme", "{l}");
+            assert_eq!(label(l, "tenant"), Some("acme"), "{l}");
+            assert_eq!(label(l, "region"), Some("local"), "{l}");
+            assert_eq!(l["timestamp_ms"].as_i64(), Some(ts), "{l}");
+            assert_eq!(l["value"], 1.0, "{l}");
+            (
+                label(l, "seq").unwrap_or_default().to_string(),
+                label(l, "zone").unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    found.sort();
+    let want: Vec<(String, String)> = (0..5)
+        .flat_map(|i| {
+            [
+                (i.to_string(), "a".to_string()),
+                (i.to_string(), "b".to_string()),
+            ]
+        })
+        .collect();
+    assert_eq!(found, want);
+}

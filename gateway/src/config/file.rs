@@ -235,6 +235,10 @@ pub struct KafkaFile {
     /// `lz4` (default), `zstd` or `none`.
     #[serde(default)]
     pub compression: KafkaCompression,
+    /// Message value: `remote_write_v1` (default, `prometheus.WriteRequest`) or
+    /// `remote_write_v2` (`io.prometheus.write.v2.Request`, symbols interned per message).
+    #[serde(default)]
+    pub format: KafkaFormat,
     /// Producer linger (`linger.ms`). Default `1ms`: messages are pre-batched per request, so
     /// a longer linger only adds latency (measured, see BENCHMARKS.md).
     #[serde(default = "default_linger")]
@@ -252,6 +256,17 @@ pub struct KafkaFile {
     /// with a setting the ack guarantee depends on.
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// `regions[].sinks.kafka.format`
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaFormat {
+    /// `prometheus.WriteRequest`.
+    #[default]
+    RemoteWriteV1,
+    /// `io.prometheus.write.v2.Request`.
+    RemoteWriteV2,
 }
 
 /// `regions[].sinks.kafka.compression`
@@ -515,6 +530,7 @@ impl ConfigFile {
                     brokers: k.brokers,
                     topic: k.topic,
                     compression: k.compression,
+                    format: k.format,
                     linger: k.linger.0,
                     message_bytes: k.message_bytes,
                     delivery_timeout: k.delivery_timeout.0,

@@ -124,6 +124,8 @@ pub struct KafkaSinkConfig {
     pub topic: String,
     /// Compression codec.
     pub compression: KafkaCompression,
+    /// Message format.
+    pub format: KafkaFormat,
     /// Producer linger.
     pub linger: Duration,
     /// Target message size before compression.

@@ -1,6 +1,7 @@
 //! Prometheus remote-write (<https://prometheus.io/docs/specs/remote_write_spec/>).
 
 pub mod v1;
+pub mod v2;
 
 /// `Content-Type` of remote-write 1.0 bodies.
 pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";

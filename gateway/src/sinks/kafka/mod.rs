@@ -31,10 +31,47 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{Ack, SinkError, SinkHandle, SinkRequest};
-use crate::config::{KafkaCompression, KafkaSinkConfig};
+use crate::config::{KafkaCompression, KafkaFormat, KafkaSinkConfig};
+use protocols::remote_write::v2::V2Writer;
+
+/// One partition's message under construction.
+enum Framer {
+    V1(Vec<u8>),
+    V2(V2Writer),
+}
+
+impl Framer {
+    fn new(format: KafkaFormat) -> Self {
+        match format {
+            KafkaFormat::RemoteWriteV1 => Framer::V1(Vec::new()),
+            KafkaFormat::RemoteWriteV2 => Framer::V2(V2Writer::new()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Framer::V1(b) => b.len(),
+            Framer::V2(w) => w.approx_len(),
+        }
+    }
+
+    /// The finished message; the framer starts the next one.
+    fn take(&mut self) -> Vec<u8> {
+        match self {
+            Framer::V1(b) => std::mem::take(b),
+            Framer::V2(w) => {
+                let mut out = Vec::with_capacity(w.approx_len());
+                w.finish(&mut out);
+                out
+            }
+        }
+    }
+}
 
 /// `content-type` header of remote-write 1.0 messages.
 pub const CONTENT_TYPE_V1: &str = "application/x-protobuf;proto=prometheus.WriteRequest";
+/// `content-type` header of remote-write 2.0 messages.
+pub const CONTENT_TYPE_V2: &str = "application/x-protobuf;proto=io.prometheus.write.v2.Request";
 /// `schema-version` header: bumped on any incompatible change of message or headers.
 pub const SCHEMA_VERSION: &str = "1";
 
@@ -310,26 +347,37 @@ impl KafkaSink {
             }
         };
         // Frame each partition's series into messages of about `message_bytes`.
-        let mut open: HashMap<i32, Vec<u8>> = HashMap::new();
+        let format = self.cfg.format;
+        let mut open: HashMap<i32, Framer> = HashMap::new();
         let mut metadata_done = false;
         for (series, labels) in batch.series() {
             let p = (label_hash(&labels) % partitions as u64) as i32;
-            let buf = open.entry(p).or_default();
-            if !metadata_done {
-                // Metadata rides in the first message of the request.
-                encode_metadata(&batch.batch, buf);
-                metadata_done = true;
+            let framer = open.entry(p).or_insert_with(|| Framer::new(format));
+            let labels = labels.iter().map(|(k, v)| (k.as_ref(), *v));
+            match framer {
+                Framer::V1(buf) => {
+                    if !metadata_done {
+                        // 1.0 metadata rides in the first message of the request.
+                        encode_metadata(&batch.batch, buf);
+                        metadata_done = true;
+                    }
+                    encode_series_with_labels(&series, labels, buf);
+                }
+                // 2.0 carries metadata per series.
+                Framer::V2(w) => w.add_series(&batch.batch, &series, labels),
             }
-            encode_series_with_labels(&series, labels.iter().map(|(k, v)| (k.as_ref(), *v)), buf);
-            if buf.len() >= self.cfg.message_bytes {
-                let full = std::mem::take(buf);
+            if framer.len() >= self.cfg.message_bytes {
+                let full = framer.take();
                 if !self.produce(&topic, p, &full, &req) {
                     return;
                 }
             }
         }
-        let mut rest: Vec<(i32, Vec<u8>)> =
-            open.into_iter().filter(|(_, b)| !b.is_empty()).collect();
+        let mut rest: Vec<(i32, Vec<u8>)> = open
+            .into_iter()
+            .filter(|(_, f)| f.len() > 0)
+            .map(|(p, mut f)| (p, f.take()))
+            .collect();
         rest.sort_by_key(|(p, _)| *p);
         for (p, buf) in rest {
             if !self.produce(&topic, p, &buf, &req) {
@@ -354,7 +402,10 @@ impl KafkaSink {
             })
             .insert(Header {
                 key: "content-type",
-                value: Some(CONTENT_TYPE_V1),
+                value: Some(match self.cfg.format {
+                    KafkaFormat::RemoteWriteV1 => CONTENT_TYPE_V1,
+                    KafkaFormat::RemoteWriteV2 => CONTENT_TYPE_V2,
+                }),
             })
             .insert(Header {
                 key: "schema-version",
