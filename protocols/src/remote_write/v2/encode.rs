@@ -4,7 +4,9 @@ use std::collections::HashMap;
 
 use crate::model::{Batch, MetricType, SeriesRef};
 use crate::remote_write::v1::encode_histogram;
-use crate::wire::{put_bytes, put_f64, put_key, put_message, put_uvarint_field, put_varint, LEN};
+use crate::wire::{
+    put_bytes, put_f64, put_key, put_message, put_uvarint_field, put_varint, varint_len, LEN,
+};
 
 /// Builds one `Request`: add series, then [`V2Writer::finish`]. Symbols are interned per
 /// writer, so each message carries exactly the strings its series use.
@@ -170,13 +172,4 @@ impl V2Writer {
         out.extend_from_slice(&self.series);
         *self = Self::new();
     }
-}
-
-fn varint_len(mut v: u64) -> usize {
-    let mut n = 1;
-    while v >= 0x80 {
-        v >>= 7;
-        n += 1;
-    }
-    n
 }
