@@ -2,6 +2,8 @@
 //! Pure functions over a compiled policy, so the exact output is unit-tested.
 
 use residency_rules::{CompiledPolicy, DenyScope, EditOp, SeriesDecision, TenantId};
+
+use crate::pipeline::{gateway_tags, output_labels, ResolvedEdit};
 use serde::Serialize;
 
 /// Parses `{name="value", ...}` or `metric{name="value", ...}` (PromQL selector syntax with
@@ -146,8 +148,20 @@ pub fn explain(
     };
     out.home = Some(view.home().to_string());
     out.allowed = view.route(view.allowed()).map(|r| r.to_string()).collect();
-    let pairs = labels.iter().map(|(n, v)| (n.as_str(), v.as_str()));
-    let (decision, trace) = view.explain(pairs);
+    // The series as the gateway would decode it, so the stored labels below come from the
+    // same code the write path uses (`pipeline::output_labels`), not a copy of its rules.
+    let batch = match single_series(labels) {
+        Ok(b) => b,
+        Err(e) => {
+            out.reason = Some(format!("not a valid series: {e}"));
+            return out;
+        }
+    };
+    let Some(series) = batch.series().next() else {
+        out.reason = Some("not a valid series: no labels".into());
+        return out;
+    };
+    let (decision, trace) = view.explain(series.labels().iter());
     out.matched = trace
         .into_iter()
         .map(|t| Matched {
@@ -160,29 +174,27 @@ pub fn explain(
         SeriesDecision::Allow { regions, edits } => {
             out.decision = "allow";
             out.regions = view.route(regions).map(|r| r.to_string()).collect();
-            let first = view.route(regions).next();
-            let mut stored: Vec<(String, String)> = Vec::new();
-            for (i, (n, v)) in labels.iter().enumerate() {
-                match edits.iter().find(|e| e.index as usize == i).map(|e| e.op) {
-                    Some(EditOp::Drop) => {}
-                    Some(EditOp::Hash) => stored.push((n.clone(), policy.hash_value(v))),
-                    None => stored.push((n.clone(), v.clone())),
-                }
+            let edits: Vec<ResolvedEdit> = edits
+                .iter()
+                .map(|e| ResolvedEdit {
+                    index: e.index,
+                    replacement: match e.op {
+                        EditOp::Drop => None,
+                        EditOp::Hash => series
+                            .labels()
+                            .iter()
+                            .nth(e.index as usize)
+                            .map(|(_, v)| policy.hash_value(v)),
+                    },
+                })
+                .collect();
+            if let Some(region) = view.route(regions).next() {
+                let tags = gateway_tags("tenant", "region", tenant, region, policy);
+                out.stored_labels = output_labels(&series, &edits, &tags)
+                    .into_iter()
+                    .map(|(k, v)| (k.into_owned(), v.to_string()))
+                    .collect();
             }
-            for (n, _) in stored.iter_mut() {
-                if n == "tenant" || n == "region" {
-                    n.insert_str(0, "exported_");
-                }
-            }
-            stored.push(("tenant".into(), tenant.to_string()));
-            if let Some(r) = first {
-                stored.push(("region".into(), r.to_string()));
-                for (k, v) in policy.region_tags(r).iter() {
-                    stored.push((k.clone(), v.clone()));
-                }
-            }
-            stored.sort();
-            out.stored_labels = stored;
         }
         SeriesDecision::Deny(d) => {
             out.decision = match d.scope {
@@ -194,6 +206,33 @@ pub fn explain(
         }
     }
     out
+}
+
+/// One series with one sample, decoded by the write path's decoder.
+fn single_series(labels: &[(String, String)]) -> Result<protocols::Batch, protocols::DecodeError> {
+    use prost::Message;
+    use protocols::remote_write::v1::reference as pb;
+    let req = pb::WriteRequest {
+        timeseries: vec![pb::TimeSeries {
+            labels: labels
+                .iter()
+                .map(|(name, value)| pb::Label {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            samples: vec![pb::Sample {
+                value: 0.0,
+                timestamp: 0,
+            }],
+            ..Default::default()
+        }],
+        metadata: Vec::new(),
+    };
+    protocols::remote_write::v1::decode_message(
+        bytes::Bytes::from(req.encode_to_vec()),
+        &protocols::DecodeLimits::default(),
+    )
 }
 
 fn selector(labels: &[(String, String)]) -> String {

@@ -116,6 +116,27 @@ impl TaggedBatch {
     }
 }
 
+/// The labels the gateway adds to a series stored in `region`: tenant, region, then the
+/// region's policy tags (a policy tag cannot override the first two).
+pub fn gateway_tags(
+    tenant_label: &str,
+    region_label: &str,
+    tenant: &TenantId,
+    region: &RegionId,
+    policy: &residency_rules::CompiledPolicy,
+) -> Vec<(String, String)> {
+    let mut tags = vec![
+        (tenant_label.to_string(), tenant.to_string()),
+        (region_label.to_string(), region.to_string()),
+    ];
+    for (k, v) in policy.region_tags(region).iter() {
+        if k != tenant_label && k != region_label {
+            tags.push((k.clone(), v.clone()));
+        }
+    }
+    tags
+}
+
 /// A series' labels as stored: the client's labels (including `__name__`) after residency
 /// edits, a client label named like a gateway tag renamed `exported_<name>` (repeatedly, until
 /// free) so no client can spoof its tenant or region, then the tags; sorted by name.
@@ -260,15 +281,13 @@ impl Pipeline {
         // Enqueue everywhere first so sinks work in parallel, then wait for every ack.
         let mut acks = Vec::new();
         for (region, selection) in shares {
-            let mut tags: Vec<(String, String)> = vec![
-                (self.tenant_label.to_string(), tenant.to_string()),
-                (self.region_label.to_string(), region.to_string()),
-            ];
-            for (k, v) in view.policy().region_tags(&region).iter() {
-                if *k != *self.tenant_label && *k != *self.region_label {
-                    tags.push((k.clone(), v.clone()));
-                }
-            }
+            let tags = gateway_tags(
+                &self.tenant_label,
+                &self.region_label,
+                tenant,
+                &region,
+                view.policy(),
+            );
             let share = Arc::new(TaggedBatch {
                 tenant: tenant.clone(),
                 region: region.clone(),

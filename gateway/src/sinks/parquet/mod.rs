@@ -161,12 +161,9 @@ impl ParquetSink {
     async fn accept(&mut self, req: SinkRequest) {
         let batch = &req.batch;
         debug_assert_eq!(batch.region, self.region, "the pipeline routes by region");
-        for (series, labels) in batch.series() {
+        for (series, mut labels) in batch.series() {
             // `__name__` is the `metric` column.
-            let labels: Vec<_> = labels
-                .into_iter()
-                .filter(|(k, _)| k != METRIC_NAME_LABEL)
-                .collect();
+            labels.retain(|(k, _)| k != METRIC_NAME_LABEL);
             let metric = series.metric_name();
             for s in series.samples() {
                 let p = partition(
