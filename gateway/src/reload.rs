@@ -26,30 +26,36 @@ pub async fn watch_policy(
             None
         }
     };
-    let mut last = std::fs::read(&settings.policy_file).ok();
+    let read = || std::fs::read_to_string(&settings.policy_file);
+    let mut last = read().ok();
     let mut tick = tokio::time::interval(settings.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     metrics::gauge!("traceo_policy_last_reload_success").set(1.0);
     loop {
-        let trigger = tokio::select! {
+        // One read per trigger: the text compared for changes is the text compiled.
+        let (trigger, text) = tokio::select! {
             _ = stop.cancelled() => return,
             Some(()) = async {
                 match hup.as_mut() {
                     Some(h) => h.recv().await,
                     None => std::future::pending().await,
                 }
-            } => "SIGHUP",
+            } => ("SIGHUP", read()),
             _ = tick.tick() => {
-                let now = std::fs::read(&settings.policy_file).ok();
-                if now == last {
+                let now = read();
+                if now.as_ref().ok() == last.as_ref() {
                     continue;
                 }
-                "file changed"
+                ("file changed", now)
             }
         };
-        last = std::fs::read(&settings.policy_file).ok();
+        last = text.as_ref().ok().cloned();
         let file = settings.policy_file.display().to_string();
-        match config.load_policy(&settings) {
+        let result = match text {
+            Ok(text) => config.compile_policy(&settings, &text),
+            Err(e) => Err(vec![format!("residency.policy: cannot read {file}: {e}")]),
+        };
+        match result {
             Ok(policy) => {
                 state.policy.store(Arc::new(policy));
                 metrics::counter!("traceo_policy_reloads_total", "result" => "success")

@@ -663,8 +663,15 @@ impl ConfigFile {
             }
         };
 
-        match (http_addr, auth, problems.is_empty()) {
-            (Some(http_addr), Some(auth), true) => Ok(Config {
+        // Without a policy file this is the policy in force; with one, a refuse-all
+        // stand-in (its tenants have no region) that `Config::from_yaml` replaces at once.
+        let policy = auth.as_ref().and_then(|auth| {
+            super::implicit_policy(&regions, &tenants, auth)
+                .map_err(|e| problems.extend(e.problems))
+                .ok()
+        });
+        match (http_addr, auth, policy, problems.is_empty()) {
+            (Some(http_addr), Some(auth), Some(policy), true) => Ok(Config {
                 http_addr,
                 limits,
                 auth,
@@ -675,7 +682,7 @@ impl ConfigFile {
                 bearer_tokens,
                 drain_delay: self.shutdown.drain_delay.0,
                 residency,
-                policy: None,
+                policy: std::sync::Arc::new(policy),
             }),
             _ => Err(problems),
         }

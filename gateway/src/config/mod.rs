@@ -161,8 +161,9 @@ pub struct Config {
     pub drain_delay: Duration,
     /// The policy file settings; `None` for the implicit policy.
     pub residency: Option<ResidencySettings>,
-    /// The residency policy in force at load (the server swaps in reloads).
-    pub policy: Option<Arc<CompiledPolicy>>,
+    /// The residency policy in force at load (the server swaps in reloads): the policy file's,
+    /// or the one implied by `regions`, `tenants` and `auth`.
+    pub policy: Arc<CompiledPolicy>,
 }
 
 /// `residency:` validated.
@@ -207,83 +208,44 @@ impl Config {
             file: file.to_string(),
             problems,
         };
-        let policy = match config.residency.as_mut() {
-            Some(settings) => {
-                if settings.policy_file.is_relative() {
-                    if let Some(dir) = Path::new(file).parent() {
-                        settings.policy_file = dir.join(&settings.policy_file);
-                    }
+        if let Some(settings) = config.residency.as_mut() {
+            if settings.policy_file.is_relative() {
+                if let Some(dir) = Path::new(file).parent() {
+                    settings.policy_file = dir.join(&settings.policy_file);
                 }
-                let settings = settings.clone();
-                config.load_policy(&settings).map_err(invalid)?
             }
-            None => config.implicit_policy().map_err(|e| invalid(e.problems))?,
-        };
-        config.policy = Some(Arc::new(policy));
+            let settings = settings.clone();
+            config.policy = Arc::new(config.load_policy(&settings).map_err(invalid)?);
+        }
         Ok(config)
     }
 
     /// The residency policy loaded with this configuration.
     pub fn policy(&self) -> Arc<CompiledPolicy> {
-        match &self.policy {
-            Some(p) => p.clone(),
-            // `from_yaml` always sets it; a hand-built Config without one refuses everyone.
-            None => Arc::new(
-                residency_rules::load("regions: [{id: none, jurisdiction: none}]")
-                    .expect("the refuse-all policy compiles"),
-            ),
-        }
-    }
-
-    /// The policy a configuration without `residency.policy` implies: each listed tenant in
-    /// its `region` only, unlisted tenants in `auth.default_region` (auth off) or refused.
-    fn implicit_policy(&self) -> Result<CompiledPolicy, PolicyError> {
-        use residency_rules::policy::{RegionPolicy, TenantPolicy, UnknownTenants};
-        let policy = residency_rules::Policy {
-            regions: self
-                .regions
-                .iter()
-                .map(|r| RegionPolicy {
-                    id: r.id.to_string(),
-                    jurisdiction: "unspecified".into(),
-                    tags: Default::default(),
-                })
-                .collect(),
-            tenants: self
-                .tenants
-                .values()
-                .filter_map(|t| {
-                    t.region.as_ref().map(|r| TenantPolicy {
-                        id: t.id.to_string(),
-                        home: r.to_string(),
-                        allowed: Vec::new(),
-                        default_class: None,
-                    })
-                })
-                .collect(),
-            unknown_tenants: match &self.auth {
-                AuthPolicy::Off {
-                    default_region: Some(r),
-                } => UnknownTenants::Allow {
-                    home: r.to_string(),
-                    allowed: Vec::new(),
-                },
-                _ => UnknownTenants::Deny,
-            },
-            classes: Default::default(),
-            rules: Vec::new(),
-            hash_key: None,
-        };
-        residency_rules::compile(&policy)
+        self.policy.clone()
     }
 
     /// Reads and compiles the policy file of `settings` and checks it against this
     /// configuration; every problem names the policy file.
     pub fn load_policy(&self, settings: &ResidencySettings) -> Result<CompiledPolicy, Vec<String>> {
+        let text = std::fs::read_to_string(&settings.policy_file).map_err(|e| {
+            vec![format!(
+                "residency.policy: cannot read {}: {e}",
+                settings.policy_file.display()
+            )]
+        })?;
+        self.compile_policy(settings, &text)
+    }
+
+    /// Compiles policy text read from `settings.policy_file` and checks it against this
+    /// configuration.
+    pub fn compile_policy(
+        &self,
+        settings: &ResidencySettings,
+        text: &str,
+    ) -> Result<CompiledPolicy, Vec<String>> {
         let name = settings.policy_file.display().to_string();
-        let text = std::fs::read_to_string(&settings.policy_file)
-            .map_err(|e| vec![format!("residency.policy: cannot read {name}: {e}")])?;
-        let policy = residency_rules::load(&text).map_err(|e| {
+        let policy = residency_rules::load(text).map_err(|e| {
             e.problems
                 .into_iter()
                 .map(|p| format!("residency.policy ({name}): {p}"))
@@ -363,6 +325,50 @@ impl Config {
         }
         problems
     }
+}
+
+/// The policy a configuration without `residency.policy` implies: each listed tenant in
+/// its `region` only, unlisted tenants in `auth.default_region` (auth off) or refused.
+pub(crate) fn implicit_policy(
+    regions: &[Region],
+    tenants: &HashMap<TenantId, Tenant>,
+    auth: &AuthPolicy,
+) -> Result<CompiledPolicy, PolicyError> {
+    use residency_rules::policy::{RegionPolicy, TenantPolicy, UnknownTenants};
+    let policy = residency_rules::Policy {
+        regions: regions
+            .iter()
+            .map(|r| RegionPolicy {
+                id: r.id.to_string(),
+                jurisdiction: "unspecified".into(),
+                tags: Default::default(),
+            })
+            .collect(),
+        tenants: tenants
+            .values()
+            .filter_map(|t| {
+                t.region.as_ref().map(|r| TenantPolicy {
+                    id: t.id.to_string(),
+                    home: r.to_string(),
+                    allowed: Vec::new(),
+                    default_class: None,
+                })
+            })
+            .collect(),
+        unknown_tenants: match auth {
+            AuthPolicy::Off {
+                default_region: Some(r),
+            } => UnknownTenants::Allow {
+                home: r.to_string(),
+                allowed: Vec::new(),
+            },
+            _ => UnknownTenants::Deny,
+        },
+        classes: Default::default(),
+        rules: Vec::new(),
+        hash_key: None,
+    };
+    residency_rules::compile(&policy)
 }
 
 #[cfg(test)]

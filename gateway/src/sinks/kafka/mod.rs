@@ -106,6 +106,33 @@ struct Context {
     sink: String,
     /// Set when a delivery failed in a way only a new producer id cures.
     renew: Arc<AtomicBool>,
+    metrics: SinkMetrics,
+}
+
+/// Metric handles registered once per sink: looking them up (and allocating their labels)
+/// per message would be work repeated on the hot path.
+#[derive(Clone)]
+struct SinkMetrics {
+    messages: metrics::Counter,
+    message_bytes: metrics::Counter,
+    queue_full: metrics::Counter,
+    delivered: metrics::Counter,
+    delivery_errors: metrics::Counter,
+    delivery_seconds: metrics::Histogram,
+}
+
+impl SinkMetrics {
+    fn new(sink: &str) -> Self {
+        let labels = [("sink", sink.to_string())];
+        Self {
+            messages: metrics::counter!("traceo_kafka_messages_total", &labels),
+            message_bytes: metrics::counter!("traceo_kafka_message_bytes_total", &labels),
+            queue_full: metrics::counter!("traceo_kafka_queue_full_total", &labels),
+            delivered: metrics::counter!("traceo_kafka_messages_delivered_total", &labels),
+            delivery_errors: metrics::counter!("traceo_kafka_delivery_errors_total", &labels),
+            delivery_seconds: metrics::histogram!("traceo_kafka_delivery_seconds", &labels),
+        }
+    }
 }
 
 /// Delivery errors after which this producer's id or epoch is unusable on the broker: seen
@@ -130,15 +157,15 @@ impl ProducerContext for Context {
     type DeliveryOpaque = Box<Delivery>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, delivery: Self::DeliveryOpaque) {
-        let labels = [("sink", self.sink.clone())];
         match result {
             Ok(_) => {
-                metrics::counter!("traceo_kafka_messages_delivered_total", &labels).increment(1);
-                metrics::histogram!("traceo_kafka_delivery_seconds", &labels)
+                self.metrics.delivered.increment(1);
+                self.metrics
+                    .delivery_seconds
                     .record(delivery.started.elapsed().as_secs_f64());
             }
             Err((e, _)) => {
-                metrics::counter!("traceo_kafka_delivery_errors_total", &labels).increment(1);
+                self.metrics.delivery_errors.increment(1);
                 warn!(sink = %self.sink, error = %e, "kafka delivery failed");
                 if needs_new_producer(e) {
                     self.renew.store(true, Ordering::Relaxed);
@@ -192,10 +219,12 @@ pub fn spawn(
 ) -> Result<(SinkHandle, JoinHandle<()>), StartError> {
     let name = format!("kafka/{region}");
     let renew = Arc::new(AtomicBool::new(false));
+    let sink_metrics = SinkMetrics::new(&name);
     let producer: ThreadedProducer<Context> = client_config(&cfg)
         .create_with_context(Context {
             sink: name.clone(),
             renew: renew.clone(),
+            metrics: sink_metrics.clone(),
         })
         .map_err(|source| StartError::Client {
             region: region.clone(),
@@ -208,6 +237,7 @@ pub fn spawn(
         cfg,
         producer,
         renew,
+        metrics: sink_metrics,
         partitions: HashMap::new(),
     };
     let runtime = tokio::runtime::Handle::current();
@@ -228,6 +258,7 @@ struct KafkaSink {
     cfg: KafkaSinkConfig,
     producer: ThreadedProducer<Context>,
     renew: Arc<AtomicBool>,
+    metrics: SinkMetrics,
     /// Partition count per topic, with when it was fetched.
     partitions: HashMap<String, (i32, Instant)>,
 }
@@ -324,6 +355,7 @@ impl KafkaSink {
         match client_config(&self.cfg).create_with_context(Context {
             sink: self.name.clone(),
             renew: self.renew.clone(),
+            metrics: self.metrics.clone(),
         }) {
             Ok(p) => {
                 // Dropping the old one purges and fails what it still held.
@@ -411,10 +443,8 @@ impl KafkaSink {
                 key: "schema-version",
                 value: Some(SCHEMA_VERSION),
             });
-        let labels = [("sink", self.name.clone())];
-        metrics::counter!("traceo_kafka_messages_total", &labels).increment(1);
-        metrics::counter!("traceo_kafka_message_bytes_total", &labels)
-            .increment(payload.len() as u64);
+        self.metrics.messages.increment(1);
+        self.metrics.message_bytes.increment(payload.len() as u64);
         let mut record = BaseRecord::with_opaque_to(
             topic,
             Box::new(Delivery {
@@ -438,7 +468,7 @@ impl KafkaSink {
                         )));
                         return false;
                     }
-                    metrics::counter!("traceo_kafka_queue_full_total", &labels).increment(1);
+                    self.metrics.queue_full.increment(1);
                     // Deliveries free the queue; wait for them instead of spinning.
                     std::thread::sleep(Duration::from_millis(5));
                     record = back;

@@ -160,7 +160,6 @@ impl ParquetSink {
 
     async fn accept(&mut self, req: SinkRequest) {
         let batch = &req.batch;
-        debug_assert_eq!(batch.region, self.region, "the pipeline routes by region");
         for (series, mut labels) in batch.series() {
             // `__name__` is the `metric` column.
             labels.retain(|(k, _)| k != METRIC_NAME_LABEL);
