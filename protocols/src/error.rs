@@ -113,6 +113,21 @@ pub enum DecodeError {
         /// The repeated name.
         name: String,
     },
+    /// A gzip body that is not valid gzip.
+    #[error("invalid gzip body: {0}")]
+    Gzip(String),
+    /// A compressed body that expands past the decompressed-size limit.
+    #[error("body inflates past the limit of {limit} bytes")]
+    InflatedTooLarge {
+        /// Configured limit in bytes.
+        limit: usize,
+    },
+    /// A protobuf message that does not decode (OTLP; remote-write uses its own decoder).
+    #[error("invalid protobuf: {0}")]
+    Protobuf(String),
+    /// A JSON body that does not parse as the message it should be.
+    #[error("invalid JSON: {0}")]
+    Json(String),
     /// A series without a `__name__` label.
     #[error("series {series} has no __name__ label")]
     MissingMetricName {
@@ -126,7 +141,9 @@ impl DecodeError {
     pub fn is_too_large(&self) -> bool {
         matches!(
             self,
-            DecodeError::CompressedTooLarge { .. } | DecodeError::DecompressedTooLarge { .. }
+            DecodeError::CompressedTooLarge { .. }
+                | DecodeError::DecompressedTooLarge { .. }
+                | DecodeError::InflatedTooLarge { .. }
         )
     }
 
@@ -148,6 +165,10 @@ impl DecodeError {
             DecodeError::InvalidLabelName { .. } => "invalid_label_name",
             DecodeError::DuplicateLabelName { .. } => "duplicate_label_name",
             DecodeError::MissingMetricName { .. } => "missing_metric_name",
+            DecodeError::Gzip(_) => "invalid_gzip",
+            DecodeError::InflatedTooLarge { .. } => "decompressed_too_large",
+            DecodeError::Protobuf(_) => "invalid_protobuf",
+            DecodeError::Json(_) => "invalid_json",
         }
     }
 }

@@ -15,14 +15,17 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+mod builder;
 mod error;
 mod limits;
 mod model;
+pub mod otlp;
 pub mod remote_write;
 pub mod snappy;
 mod text;
 mod wire;
 
+pub use builder::BatchBuilder;
 pub use error::DecodeError;
 pub use limits::DecodeLimits;
 pub use model::{
