@@ -1,4 +1,4 @@
-//! Starts the sinks and the listener from a validated [`Config`] and shuts them down in the
+//! Starts the sinks and the listeners from a validated [`Config`] and shuts them down in the
 //! order that loses nothing: stop answering ready, stop accepting, let in-flight requests
 //! finish (their sinks still run), then flush and stop the sinks.
 
@@ -61,13 +61,25 @@ pub async fn run(
     }
     let pipeline = Pipeline::new(handles, &config.tenant_label, &config.region_label);
 
-    let listener = TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.http_addr,
-            source,
-        })?;
-    info!(addr = %config.http_addr, regions = config.regions.len(), tenants = config.tenants.len(), "traceo-gateway listening");
+    // Every port serves every endpoint; the OTLP ones exist because clients default to them.
+    let mut listeners = Vec::new();
+    for (what, addr) in [
+        ("http", Some(config.http_addr)),
+        ("otlp_grpc", config.otlp.grpc_addr),
+        ("otlp_http", config.otlp.http_addr),
+    ] {
+        let Some(addr) = addr else { continue };
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        info!(listener = what, %addr, "listening");
+        listeners.push(listener);
+    }
+    info!(
+        regions = config.regions.len(),
+        tenants = config.tenants.len(),
+        "traceo-gateway ready"
+    );
 
     let state = Arc::new(AppState {
         config: config.clone(),
@@ -101,15 +113,20 @@ pub async fn run(
     }
 
     let stop_accepting = CancellationToken::new();
-    let server = tokio::spawn(serve(listener, state.clone(), stop_accepting.clone()));
+    let servers: Vec<_> = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(serve(l, state.clone(), stop_accepting.clone())))
+        .collect();
 
     shutdown.cancelled().await;
     state.draining.store(true, Ordering::Relaxed);
     info!(delay = ?config.drain_delay, "draining: readiness now fails");
     tokio::time::sleep(config.drain_delay).await;
     stop_accepting.cancel();
-    let _ = server.await;
-    info!("listener closed; flushing sinks");
+    for server in servers {
+        let _ = server.await;
+    }
+    info!("listeners closed; flushing sinks");
     sink_stop.cancel();
     for t in tasks {
         let _ = t.await;

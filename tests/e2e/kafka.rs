@@ -47,6 +47,7 @@ fn prometheus_samples_acknowledged_by_the_gateway_are_all_in_kafka() {
         dir,
         &r#"
 listen: { http: "127.0.0.1:{port}" }
+otlp: { grpc_listen: null, http_listen: null }
 regions:
   - id: local
     sinks:
@@ -155,6 +156,7 @@ fn broker_outage_gets_retryable_answers_and_loses_nothing_acknowledged() {
         dir,
         &r#"
 listen: { http: "127.0.0.1:{port}" }
+otlp: { grpc_listen: null, http_listen: null }
 auth: { mode: off, default_region: local }
 regions:
   - id: local
@@ -243,6 +245,7 @@ fn remote_write_v2_messages_carry_the_same_samples() {
         dir,
         &r#"
 listen: { http: "127.0.0.1:{port}" }
+otlp: { grpc_listen: null, http_listen: null }
 auth: { mode: off, default_region: local }
 regions:
   - id: local

@@ -29,6 +29,7 @@ fn prometheus_remote_write_lands_in_parquet_with_tenant_and_labels() {
         dir,
         r#"
 listen: { http: "127.0.0.1:{port}" }
+otlp: { grpc_listen: null, http_listen: null }
 regions:
   - id: local
     sinks:

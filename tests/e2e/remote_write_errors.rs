@@ -14,6 +14,7 @@ const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
 
 const CONFIG: &str = r#"
 listen: { http: "127.0.0.1:{port}" }
+otlp: { grpc_listen: null, http_listen: null }
 limits: { max_body_bytes: 65536 }
 regions:
   - id: local

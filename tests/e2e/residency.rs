@@ -45,6 +45,7 @@ hash_key: "e2e-residency-key-0123456789"
 
 const CONFIG: &str = r#"
 listen: { http: "127.0.0.1:{port}" }
+otlp: { grpc_listen: null, http_listen: null }
 auth: { mode: off }
 residency: { policy: policy.yaml, poll_interval: 200ms }
 regions:

@@ -11,7 +11,7 @@ use protocols::DecodeLimits;
 use residency_rules::{RegionId, TenantId};
 
 use super::{
-    AuthPolicy, Config, HumanDuration, KafkaSinkConfig, ParquetSinkConfig, Region,
+    AuthPolicy, Config, HumanDuration, KafkaSinkConfig, OtlpSettings, ParquetSinkConfig, Region,
     ResidencySettings, Tenant,
 };
 
@@ -43,6 +43,67 @@ pub struct ConfigFile {
     /// `tenants[].region` (and unlisted tenants to `auth.default_region`).
     #[serde(default)]
     pub residency: Option<ResidencyFile>,
+    /// OTLP metrics ingestion.
+    #[serde(default)]
+    pub otlp: OtlpFile,
+}
+
+/// `otlp:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpFile {
+    /// OTLP/gRPC listener; `null` turns it off. Default `0.0.0.0:4317`.
+    #[serde(default = "default_otlp_grpc")]
+    pub grpc_listen: Option<String>,
+    /// OTLP/HTTP listener; `null` turns it off (`/v1/metrics` stays on `listen.http`).
+    /// Default `0.0.0.0:4318`.
+    #[serde(default = "default_otlp_http")]
+    pub http_listen: Option<String>,
+    /// Metric and label naming.
+    #[serde(default)]
+    pub translation: OtlpTranslation,
+    /// Resource attributes copied onto every series of their resource as labels.
+    #[serde(default)]
+    pub promote_resource_attributes: Vec<String>,
+    /// Add `otel_scope_name`, `otel_scope_version`, `otel_scope_schema_url` and scope attributes
+    /// to every series. Default false, as in Prometheus.
+    #[serde(default)]
+    pub promote_scope_metadata: bool,
+    /// A resource attribute that names the tenant of its resource's data (treated as that
+    /// resource's `X-Scope-OrgID`).
+    #[serde(default)]
+    pub tenant_attribute: Option<String>,
+}
+
+fn default_otlp_grpc() -> Option<String> {
+    Some("0.0.0.0:4317".to_string())
+}
+fn default_otlp_http() -> Option<String> {
+    Some("0.0.0.0:4318".to_string())
+}
+
+impl Default for OtlpFile {
+    fn default() -> Self {
+        Self {
+            grpc_listen: default_otlp_grpc(),
+            http_listen: default_otlp_http(),
+            translation: OtlpTranslation::default(),
+            promote_resource_attributes: Vec::new(),
+            promote_scope_metadata: false,
+            tenant_attribute: None,
+        }
+    }
+}
+
+/// `otlp.translation`: Prometheus' `translation_strategy` names, in snake case.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpTranslation {
+    /// `http.server.duration` in `ms` -> `http_server_duration_milliseconds`.
+    #[default]
+    UnderscoreEscapingWithSuffixes,
+    /// Names as sent, UTF-8 included.
+    NoTranslation,
 }
 
 /// `residency:`
@@ -373,6 +434,73 @@ fn valid_label_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+impl OtlpFile {
+    fn validate(self, http: Option<SocketAddr>, problems: &mut Vec<String>) -> OtlpSettings {
+        let mut addr = |field: &str, v: &Option<String>| -> Option<SocketAddr> {
+            let v = v.as_ref()?;
+            match v.parse::<SocketAddr>() {
+                Ok(a) if Some(a) == http => {
+                    problems.push(format!(
+                        "otlp.{field}: {v:?} is listen.http's address; /v1/metrics is served \
+                         there anyway, set otlp.{field} to null"
+                    ));
+                    None
+                }
+                Ok(a) => Some(a),
+                Err(e) => {
+                    problems.push(format!("otlp.{field}: {v:?} is not an address: {e}"));
+                    None
+                }
+            }
+        };
+        let grpc_addr = addr("grpc_listen", &self.grpc_listen);
+        let http_addr = addr("http_listen", &self.http_listen);
+        if grpc_addr.is_some() && grpc_addr == http_addr {
+            problems.push(format!(
+                "otlp.http_listen: {:?} is also otlp.grpc_listen; one port serves both, set \
+                 otlp.http_listen to null",
+                self.http_listen.as_deref().unwrap_or_default()
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, a) in self.promote_resource_attributes.iter().enumerate() {
+            if a.trim().is_empty() {
+                problems.push(format!("otlp.promote_resource_attributes[{i}]: is empty"));
+            } else if !seen.insert(a.trim()) {
+                problems.push(format!(
+                    "otlp.promote_resource_attributes[{i}]: {a:?} is listed twice"
+                ));
+            }
+        }
+        if self
+            .tenant_attribute
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
+            problems.push("otlp.tenant_attribute: is empty; leave it out instead".to_string());
+        }
+        OtlpSettings {
+            grpc_addr,
+            http_addr,
+            translate: protocols::otlp::TranslateOptions {
+                naming: match self.translation {
+                    OtlpTranslation::UnderscoreEscapingWithSuffixes => {
+                        protocols::otlp::Naming::UnderscoreEscapingWithSuffixes
+                    }
+                    OtlpTranslation::NoTranslation => protocols::otlp::Naming::NoTranslation,
+                },
+                promote_resource_attributes: self
+                    .promote_resource_attributes
+                    .iter()
+                    .map(|a| a.trim().to_string())
+                    .collect(),
+                promote_scope_metadata: self.promote_scope_metadata,
+                tenant_attribute: self.tenant_attribute.map(|a| a.trim().to_string()),
+            },
+        }
+    }
+}
+
 impl ConfigFile {
     /// Validates meaning, collecting every problem; each names its field path and value.
     pub fn validate(self) -> Result<Config, Vec<String>> {
@@ -406,6 +534,8 @@ impl ConfigFile {
                 ))
             })
             .ok();
+
+        let otlp = self.otlp.validate(http_addr, &mut problems);
 
         let l = &self.limits;
         for (field, v) in [
@@ -683,6 +813,7 @@ impl ConfigFile {
                 drain_delay: self.shutdown.drain_delay.0,
                 residency,
                 policy: std::sync::Arc::new(policy),
+                otlp,
             }),
             _ => Err(problems),
         }

@@ -164,6 +164,19 @@ pub struct Config {
     /// The residency policy in force at load (the server swaps in reloads): the policy file's,
     /// or the one implied by `regions`, `tenants` and `auth`.
     pub policy: Arc<CompiledPolicy>,
+    /// OTLP listeners and translation.
+    pub otlp: OtlpSettings,
+}
+
+/// `otlp:` validated.
+#[derive(Debug, Clone)]
+pub struct OtlpSettings {
+    /// OTLP/gRPC listener, if on.
+    pub grpc_addr: Option<std::net::SocketAddr>,
+    /// OTLP/HTTP listener, if on.
+    pub http_addr: Option<std::net::SocketAddr>,
+    /// How OTLP becomes Prometheus series.
+    pub translate: protocols::otlp::TranslateOptions,
 }
 
 /// `residency:` validated.

@@ -1,4 +1,4 @@
-//! The HTTP listener: HTTP/1.1 and h2c (prior knowledge) on one port, routes, and the
+//! The HTTP listener: HTTP/1.1 and h2c (prior knowledge) on each port, routes, and the
 //! remote-write handler.
 
 use std::convert::Infallible;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::ApiError;
+use super::{otlp, ApiError, ResponseBody};
 use crate::config::Config;
 use crate::pipeline::{Pipeline, Plan};
 use crate::tenant;
@@ -66,7 +66,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Cancellati
         let state = state.clone();
         let svc = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(route(req, &state).await) }
+            async move { Ok::<_, Infallible>(dispatch(req, &state).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
@@ -95,11 +95,22 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
         .expect("static response is valid")
 }
 
+/// gRPC requests (by content type) go to the OTLP gRPC service, everything else to [`route`].
+async fn dispatch(req: Request<Incoming>, state: &AppState) -> Response<ResponseBody> {
+    if otlp::is_grpc(&req) {
+        otlp::grpc_export(req, state).await.map(Either::Right)
+    } else {
+        route(req, state).await.map(Either::Left)
+    }
+}
+
 async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::POST, "/api/v1/write") => remote_write(req, state).await,
         (_, "/api/v1/write") => ApiError::MethodNotAllowed("POST").into_response(),
+        (&Method::POST, "/v1/metrics") => otlp::http_export(req, state).await,
+        (_, "/v1/metrics") => ApiError::MethodNotAllowed("POST").into_response(),
         (&Method::GET | &Method::HEAD, "/-/healthy") => text(StatusCode::OK, "OK\n"),
         (&Method::GET | &Method::HEAD, "/-/ready") => {
             if state.draining.load(Ordering::Relaxed) {
@@ -190,25 +201,8 @@ async fn remote_write_inner(
         })?;
 
     let limits = state.config.limits;
-    let limit = limits.max_compressed_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    let body = Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::BodyTooLarge { limit }
-            } else {
-                ApiError::BodyRead(e.to_string())
-            }
-        })?
-        .to_bytes();
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, &parts.headers, limits.max_compressed_bytes).await?;
     let labels = [
         ("protocol", "remote_write_v1".to_string()),
         ("tenant", tenant.to_string()),
@@ -233,10 +227,41 @@ async fn remote_write_inner(
     Ok(())
 }
 
+/// Reads a request body of at most `limit` bytes; a declared `Content-Length` over the limit
+/// is refused before reading.
+pub(super) async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    Ok(Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::BodyTooLarge { limit }
+            } else {
+                ApiError::BodyRead(e.to_string())
+            }
+        })?
+        .to_bytes())
+}
+
 /// Residency decisions for every series of `batch`: where each may go and what to edit. A
 /// tenant without label rules skips the per-series loop. A `deny_request` match refuses the
 /// whole request before anything reaches a sink; `deny_series` drops the series (counted).
-fn plan(view: &TenantView<'_>, tenant: &TenantId, batch: &Batch) -> Result<Plan, ApiError> {
+pub(super) fn plan(
+    view: &TenantView<'_>,
+    tenant: &TenantId,
+    batch: &Batch,
+) -> Result<Plan, ApiError> {
     if !view.has_rules() {
         return Ok(Plan::all(view.default_regions()));
     }

@@ -1,11 +1,17 @@
-//! Listeners: the HTTP server (HTTP/1.1 and h2c on one port) and the mapping of every internal
-//! outcome to a protocol answer.
+//! Listeners: the HTTP server (HTTP/1.1 and h2c on every port: remote-write, OTLP/HTTP and
+//! OTLP/gRPC) and the mapping of every internal outcome to a protocol answer.
 //!
 //! Owns request parsing up to the decoder and the answer codes. May call `tenant`, `protocols`
 //! and `pipeline`; never touches storage.
 
+mod grpc;
 mod http;
+mod otlp;
 mod response;
 
 pub use self::http::{serve, AppState};
+pub use grpc::GrpcBody;
 pub use response::ApiError;
+
+/// Every response body: plain HTTP answers, or a gRPC answer with trailers.
+pub type ResponseBody = http_body_util::Either<http_body_util::Full<bytes::Bytes>, GrpcBody>;

@@ -32,6 +32,10 @@ pub enum ApiError {
         /// What to tell the client.
         message: String,
     },
+    /// Two sources name different tenants for the same data (OTLP: header and resource
+    /// attribute).
+    #[error("{0}")]
+    TenantConflict(String),
     /// A residency rule refused the request.
     #[error("refused by residency policy: {0}")]
     PolicyDenied(String),
@@ -72,6 +76,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::UnknownTenant { status, .. } => *status,
             ApiError::PolicyDenied(_) => StatusCode::FORBIDDEN,
+            ApiError::TenantConflict(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::Decode(e) if e.is_too_large() => StatusCode::PAYLOAD_TOO_LARGE,
@@ -89,6 +94,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::UnknownTenant { .. } => "unknown_tenant",
             ApiError::PolicyDenied(_) => "policy_denied",
+            ApiError::TenantConflict(_) => "tenant_conflict",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::BodyRead(_) => "body_read",
             ApiError::Decode(e) => e.reason(),

@@ -1,0 +1,544 @@
+//! OTLP metrics export over HTTP (`POST /v1/metrics`, protobuf or JSON, optionally gzip) and
+//! gRPC (`MetricsService/Export`).
+//!
+//! Both transports share one path: authenticate, decode, translate, plan residency, submit,
+//! and answer once every sink made the data durable. They differ only in how an outcome is
+//! spelled. OTLP clients retry HTTP 429/502/503/504 and gRPC `UNAVAILABLE` (or
+//! `RESOURCE_EXHAUSTED` with `RetryInfo`) and nothing else, so every condition that retrying
+//! can fix (backpressure, a sink down, shutdown) is a 503 / `UNAVAILABLE` with a retry delay;
+//! bad input is 400 / `INVALID_ARGUMENT`, which clients drop. A `partial_success` (a 200 the
+//! client does not retry) is used only for points the translation refused as unrepresentable.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use prost::Message;
+use protocols::otlp::proto::{ExportMetricsPartialSuccess, ExportMetricsServiceResponse, Status};
+use protocols::otlp::{self, Encoding};
+use residency_rules::TenantId;
+use tracing::debug;
+
+use super::grpc::{self, Code, GrpcBody};
+use super::http::{plan, read_body, AppState};
+use super::ApiError;
+use crate::tenant::{self, ORG_ID_HEADER};
+
+/// The gRPC method of an OTLP metrics export.
+pub const GRPC_EXPORT_PATH: &str =
+    "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
+/// Seconds an OTLP client should wait before retrying.
+const RETRY_AFTER_SECS: u32 = 1;
+
+/// True for a gRPC request (by its content type), which goes to [`grpc_export`] whatever its
+/// path, so that a wrong method gets a gRPC `UNIMPLEMENTED` rather than an HTTP 404.
+pub fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// An export the gateway kept (all of it, or all but the refused points).
+struct Accepted {
+    rejected: u64,
+    message: String,
+}
+
+impl Accepted {
+    fn response(&self) -> ExportMetricsServiceResponse {
+        ExportMetricsServiceResponse {
+            partial_success: (self.rejected > 0).then(|| ExportMetricsPartialSuccess {
+                rejected_data_points: self.rejected as i64,
+                error_message: self.message.clone(),
+            }),
+        }
+    }
+}
+
+/// The tenant of the whole request, or `None` when it comes from a resource attribute (then
+/// each resource is authenticated with its own tenant after decoding).
+fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Option<TenantId>, ApiError> {
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::Draining);
+    }
+    if state.config.otlp.translate.tenant_attribute.is_some() {
+        return Ok(None);
+    }
+    let tenant = tenant::identify(headers, &state.config).map_err(ApiError::Unauthorized)?;
+    // Refuse a tenant the policy does not know before reading its body.
+    state
+        .policy
+        .load()
+        .tenant(&tenant)
+        .map_err(|e| ApiError::UnknownTenant {
+            status: state.unknown_tenant_status,
+            message: e.to_string(),
+        })?;
+    Ok(Some(tenant))
+}
+
+/// The tenant of one resource group: its attribute value counts as that resource's
+/// `X-Scope-OrgID`, checked against the credentials exactly like the header.
+fn group_tenant(
+    headers: &HeaderMap,
+    attribute: Option<&str>,
+    state: &AppState,
+) -> Result<TenantId, ApiError> {
+    let Some(value) = attribute else {
+        return tenant::identify(headers, &state.config).map_err(ApiError::Unauthorized);
+    };
+    let header = headers.get(ORG_ID_HEADER).and_then(|v| v.to_str().ok());
+    if let Some(h) = header.filter(|h| h.trim() != value) {
+        return Err(ApiError::TenantConflict(format!(
+            "X-Scope-OrgID names tenant {h:?} but a resource's {:?} attribute names {value:?}",
+            state
+                .config
+                .otlp
+                .translate
+                .tenant_attribute
+                .as_deref()
+                .unwrap_or_default()
+        )));
+    }
+    let mut with_tenant = headers.clone();
+    let v = HeaderValue::from_str(value).map_err(|_| {
+        ApiError::Unauthorized(tenant::AuthError::Malformed(
+            "the tenant attribute is not a valid header value",
+        ))
+    })?;
+    with_tenant.insert(ORG_ID_HEADER, v);
+    tenant::identify(&with_tenant, &state.config).map_err(ApiError::Unauthorized)
+}
+
+/// Decodes, translates and submits one export; answers once every sink made it durable.
+async fn export(
+    headers: &HeaderMap,
+    fixed_tenant: Option<TenantId>,
+    message: &[u8],
+    encoding: Encoding,
+    state: &AppState,
+    tenant_out: &mut Option<TenantId>,
+) -> Result<Accepted, ApiError> {
+    let limits = state.config.limits;
+    let request = otlp::decode(message, encoding, &limits).map_err(ApiError::Decode)?;
+    let translation = otlp::translate(&request, &state.config.otlp.translate, &limits)
+        .map_err(ApiError::Decode)?;
+    drop(request);
+    let refused = Accepted {
+        rejected: translation.rejected_points,
+        message: translation.error_message(),
+    };
+    let policy = state.policy.load_full();
+    // Every group is authenticated and planned before anything is submitted, so a request
+    // refused for one tenant leaves nothing behind for another.
+    let mut work = Vec::with_capacity(translation.batches.len());
+    for group in translation.batches {
+        let tenant = match &fixed_tenant {
+            Some(t) => t.clone(),
+            None => group_tenant(headers, group.tenant.as_deref(), state)?,
+        };
+        if tenant_out.is_none() {
+            *tenant_out = Some(tenant.clone());
+        }
+        let view = policy
+            .tenant(&tenant)
+            .map_err(|e| ApiError::UnknownTenant {
+                status: state.unknown_tenant_status,
+                message: e.to_string(),
+            })?;
+        let plan = plan(&view, &tenant, &group.batch)?;
+        work.push((tenant, view, plan, group.batch, group.points));
+    }
+    if tenant_out.is_none() {
+        *tenant_out = fixed_tenant;
+    }
+    for (tenant, view, plan, batch, points) in work {
+        let samples = batch.sample_count() as u64;
+        let histograms = batch.histogram_count() as u64;
+        if !plan.is_empty() {
+            state
+                .pipeline
+                .submit(&view, &tenant, batch, plan)
+                .await
+                .map_err(ApiError::Unavailable)?;
+        }
+        let labels = [
+            ("protocol", "otlp".to_string()),
+            ("tenant", tenant.to_string()),
+        ];
+        metrics::counter!("traceo_otlp_points_total", &labels).increment(points);
+        metrics::counter!("traceo_samples_total", &labels).increment(samples);
+        metrics::counter!("traceo_histograms_total", &labels).increment(histograms);
+    }
+    if refused.rejected > 0 {
+        let tenant = tenant_out
+            .as_ref()
+            .map_or("unknown".to_string(), |t| t.to_string());
+        metrics::counter!("traceo_otlp_rejected_points_total", "tenant" => tenant)
+            .increment(refused.rejected);
+    }
+    Ok(refused)
+}
+
+fn record(protocol: &'static str, tenant: &Option<TenantId>, code: String, started: Instant) {
+    let tenant = tenant
+        .as_ref()
+        .map_or("unknown", |t| t.as_str())
+        .to_string();
+    metrics::counter!("traceo_requests_total",
+        "protocol" => protocol, "tenant" => tenant.clone(), "code" => code)
+    .increment(1);
+    metrics::histogram!("traceo_request_duration_seconds",
+        "protocol" => protocol, "tenant" => tenant)
+    .record(started.elapsed().as_secs_f64());
+}
+
+fn rejected(protocol: &'static str, tenant: &Option<TenantId>, e: &ApiError) {
+    let t = tenant
+        .as_ref()
+        .map_or("unknown", |t| t.as_str())
+        .to_string();
+    metrics::counter!("traceo_rejections_total",
+        "protocol" => protocol, "tenant" => t.clone(), "reason" => e.reason())
+    .increment(1);
+    debug!(protocol, tenant = %t, status = %e.status(), error = %e, "OTLP export rejected");
+}
+
+/// The gRPC code for an error, and the retry delay when the client should retry.
+fn grpc_code(e: &ApiError) -> (Code, Option<u32>) {
+    match e.status() {
+        StatusCode::UNAUTHORIZED => (Code::Unauthenticated, None),
+        StatusCode::FORBIDDEN => (Code::PermissionDenied, None),
+        StatusCode::PAYLOAD_TOO_LARGE => (Code::ResourceExhausted, None),
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => (Code::Unimplemented, None),
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+            (Code::Unavailable, Some(RETRY_AFTER_SECS))
+        }
+        _ => (Code::InvalidArgument, None),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP
+
+fn http_encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+    let Some(v) = headers.get(header::CONTENT_TYPE) else {
+        return Err(ApiError::UnsupportedMediaType(
+            "missing Content-Type: OTLP/HTTP bodies are application/x-protobuf or application/json"
+                .into(),
+        ));
+    };
+    let s = v.to_str().unwrap_or("<not ASCII>");
+    let media = s.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case(otlp::CONTENT_TYPE_PROTOBUF) {
+        Ok(Encoding::Protobuf)
+    } else if media.eq_ignore_ascii_case(otlp::CONTENT_TYPE_JSON) {
+        Ok(Encoding::Json)
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "unsupported Content-Type {s:?}: OTLP/HTTP bodies are application/x-protobuf or \
+             application/json"
+        )))
+    }
+}
+
+fn http_gzip(headers: &HeaderMap) -> Result<bool, ApiError> {
+    match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str()) {
+        None => Ok(false),
+        Some(Ok(v)) if v.trim().eq_ignore_ascii_case("identity") => Ok(false),
+        Some(Ok(v)) if v.trim().eq_ignore_ascii_case("gzip") => Ok(true),
+        Some(v) => Err(ApiError::UnsupportedMediaType(format!(
+            "unsupported Content-Encoding {:?}: OTLP bodies are gzip or uncompressed",
+            v.unwrap_or("<not ASCII>")
+        ))),
+    }
+}
+
+fn content_type(encoding: Encoding) -> &'static str {
+    match encoding {
+        Encoding::Protobuf => otlp::CONTENT_TYPE_PROTOBUF,
+        Encoding::Json => otlp::CONTENT_TYPE_JSON,
+    }
+}
+
+fn http_body(encoding: Encoding, accepted: &Accepted) -> Bytes {
+    match encoding {
+        Encoding::Protobuf => Bytes::from(accepted.response().encode_to_vec()),
+        Encoding::Json if accepted.rejected == 0 => Bytes::from_static(b"{}"),
+        Encoding::Json => Bytes::from(
+            serde_json::json!({
+                "partialSuccess": {
+                    // 64-bit integers are strings in the OTLP JSON mapping.
+                    "rejectedDataPoints": accepted.rejected.to_string(),
+                    "errorMessage": accepted.message,
+                }
+            })
+            .to_string(),
+        ),
+    }
+}
+
+/// A `google.rpc.Status` in the request's encoding (JSON when the encoding is unknown).
+fn status_body(encoding: Encoding, status: &Status, retry_after: Option<u32>) -> Bytes {
+    match encoding {
+        Encoding::Protobuf => Bytes::from(status.encode_to_vec()),
+        Encoding::Json => {
+            let details: Vec<serde_json::Value> = retry_after
+                .map(|s| {
+                    serde_json::json!({
+                        "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                        "retryDelay": format!("{s}s"),
+                    })
+                })
+                .into_iter()
+                .collect();
+            let mut v = serde_json::json!({ "code": status.code, "message": status.message });
+            if !details.is_empty() {
+                v["details"] = serde_json::Value::Array(details);
+            }
+            Bytes::from(v.to_string())
+        }
+    }
+}
+
+/// `POST /v1/metrics`.
+pub async fn http_export(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
+    const PROTOCOL: &str = "otlp_http";
+    let started = Instant::now();
+    let mut tenant = None;
+    let encoding = http_encoding(req.headers());
+    let reply_encoding = *encoding.as_ref().unwrap_or(&Encoding::Json);
+    let result = async {
+        let encoding = encoding?;
+        let gzip = http_gzip(req.headers())?;
+        let (parts, body) = req.into_parts();
+        let fixed = authenticate(&parts.headers, state)?;
+        tenant.clone_from(&fixed);
+        let limits = state.config.limits;
+        let body = read_body(body, &parts.headers, limits.max_compressed_bytes).await?;
+        let message = if gzip {
+            Bytes::from(otlp::gunzip(&body, &limits).map_err(ApiError::Decode)?)
+        } else {
+            body
+        };
+        export(
+            &parts.headers,
+            fixed,
+            &message,
+            encoding,
+            state,
+            &mut tenant,
+        )
+        .await
+    }
+    .await;
+    let response = match result {
+        Ok(accepted) => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, content_type(reply_encoding))
+            .body(Full::new(http_body(reply_encoding, &accepted)))
+            .expect("static headers are valid"),
+        Err(e) => {
+            rejected(PROTOCOL, &tenant, &e);
+            let (code, retry) = grpc_code(&e);
+            let status = grpc::status(code, &e.to_string(), retry);
+            let body = status_body(reply_encoding, &status, retry);
+            let mut r = e.into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type(reply_encoding)),
+            );
+            *r.body_mut() = Full::new(body);
+            r
+        }
+    };
+    record(
+        PROTOCOL,
+        &tenant,
+        response.status().as_u16().to_string(),
+        started,
+    );
+    response
+}
+
+// ---------------------------------------------------------------------------------------
+// gRPC
+
+/// Why a gRPC export failed: an outcome shared with HTTP, or a gRPC framing problem.
+enum GrpcFailure {
+    Api(ApiError),
+    Frame(grpc::FrameError),
+}
+
+impl From<ApiError> for GrpcFailure {
+    fn from(e: ApiError) -> Self {
+        GrpcFailure::Api(e)
+    }
+}
+
+/// `opentelemetry.proto.collector.metrics.v1.MetricsService/Export`.
+pub async fn grpc_export(req: Request<Incoming>, state: &AppState) -> Response<GrpcBody> {
+    const PROTOCOL: &str = "otlp_grpc";
+    let started = Instant::now();
+    let mut tenant = None;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !matches!(content_type, "application/grpc" | "application/grpc+proto") {
+        // Per the gRPC spec an unsupported content type is an HTTP error, not a gRPC status.
+        let mut r = Response::new(GrpcBody::default());
+        *r.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        record(PROTOCOL, &tenant, "415".into(), started);
+        return r;
+    }
+    let result: Result<Accepted, GrpcFailure> = async {
+        if req.uri().path() != GRPC_EXPORT_PATH {
+            return Err(GrpcFailure::Frame(grpc::FrameError {
+                code: Code::Unimplemented,
+                message: format!(
+                    "unknown method {}: this server implements {GRPC_EXPORT_PATH}",
+                    req.uri().path()
+                ),
+            }));
+        }
+        let (parts, body) = req.into_parts();
+        let fixed = authenticate(&parts.headers, state)?;
+        tenant.clone_from(&fixed);
+        let limits = state.config.limits;
+        let body = read_body(body, &parts.headers, limits.max_compressed_bytes + 5).await?;
+        let (compressed, message) = grpc::unframe(&body).map_err(GrpcFailure::Frame)?;
+        let message = if compressed {
+            let encoding = parts
+                .headers
+                .get("grpc-encoding")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("identity");
+            match encoding {
+                "gzip" => Bytes::from(otlp::gunzip(&message, &limits).map_err(ApiError::Decode)?),
+                "identity" => {
+                    return Err(GrpcFailure::Frame(grpc::FrameError {
+                        code: Code::Internal,
+                        message: "message is flagged compressed but grpc-encoding is identity"
+                            .into(),
+                    }))
+                }
+                other => {
+                    return Err(GrpcFailure::Frame(grpc::FrameError {
+                        code: Code::Unimplemented,
+                        message: format!("grpc-encoding {other:?} is not supported; use gzip"),
+                    }))
+                }
+            }
+        } else {
+            message
+        };
+        Ok(export(
+            &parts.headers,
+            fixed,
+            &message,
+            Encoding::Protobuf,
+            state,
+            &mut tenant,
+        )
+        .await?)
+    }
+    .await;
+    let (response, code) = match result {
+        Ok(accepted) => (grpc::ok(&accepted.response()), Code::Ok),
+        Err(GrpcFailure::Api(e)) => {
+            rejected(PROTOCOL, &tenant, &e);
+            let (code, retry) = grpc_code(&e);
+            (
+                grpc::error(&grpc::status(code, &e.to_string(), retry)),
+                code,
+            )
+        }
+        Err(GrpcFailure::Frame(f)) => {
+            debug!(protocol = PROTOCOL, error = %f.message, "gRPC framing refused");
+            (grpc::error(&grpc::status(f.code, &f.message, None)), f.code)
+        }
+    };
+    record(PROTOCOL, &tenant, format!("grpc_{}", code as i32), started);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::SubmitError;
+    use crate::tenant::AuthError;
+
+    #[test]
+    fn each_failure_maps_to_the_answer_that_makes_otlp_clients_retry_or_not() {
+        let overloaded = ApiError::Unavailable(SubmitError::Overloaded { sink: "k".into() });
+        assert_eq!(grpc_code(&overloaded), (Code::Unavailable, Some(1)));
+        assert_eq!(overloaded.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(grpc_code(&ApiError::Draining), (Code::Unavailable, Some(1)));
+        let bad = ApiError::Decode(protocols::DecodeError::Json("x".into()));
+        assert_eq!(grpc_code(&bad), (Code::InvalidArgument, None));
+        let big = ApiError::Decode(protocols::DecodeError::InflatedTooLarge { limit: 1 });
+        assert_eq!(grpc_code(&big), (Code::ResourceExhausted, None));
+        let who = ApiError::Unauthorized(AuthError::Missing);
+        assert_eq!(grpc_code(&who), (Code::Unauthenticated, None));
+        let denied = ApiError::PolicyDenied("no".into());
+        assert_eq!(grpc_code(&denied), (Code::PermissionDenied, None));
+    }
+
+    #[test]
+    fn json_answers_follow_the_otlp_json_mapping() {
+        let partial = Accepted {
+            rejected: 3,
+            message: "delta".into(),
+        };
+        assert_eq!(
+            http_body(Encoding::Json, &partial),
+            r#"{"partialSuccess":{"errorMessage":"delta","rejectedDataPoints":"3"}}"#
+        );
+        let full = Accepted {
+            rejected: 0,
+            message: String::new(),
+        };
+        assert_eq!(http_body(Encoding::Json, &full), "{}");
+        assert!(http_body(Encoding::Protobuf, &full).is_empty());
+        let s = grpc::status(Code::Unavailable, "busy", Some(1));
+        assert_eq!(
+            status_body(Encoding::Json, &s, Some(1)),
+            r#"{"code":14,"details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"1s"}],"message":"busy"}"#
+        );
+    }
+
+    #[test]
+    fn content_types_and_encodings() {
+        let mut h = HeaderMap::new();
+        assert!(http_encoding(&h).is_err());
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        assert_eq!(http_encoding(&h).unwrap(), Encoding::Json);
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+        assert_eq!(http_encoding(&h).unwrap(), Encoding::Protobuf);
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert_eq!(
+            http_encoding(&h).unwrap_err().status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert!(http_gzip(&h).unwrap());
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("br"));
+        assert_eq!(
+            http_gzip(&h).unwrap_err().status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+    }
+}
