@@ -114,12 +114,18 @@ fn main() -> ExitCode {
 
 fn check_config(file: PathBuf) -> anyhow::Result<()> {
     let c = Config::load(&file)?;
+    let mut listening = c.http_addr.to_string();
+    if let Some(a) = c.otlp.grpc_addr {
+        listening.push_str(&format!(", OTLP/gRPC on {a}"));
+    }
+    if let Some(a) = c.otlp.http_addr {
+        listening.push_str(&format!(", OTLP/HTTP on {a}"));
+    }
     println!(
-        "{}: ok ({} regions, {} tenants, listening on {})",
+        "{}: ok ({} regions, {} tenants, listening on {listening})",
         file.display(),
         c.regions.len(),
         c.tenants.len(),
-        c.http_addr
     );
     Ok(())
 }
