@@ -188,6 +188,10 @@ pub struct Row {
     pub labels: BTreeMap<String, String>,
     /// `value` column (None for histogram rows).
     pub value: Option<f64>,
+    /// `histogram_count` column (None for float rows).
+    pub histogram_count: Option<f64>,
+    /// `histogram_sum` column (None for float rows).
+    pub histogram_sum: Option<f64>,
 }
 
 /// Every `*.parquet` file under `dir`, recursively (temporary names are skipped).
@@ -243,6 +247,10 @@ pub fn read_rows(dir: &Path) -> Vec<Row> {
             let metric = metric.as_string::<i32>();
             let value = col("value");
             let value = value.as_primitive::<Float64Type>();
+            let hcount = col("histogram_count");
+            let hcount = hcount.as_primitive::<Float64Type>();
+            let hsum = col("histogram_sum");
+            let hsum = hsum.as_primitive::<Float64Type>();
             let labels = col("labels");
             let labels = labels.as_map();
             for i in 0..batch.num_rows() {
@@ -260,6 +268,8 @@ pub fn read_rows(dir: &Path) -> Vec<Row> {
                     metric: metric.value(i).to_string(),
                     labels: map,
                     value: (!value.is_null(i)).then(|| value.value(i)),
+                    histogram_count: (!hcount.is_null(i)).then(|| hcount.value(i)),
+                    histogram_sum: (!hsum.is_null(i)).then(|| hsum.value(i)),
                 });
             }
         }
@@ -324,6 +334,32 @@ pub fn tansu_bin() -> String {
         }
     }
     "tansu".to_string()
+}
+
+/// Waits until something accepts TCP connections on `127.0.0.1:<port>`.
+pub fn wait_for_listener(what: &str, port: u16, timeout: Duration) {
+    wait_for(&format!("{what} to listen on {port}"), timeout, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+}
+
+/// The Python interpreter with the OpenTelemetry SDK: `$TRACEO_PYTHON`, else the virtualenv
+/// `.ci/run` builds (`$TRACEO_TOOLS/otel-venv`, default `~/.cache/traceo-tools/otel-venv`),
+/// else `python3` from `PATH`.
+pub fn python_bin() -> String {
+    if let Ok(p) = std::env::var("TRACEO_PYTHON") {
+        return p;
+    }
+    let tools = std::env::var("TRACEO_TOOLS")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| Path::new(&h).join(".cache/traceo-tools")));
+    if let Ok(tools) = tools {
+        let venv = tools.join("otel-venv/bin/python");
+        if venv.exists() {
+            return venv.display().to_string();
+        }
+    }
+    "python3".to_string()
 }
 
 /// A running `tansu` Kafka-protocol broker with in-memory storage on a free port.

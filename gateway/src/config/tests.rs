@@ -246,3 +246,49 @@ regions:
   - regions[0].sinks.kafka.properties.acks: set by the gateway (acknowledgements depend on it); remove it"
     );
 }
+
+#[test]
+fn otlp_settings_default_to_the_otlp_ports_and_are_checked() {
+    let c = Config::embedded_default();
+    assert_eq!(c.otlp.grpc_addr, Some("0.0.0.0:4317".parse().unwrap()));
+    assert_eq!(c.otlp.http_addr, Some("0.0.0.0:4318".parse().unwrap()));
+    assert_eq!(
+        c.otlp.translate.naming,
+        protocols::otlp::Naming::UnderscoreEscapingWithSuffixes
+    );
+
+    let base = "auth: { mode: off, default_region: local }\nregions: [{ id: local, sinks: { parquet: { path: ./d } } }]\n";
+    let off = format!("{base}otlp: {{ grpc_listen: null, http_listen: null, translation: no_translation, tenant_attribute: tenant.id }}\n");
+    let c = Config::from_yaml("g.yaml", &off).unwrap();
+    assert_eq!((c.otlp.grpc_addr, c.otlp.http_addr), (None, None));
+    assert_eq!(
+        c.otlp.translate.naming,
+        protocols::otlp::Naming::NoTranslation
+    );
+    assert_eq!(
+        c.otlp.translate.tenant_attribute.as_deref(),
+        Some("tenant.id")
+    );
+
+    let bad = format!(
+        "{base}listen: {{ http: \"0.0.0.0:9000\" }}\notlp: {{ grpc_listen: \"0.0.0.0:9000\", http_listen: \"x\", promote_resource_attributes: [a, \" \", a], tenant_attribute: \"\" }}\n"
+    );
+    let ConfigError::Invalid { problems, .. } = Config::from_yaml("g.yaml", &bad).unwrap_err()
+    else {
+        panic!("expected Invalid")
+    };
+    let all = problems.join("\n");
+    for expected in [
+        "otlp.grpc_listen: \"0.0.0.0:9000\" is listen.http's address",
+        "otlp.http_listen: \"x\" is not an address",
+        "otlp.promote_resource_attributes[1]: is empty",
+        "otlp.promote_resource_attributes[2]: \"a\" is listed twice",
+        "otlp.tenant_attribute: is empty",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+    let err = Config::from_yaml("g.yaml", &format!("{base}otlp: {{ translation: utf8 }}\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown variant `utf8`"), "{err}");
+}
