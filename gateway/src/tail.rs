@@ -50,6 +50,8 @@ pub struct SampleLine<'a> {
     pub value: Option<f64>,
     /// Histogram observation count, for a histogram sample.
     pub histogram_count: Option<f64>,
+    /// Histogram sum of observations, for a histogram sample.
+    pub histogram_sum: Option<f64>,
     /// Sample timestamp, milliseconds since the epoch.
     pub timestamp_ms: i64,
 }
@@ -146,6 +148,7 @@ pub fn tail(opts: &TailOptions, out: &mut impl Write) -> anyhow::Result<u64> {
                         .collect(),
                     value: s.value,
                     histogram_count: s.histogram_count,
+                    histogram_sum: s.histogram_sum,
                     timestamp_ms: s.timestamp_ms,
                 };
                 writeln!(out, "{}", serde_json::to_string(&line)?)?;
@@ -163,7 +166,10 @@ pub fn tail(opts: &TailOptions, out: &mut impl Write) -> anyhow::Result<u64> {
                     .collect();
                 let v = match (s.value, s.histogram_count) {
                     (Some(v), _) => v.to_string(),
-                    (None, Some(c)) => format!("histogram(count={c})"),
+                    (None, Some(c)) => format!(
+                        "histogram(count={c}, sum={})",
+                        s.histogram_sum.unwrap_or(f64::NAN)
+                    ),
                     _ => "?".into(),
                 };
                 writeln!(
@@ -190,6 +196,8 @@ pub struct TailSample {
     pub value: Option<f64>,
     /// Observation count of a histogram sample.
     pub histogram_count: Option<f64>,
+    /// Sum of observations of a histogram sample.
+    pub histogram_sum: Option<f64>,
     /// Milliseconds since the epoch.
     pub timestamp_ms: i64,
 }
@@ -217,6 +225,7 @@ pub fn decode_samples(
                     labels: labels.clone(),
                     value: Some(s.value),
                     histogram_count: None,
+                    histogram_sum: None,
                     timestamp_ms: s.timestamp,
                 });
             }
@@ -229,6 +238,7 @@ pub fn decode_samples(
                         Some(Count::CountFloat(c)) => c,
                         None => 0.0,
                     }),
+                    histogram_sum: Some(h.sum),
                     timestamp_ms: h.timestamp,
                 });
             }
@@ -249,6 +259,7 @@ pub fn decode_samples(
                 labels: labels.clone(),
                 value: Some(sample.value),
                 histogram_count: None,
+                histogram_sum: None,
                 timestamp_ms: sample.timestamp_ms,
             });
         }
@@ -257,6 +268,7 @@ pub fn decode_samples(
                 labels: labels.clone(),
                 value: None,
                 histogram_count: Some(h.count.as_f64()),
+                histogram_sum: Some(h.sum),
                 timestamp_ms: h.timestamp_ms,
             });
         }

@@ -147,8 +147,7 @@ fn run_export(e: &Export) -> Result<Value, String> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Point {
     Float(f64),
-    /// A native histogram; `sum` is `None` where the reader cannot see it (`tail --json`
-    /// prints only the count).
+    /// A native histogram; `sum` is `None` when the reader found none (a mismatch).
     Histogram {
         count: f64,
         sum: Option<f64>,
@@ -162,7 +161,7 @@ impl Point {
         match (want, self) {
             (Point::Float(w), Point::Float(g)) => w == g,
             (Point::Histogram { count: wc, sum: ws }, Point::Histogram { count: gc, sum: gs }) => {
-                wc == gc && (gs.is_none() || gs == ws)
+                wc == gc && gs == ws
             }
             _ => false,
         }
@@ -431,7 +430,6 @@ fn from_line(l: &Value) -> Seen {
         (Some(v), None) => Point::Float(v),
         (None, Some(count)) => Point::Histogram {
             count,
-            // Checked too, should `tail --json` ever print it.
             sum: l["histogram_sum"].as_f64(),
         },
         _ => Point::Neither,
