@@ -32,6 +32,9 @@ pub enum StartError {
     /// A Kafka sink could not start.
     #[error(transparent)]
     Kafka(#[from] sinks::kafka::StartError),
+    /// A null sink could not start.
+    #[error(transparent)]
+    Null(#[from] sinks::null::StartError),
 }
 
 /// Runs the gateway until `shutdown` fires, then drains and returns.
@@ -51,12 +54,19 @@ pub async fn run(
             tasks.push(t);
         }
     }
-    let mut kafka_threads = Vec::new();
+    let mut sink_threads = Vec::new();
     for region in &config.regions {
         if let Some(k) = &region.kafka {
             let (h, t) = sinks::kafka::spawn(region.id.clone(), k.clone(), sink_stop.clone())?;
             handles.push(h);
-            kafka_threads.push(t);
+            sink_threads.push(t);
+        }
+    }
+    for region in &config.regions {
+        if let Some(n) = &region.null {
+            let (h, t) = sinks::null::spawn(region.id.clone(), n.clone(), sink_stop.clone())?;
+            handles.push(h);
+            sink_threads.push(t);
         }
     }
     let pipeline = Pipeline::new(handles, &config.tenant_label, &config.region_label);
@@ -131,7 +141,7 @@ pub async fn run(
     for t in tasks {
         let _ = t.await;
     }
-    for t in kafka_threads {
+    for t in sink_threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     info!("shutdown complete");

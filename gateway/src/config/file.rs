@@ -11,8 +11,8 @@ use protocols::DecodeLimits;
 use residency_rules::{RegionId, TenantId};
 
 use super::{
-    AuthPolicy, Config, HumanDuration, KafkaSinkConfig, OtlpSettings, ParquetSinkConfig, Region,
-    ResidencySettings, Tenant,
+    AuthPolicy, Config, HumanDuration, KafkaSinkConfig, NullSinkConfig, OtlpSettings,
+    ParquetSinkConfig, Region, ResidencySettings, Tenant,
 };
 
 /// The whole configuration file.
@@ -282,6 +282,31 @@ pub struct SinksFile {
     /// The region's Kafka cluster.
     #[serde(default)]
     pub kafka: Option<KafkaFile>,
+    /// Frames like Kafka, then drops: for measuring the gateway itself. Data is lost.
+    #[serde(default)]
+    pub null: Option<NullFile>,
+}
+
+/// `regions[].sinks.null:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NullFile {
+    /// Message format to frame into, as for Kafka.
+    #[serde(default)]
+    pub format: KafkaFormat,
+    /// Partitions to frame for, as if the topic had this many. Default 16.
+    #[serde(default = "default_null_partitions")]
+    pub partitions: u32,
+    /// Target message size, as for Kafka.
+    #[serde(default = "default_message_bytes")]
+    pub message_bytes: usize,
+    /// Requests queued before new ones get 503.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+const fn default_null_partitions() -> u32 {
+    16
 }
 
 /// `regions[].sinks.kafka:`
@@ -668,12 +693,38 @@ impl ConfigFile {
                     properties: k.properties,
                 }
             });
-            if parquet.is_none() && kafka.is_none() {
+            let null = r.sinks.null.map(|n| {
+                let prefix = format!("regions[{i}].sinks.null");
+                if n.partitions == 0 {
+                    problems.push(format!("{prefix}.partitions: must be greater than 0"));
+                }
+                if n.message_bytes == 0 || n.message_bytes > 64 << 20 {
+                    problems.push(format!(
+                        "{prefix}.message_bytes: {} is outside 1..=67108864",
+                        n.message_bytes
+                    ));
+                }
+                if n.queue_capacity == 0 {
+                    problems.push(format!("{prefix}.queue_capacity: must be greater than 0"));
+                }
+                NullSinkConfig {
+                    format: n.format,
+                    partitions: n.partitions,
+                    message_bytes: n.message_bytes,
+                    queue_capacity: n.queue_capacity,
+                }
+            });
+            if parquet.is_none() && kafka.is_none() && null.is_none() {
                 problems.push(format!(
                     "regions[{i}].sinks: region {id} has no sink; its data would have nowhere to go"
                 ));
             }
-            regions.push(Region { id, parquet, kafka });
+            regions.push(Region {
+                id,
+                parquet,
+                kafka,
+                null,
+            });
         }
 
         let mut tenants = HashMap::new();

@@ -113,6 +113,21 @@ pub struct Region {
     pub parquet: Option<ParquetSinkConfig>,
     /// Its Kafka sink, if any.
     pub kafka: Option<KafkaSinkConfig>,
+    /// Its null sink (measurement only), if any.
+    pub null: Option<NullSinkConfig>,
+}
+
+/// The null sink of one region: frames like the Kafka sink, then drops the messages.
+#[derive(Debug, Clone)]
+pub struct NullSinkConfig {
+    /// Message format.
+    pub format: KafkaFormat,
+    /// Partitions framed for.
+    pub partitions: u32,
+    /// Target message size before compression.
+    pub message_bytes: usize,
+    /// Requests queued before 503.
+    pub queue_capacity: usize,
 }
 
 /// The Kafka sink of one region (see `KafkaFile` for the meaning of each field).
@@ -279,9 +294,9 @@ impl Config {
     pub fn check_policy(&self, policy: &CompiledPolicy, policy_name: &str) -> Vec<String> {
         let mut problems = Vec::new();
         let has_sink = |r: &RegionId| {
-            self.regions
-                .iter()
-                .any(|g| &g.id == r && (g.parquet.is_some() || g.kafka.is_some()))
+            self.regions.iter().any(|g| {
+                &g.id == r && (g.parquet.is_some() || g.kafka.is_some() || g.null.is_some())
+            })
         };
         for (i, r) in self.regions.iter().enumerate() {
             if !policy.has_region(&r.id) {

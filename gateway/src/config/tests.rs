@@ -292,3 +292,23 @@ fn otlp_settings_default_to_the_otlp_ports_and_are_checked() {
         .to_string();
     assert!(err.contains("unknown variant `utf8`"), "{err}");
 }
+
+#[test]
+fn null_sink_counts_as_a_sink_and_is_checked() {
+    let ok = "auth: { mode: off, default_region: local }\nregions: [{ id: local, sinks: { null: {} } }]\n";
+    let c = Config::from_yaml("g.yaml", ok).unwrap();
+    let n = c.regions[0].null.as_ref().unwrap();
+    assert_eq!((n.partitions, n.message_bytes), (16, 1_000_000));
+    let bad = "auth: { mode: off, default_region: local }\nregions: [{ id: local, sinks: { null: { partitions: 0, message_bytes: 0 } } }]\n";
+    let ConfigError::Invalid { problems, .. } = Config::from_yaml("g.yaml", bad).unwrap_err()
+    else {
+        panic!("expected Invalid")
+    };
+    assert_eq!(
+        problems,
+        [
+            "regions[0].sinks.null.partitions: must be greater than 0",
+            "regions[0].sinks.null.message_bytes: 0 is outside 1..=67108864"
+        ]
+    );
+}

@@ -4,7 +4,9 @@
 //! Sinks may call object stores and the network; they never decide routing (that is
 //! `pipeline`) and never answer clients (that is `listen`).
 
+mod frame;
 pub mod kafka;
+pub mod null;
 pub mod parquet;
 
 use std::sync::{Arc, Mutex};

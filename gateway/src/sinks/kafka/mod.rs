@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use protocols::remote_write::v1::{encode_metadata, encode_series_with_labels};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -30,43 +29,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::frame::frame_batch;
 use super::{Ack, SinkError, SinkHandle, SinkRequest};
 use crate::config::{KafkaCompression, KafkaFormat, KafkaSinkConfig};
-use protocols::remote_write::v2::V2Writer;
-
-/// One partition's message under construction.
-enum Framer {
-    V1(Vec<u8>),
-    V2(V2Writer),
-}
-
-impl Framer {
-    fn new(format: KafkaFormat) -> Self {
-        match format {
-            KafkaFormat::RemoteWriteV1 => Framer::V1(Vec::new()),
-            KafkaFormat::RemoteWriteV2 => Framer::V2(V2Writer::new()),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Framer::V1(b) => b.len(),
-            Framer::V2(w) => w.approx_len(),
-        }
-    }
-
-    /// The finished message; the framer starts the next one.
-    fn take(&mut self) -> Vec<u8> {
-        match self {
-            Framer::V1(b) => std::mem::take(b),
-            Framer::V2(w) => {
-                let mut out = Vec::with_capacity(w.approx_len());
-                w.finish(&mut out);
-                out
-            }
-        }
-    }
-}
 
 /// `content-type` header of remote-write 1.0 messages.
 pub const CONTENT_TYPE_V1: &str = "application/x-protobuf;proto=prometheus.WriteRequest";
@@ -378,43 +343,16 @@ impl KafkaSink {
                 return;
             }
         };
-        // Frame each partition's series into messages of about `message_bytes`.
-        let format = self.cfg.format;
-        let mut open: HashMap<i32, Framer> = HashMap::new();
-        let mut metadata_done = false;
-        for (series, labels) in batch.series() {
-            let p = (label_hash(&labels) % partitions as u64) as i32;
-            let framer = open.entry(p).or_insert_with(|| Framer::new(format));
-            let labels = labels.iter().map(|(k, v)| (k.as_ref(), *v));
-            match framer {
-                Framer::V1(buf) => {
-                    if !metadata_done {
-                        // 1.0 metadata rides in the first message of the request.
-                        encode_metadata(&batch.batch, buf);
-                        metadata_done = true;
-                    }
-                    encode_series_with_labels(&series, labels, buf);
-                }
-                // 2.0 carries metadata per series.
-                Framer::V2(w) => w.add_series(&batch.batch, &series, labels),
-            }
-            if framer.len() >= self.cfg.message_bytes {
-                let full = framer.take();
-                if !self.produce(&topic, p, &full, &req) {
-                    return;
-                }
-            }
-        }
-        let mut rest: Vec<(i32, Vec<u8>)> = open
-            .into_iter()
-            .filter(|(_, f)| f.len() > 0)
-            .map(|(p, mut f)| (p, f.take()))
-            .collect();
-        rest.sort_by_key(|(p, _)| *p);
-        for (p, buf) in rest {
-            if !self.produce(&topic, p, &buf, &req) {
-                return;
-            }
+        let (format, message_bytes) = (self.cfg.format, self.cfg.message_bytes);
+        let framed = frame_batch(
+            batch,
+            partitions as u32,
+            format,
+            message_bytes,
+            |p, payload| self.produce(&topic, p, payload, &req),
+        );
+        if !framed {
+            return;
         }
         // Every message is queued; the ack now completes with the last delivery report.
         req.ack.accept();
@@ -480,40 +418,5 @@ impl KafkaSink {
                 }
             }
         }
-    }
-}
-
-/// A stable 64-bit FNV-1a hash of a series' stored labels: the same series always maps to the
-/// same partition, across requests, restarts and gateway nodes.
-fn label_hash(labels: &[(std::borrow::Cow<'_, str>, &str)]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |b: &[u8]| {
-        for &x in b {
-            h ^= u64::from(x);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    };
-    for (k, v) in labels {
-        eat(k.as_bytes());
-        eat(v.as_bytes());
-    }
-    h
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::borrow::Cow;
-
-    #[test]
-    fn label_hash_is_stable_and_separates_names_from_values() {
-        let a = [(Cow::Borrowed("a"), "bc")];
-        let b = [(Cow::Borrowed("ab"), "c")];
-        assert_ne!(label_hash(&a), label_hash(&b));
-        // Pinned: changing the hash moves every series to another partition.
-        assert_eq!(label_hash(&a), label_hash(&[(Cow::Borrowed("a"), "bc")]));
-        assert_eq!(label_hash(&[]), 0xcbf2_9ce4_8422_2325);
     }
 }
