@@ -102,9 +102,31 @@ impl BatchBuilder {
         timestamp_ms: i64,
     ) -> Result<(), DecodeError> {
         let start = self.batch.exemplar_labels.len();
+        let series = self.batch.series.len();
         for (name, value) in labels {
             if value.is_empty() {
                 continue;
+            }
+            if self.batch.exemplar_labels.len() - start >= self.limits.max_labels_per_series {
+                return Err(DecodeError::TooManyLabels {
+                    series,
+                    limit: self.limits.max_labels_per_series,
+                });
+            }
+            if name.len() > self.limits.max_label_name_bytes {
+                return Err(DecodeError::LabelNameTooLong {
+                    series,
+                    len: name.len(),
+                    limit: self.limits.max_label_name_bytes,
+                });
+            }
+            if value.len() > self.limits.max_label_value_bytes {
+                return Err(DecodeError::LabelValueTooLong {
+                    series,
+                    name: name.to_string(),
+                    len: value.len(),
+                    limit: self.limits.max_label_value_bytes,
+                });
             }
             self.check_buffer()?;
             let name = self.push_str(name);

@@ -113,6 +113,14 @@ pub enum DecodeError {
         /// The repeated name.
         name: String,
     },
+    /// An OTLP attribute list longer than a series may have labels.
+    #[error("an OTLP resource, scope, data point or exemplar has {count} attributes, over the limit of {limit}")]
+    TooManyAttributes {
+        /// Attributes sent.
+        count: usize,
+        /// Configured limit (`max_labels_per_series`).
+        limit: usize,
+    },
     /// A gzip body that is not valid gzip.
     #[error("invalid gzip body: {0}")]
     Gzip(String),
@@ -165,6 +173,7 @@ impl DecodeError {
             DecodeError::InvalidLabelName { .. } => "invalid_label_name",
             DecodeError::DuplicateLabelName { .. } => "duplicate_label_name",
             DecodeError::MissingMetricName { .. } => "missing_metric_name",
+            DecodeError::TooManyAttributes { .. } => "too_many_labels",
             DecodeError::Gzip(_) => "invalid_gzip",
             DecodeError::InflatedTooLarge { .. } => "decompressed_too_large",
             DecodeError::Protobuf(_) => "invalid_protobuf",

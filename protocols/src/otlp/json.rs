@@ -35,8 +35,10 @@ pub(super) fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error>
 #[derive(Default)]
 struct Num<T>(T);
 
+/// `$upper` is the type's exclusive upper bound as a float (2^bits or 2^(bits-1)): `MAX as
+/// f64` rounds up for 64-bit types, so comparing against it would accept 2^63 and clamp it.
 macro_rules! integer_visitor {
-    ($t:ty, $name:literal) => {
+    ($t:ty, $name:literal, $upper:expr) => {
         impl<'de> Deserialize<'de> for Num<$t> {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 struct V;
@@ -57,7 +59,7 @@ macro_rules! integer_visitor {
                     }
                     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
                         // `1e3` parses as a float; accept it only when it is an exact integer.
-                        if v.fract() == 0.0 && v >= <$t>::MIN as f64 && v <= <$t>::MAX as f64 {
+                        if v.fract() == 0.0 && v >= <$t>::MIN as f64 && v < $upper {
                             Ok(Num(v as $t))
                         } else {
                             Err(E::custom(format!("{v} is not a valid {}", $name)))
@@ -79,10 +81,10 @@ macro_rules! integer_visitor {
     };
 }
 
-integer_visitor!(u64, "uint64");
-integer_visitor!(i64, "int64");
-integer_visitor!(u32, "uint32");
-integer_visitor!(i32, "int32");
+integer_visitor!(u64, "uint64", 18_446_744_073_709_551_616.0);
+integer_visitor!(i64, "int64", 9_223_372_036_854_775_808.0);
+integer_visitor!(u32, "uint32", 4_294_967_296.0);
+integer_visitor!(i32, "int32", 2_147_483_648.0);
 
 impl<'de> Deserialize<'de> for Num<f64> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -512,3 +512,111 @@ fn series_limits_apply_to_translated_output() {
     let e = translate(&all_kinds(), &TranslateOptions::default(), &limits).unwrap_err();
     assert_eq!(e, DecodeError::TooManySeries { limit: 3 });
 }
+
+/// Cases the fuzz target found (fuzz/README.md), kept as regressions.
+#[test]
+fn fuzz_findings_stay_fixed() {
+    let limits = DecodeLimits::default();
+    let json = |s: &str| decode(s.as_bytes(), Encoding::Json, &limits).unwrap();
+
+    // Exemplar attribute keys are sanitised like label names, so the stored series
+    // re-encodes and decodes as remote-write.
+    let req = json(
+        r#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"c","sum":{"aggregationTemporality":2,"isMonotonic":true,"dataPoints":[{"timeUnixNano":"1000000","asDouble":1,"exemplars":[{"asDouble":1,"filteredAttributes":[{"key":"http.method","value":{"stringValue":"GET"}},{"key":"","value":{"stringValue":"x"}}]}]}]}}]}]}]}"#,
+    );
+    let t = translate_default(&req);
+    let batch = &t.batches[0].batch;
+    let e = batch.series().next().unwrap().exemplars().next().unwrap();
+    assert_eq!(
+        e.labels().iter().collect::<Vec<_>>(),
+        vec![("http_method", "GET")]
+    );
+    let again = crate::remote_write::v1::decode(
+        &crate::remote_write::v1::encode_compressed(batch),
+        &limits,
+    )
+    .unwrap();
+    assert_eq!(again.exemplar_count(), 1);
+
+    // A scale past OTLP's 20 is refused instead of overflowing the bucket merge.
+    let req = json(
+        r#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"h","exponentialHistogram":{"aggregationTemporality":2,"dataPoints":[{"timeUnixNano":"1000000","scale":72,"positive":{"bucketCounts":["1"]}}]}}]}]}]}"#,
+    );
+    let t = translate_default(&req);
+    assert_eq!(t.rejected_points, 1);
+    assert!(
+        t.error_message().contains("scale 72 is above 20"),
+        "{}",
+        t.error_message()
+    );
+
+    // A resource attribute named `__name__` cannot rename (or duplicate) target_info's name;
+    // a metric name with no usable character refuses its points, not the request.
+    let req = json(
+        r#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"s"}},{"key":"__name__","value":{"stringValue":"x"}}]},"scopeMetrics":[{"metrics":[{"name":"...","gauge":{"dataPoints":[{"timeUnixNano":"1000000","asDouble":1}]}},{"name":"ok","gauge":{"dataPoints":[{"timeUnixNano":"1000000","asDouble":1}]}}]}]}]}"#,
+    );
+    let t = translate_default(&req);
+    assert_eq!((t.points(), t.rejected_points), (1, 1));
+    let names: Vec<_> = t.batches[0]
+        .batch
+        .series()
+        .map(|s| s.metric_name())
+        .collect();
+    assert_eq!(names, vec!["ok", "target_info"]);
+
+    // max_series bounds the request, not each tenant group.
+    let mut req = all_kinds();
+    let mut other = req.resource_metrics[0].clone();
+    other.resource = Some(Resource {
+        attributes: vec![kv("tenant.id", "b")],
+    });
+    req.resource_metrics.push(other);
+    let options = TranslateOptions {
+        tenant_attribute: Some("tenant.id".into()),
+        ..TranslateOptions::default()
+    };
+    let small = DecodeLimits {
+        max_series: 20,
+        ..limits
+    };
+    assert_eq!(
+        translate(&req, &options, &small).unwrap_err(),
+        DecodeError::TooManySeries { limit: 20 }
+    );
+
+    // Attribute lists longer than a series' label limit are refused before merging them.
+    let many: Vec<KeyValue> = (0..200).map(|i| kv(&format!("k{i}"), "v")).collect();
+    let req = request(vec![metric(
+        "g",
+        "",
+        metric::Data::Gauge(Gauge {
+            data_points: vec![number(1.0, many)],
+        }),
+    )]);
+    assert_eq!(
+        translate(&req, &TranslateOptions::default(), &limits).unwrap_err(),
+        DecodeError::TooManyAttributes {
+            count: 200,
+            limit: 128
+        }
+    );
+
+    // 2^63 is not an int64, and doubles decode exactly.
+    let e = decode(
+        br#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"x","sum":{"dataPoints":[{"asInt":9223372036854775808.0}]}}]}]}]}"#,
+        Encoding::Json,
+        &limits,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("is not a valid int64"), "{e}");
+    let req = json(
+        r#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"g","gauge":{"dataPoints":[{"timeUnixNano":"1","asDouble":0.30000000000000004}]}}]}]}]}"#,
+    );
+    match &req.resource_metrics[0].scope_metrics[0].metrics[0].data {
+        Some(metric::Data::Gauge(g)) => assert_eq!(
+            g.data_points[0].value,
+            Some(number_data_point::Value::AsDouble(0.1 + 0.2))
+        ),
+        other => panic!("{other:?}"),
+    }
+}

@@ -34,6 +34,8 @@ const FLAG_NO_RECORDED_VALUE: u32 = 1;
 /// Native histogram schemas run from -4 to 8; finer OTLP scales are merged down to 8.
 const MAX_SCHEMA: i32 = 8;
 const MIN_SCHEMA: i32 = -4;
+/// The finest scale OTLP defines; anything above is malformed (and would overflow the merge).
+const MAX_OTLP_SCALE: i32 = 20;
 /// OpenMetrics' limit on an exemplar's label runes.
 const MAX_EXEMPLAR_RUNES: usize = 128;
 /// Zero bucket width when the point leaves it unset (the OTLP default, and Prometheus').
@@ -127,6 +129,9 @@ pub fn translate(
 ) -> Result<Translation, DecodeError> {
     let mut groups: Vec<Group> = Vec::new();
     let mut out = Translation::default();
+    // `max_series` bounds the whole request, whatever the number of tenant groups.
+    let mut series_total = 0usize;
+    let max_attrs = limits.max_labels_per_series;
     for rm in &request.resource_metrics {
         let empty = Vec::new();
         let resource_attrs = rm.resource.as_ref().map_or(&empty, |r| &r.attributes);
@@ -147,14 +152,14 @@ pub fn translate(
             }
         };
         let group = &mut groups[gi];
-        let resource = ResourceLabels::new(resource_attrs, options);
+        let resource = ResourceLabels::new(resource_attrs, options, max_attrs)?;
         let mut latest_ms: Option<i64> = None;
         for sm in &rm.scope_metrics {
             let mut base = resource.labels.clone();
             if options.promote_scope_metadata {
                 if let Some(scope) = sm.scope.as_ref().filter(|s| !s.name.is_empty()) {
                     let mut attrs = Labels::default();
-                    attribute_labels(&scope.attributes, options.naming, &mut attrs);
+                    attribute_labels(&scope.attributes, options.naming, max_attrs, &mut attrs)?;
                     for (n, v) in attrs.v {
                         base.set_default(Cow::Owned(format!("otel_scope_{n}")), v);
                     }
@@ -170,27 +175,46 @@ pub fn translate(
                 }
             }
             for m in &sm.metrics {
+                let before = group.builder.series_count();
                 let mut cx = MetricCx {
                     b: &mut group.builder,
                     out: &mut out,
                     base: &base,
                     naming: options.naming,
+                    max_attrs,
                     metric: m,
                     points: 0,
                     latest_ms: &mut latest_ms,
                 };
                 cx.metric()?;
                 group.points += cx.points;
+                series_total += group.builder.series_count() - before;
+                if series_total > limits.max_series {
+                    return Err(DecodeError::TooManySeries {
+                        limit: limits.max_series,
+                    });
+                }
             }
         }
         if let (Some(ts), true) = (latest_ms, !resource.info.is_empty()) {
+            let mut info = resource.info.clone();
+            // A resource attribute named `__name__` cannot rename the series.
+            info.set(
+                Cow::Borrowed(crate::METRIC_NAME_LABEL),
+                Cow::Borrowed("target_info"),
+            );
             let b = &mut group.builder;
-            for (n, v) in resource.info.iter() {
+            for (n, v) in info.iter() {
                 b.label(n, v)?;
             }
-            b.label(crate::METRIC_NAME_LABEL, "target_info")?;
             b.sample(1.0, ts);
             b.finish_series()?;
+            series_total += 1;
+            if series_total > limits.max_series {
+                return Err(DecodeError::TooManySeries {
+                    limit: limits.max_series,
+                });
+            }
         }
     }
     out.batches = groups
@@ -253,7 +277,20 @@ fn sorted(attrs: &[KeyValue]) -> Vec<&KeyValue> {
     v
 }
 
-fn attribute_labels<'a>(attrs: &'a [KeyValue], naming: Naming, into: &mut Labels<'a>) {
+/// Adds `attrs` as labels. More attributes than a series may have labels is refused before
+/// any work, which also keeps the merge of colliding names (linear per attribute) bounded.
+fn attribute_labels<'a>(
+    attrs: &'a [KeyValue],
+    naming: Naming,
+    max: usize,
+    into: &mut Labels<'a>,
+) -> Result<(), DecodeError> {
+    if attrs.len() > max {
+        return Err(DecodeError::TooManyAttributes {
+            count: attrs.len(),
+            limit: max,
+        });
+    }
     for kv in sorted(attrs) {
         let name = label_name(&kv.key, naming);
         if name.is_empty() {
@@ -262,6 +299,7 @@ fn attribute_labels<'a>(attrs: &'a [KeyValue], naming: Naming, into: &mut Labels
         let value = kv.value.as_ref().map_or(Cow::Borrowed(""), value_string);
         into.merge(name, value);
     }
+    Ok(())
 }
 
 struct ResourceLabels<'a> {
@@ -276,7 +314,17 @@ const SERVICE_NAMESPACE: &str = "service.namespace";
 const SERVICE_INSTANCE_ID: &str = "service.instance.id";
 
 impl<'a> ResourceLabels<'a> {
-    fn new(attrs: &'a [KeyValue], options: &'a TranslateOptions) -> Self {
+    fn new(
+        attrs: &'a [KeyValue],
+        options: &'a TranslateOptions,
+        max_attrs: usize,
+    ) -> Result<Self, DecodeError> {
+        if attrs.len() > max_attrs {
+            return Err(DecodeError::TooManyAttributes {
+                count: attrs.len(),
+                limit: max_attrs,
+            });
+        }
         let mut job_instance = Labels::default();
         if let Some(name) = find(attrs, SERVICE_NAME) {
             let name = value_string(name);
@@ -308,8 +356,9 @@ impl<'a> ResourceLabels<'a> {
         }
         let mut labels = Labels::default();
         for key in &options.promote_resource_attributes {
-            if let Some(v) = find(attrs, key) {
-                labels.merge(label_name(key, options.naming), value_string(v));
+            let name = label_name(key, options.naming);
+            if let (Some(v), false) = (find(attrs, key), name.is_empty()) {
+                labels.merge(name, value_string(v));
             }
         }
         let mut info = Labels::default();
@@ -323,7 +372,7 @@ impl<'a> ResourceLabels<'a> {
         for (n, v) in job_instance.v {
             labels.set(n, v);
         }
-        ResourceLabels { labels, info }
+        Ok(ResourceLabels { labels, info })
     }
 }
 
@@ -580,6 +629,8 @@ struct MetricCx<'r, 'a> {
     out: &'r mut Translation,
     base: &'r Labels<'a>,
     naming: Naming,
+    /// Most attributes a point or exemplar may carry.
+    max_attrs: usize,
     metric: &'a proto::Metric,
     points: u64,
     latest_ms: &'r mut Option<i64>,
@@ -596,6 +647,16 @@ impl<'r, 'a> MetricCx<'r, 'a> {
                 .reject(0, || format!("metric {:?} has no data", m.name));
             return Ok(());
         };
+        if metric_name(&m.name, "", NameKind::Other, self.naming).is_empty() {
+            let points = point_count(data) as u64;
+            self.out.reject(points, || {
+                format!(
+                    "metric name {:?} has no characters a metric name can use",
+                    m.name
+                )
+            });
+            return Ok(());
+        }
         let cumulative = AggregationTemporality::Cumulative as i32;
         match data {
             metric::Data::Gauge(g) => {
@@ -700,7 +761,7 @@ impl<'r, 'a> MetricCx<'r, 'a> {
         extra: Option<(&str, &str)>,
     ) -> Result<(), DecodeError> {
         let mut labels = Labels::default();
-        attribute_labels(attrs, self.naming, &mut labels);
+        attribute_labels(attrs, self.naming, self.max_attrs, &mut labels)?;
         for (n, v) in self.base.v.iter() {
             if n == "job" || n == "instance" {
                 labels.set(Cow::Borrowed(n), Cow::Borrowed(v));
@@ -750,11 +811,21 @@ impl<'r, 'a> MetricCx<'r, 'a> {
             labels.push(("span_id".into(), Cow::Borrowed(span.as_str())));
         }
         let ids = labels.len();
+        if e.filtered_attributes.len() > self.max_attrs {
+            return Err(DecodeError::TooManyAttributes {
+                count: e.filtered_attributes.len(),
+                limit: self.max_attrs,
+            });
+        }
         for kv in &e.filtered_attributes {
-            let v = kv.value.as_ref().map_or(Cow::Borrowed(""), value_string);
-            if !labels.iter().any(|(n, _)| n == &kv.key) {
-                labels.push((Cow::Borrowed(kv.key.as_str()), v));
+            // Sanitised like every label name (Prometheus keeps them raw, but a raw name would
+            // make the stored series unreadable as remote-write).
+            let name = label_name(&kv.key, self.naming);
+            if name.is_empty() || labels.iter().any(|(n, _)| *n == name) {
+                continue;
             }
+            let v = kv.value.as_ref().map_or(Cow::Borrowed(""), value_string);
+            labels.push((name, v));
         }
         let runes: usize = labels
             .iter()
@@ -845,6 +916,7 @@ impl<'r, 'a> MetricCx<'r, 'a> {
             })
             .collect();
         exemplars.sort_by_key(|(i, _, _)| *i);
+        let mut next_exemplar = 0usize;
         let with_buckets = !p.bucket_counts.is_empty();
         if with_buckets {
             for i in 0..=bounds.len() {
@@ -855,8 +927,9 @@ impl<'r, 'a> MetricCx<'r, 'a> {
                 };
                 self.open_series(&bucket, &p.attributes, Some(("le", &le)))?;
                 self.b.sample(v(count as f64), ts);
-                for (_, e, value) in exemplars.iter().filter(|(j, _, _)| *j == i) {
+                while let Some((_, e, value)) = exemplars.get(next_exemplar).filter(|x| x.0 == i) {
                     self.exemplar(e, *value)?;
+                    next_exemplar += 1;
                 }
                 self.b.finish_series()?;
             }
@@ -881,6 +954,14 @@ impl<'r, 'a> MetricCx<'r, 'a> {
         let Some(ts) = self.time(p.time_unix_nano) else {
             return Ok(());
         };
+        if p.scale > MAX_OTLP_SCALE {
+            self.refuse(format!(
+                "metric {name:?}: exponential histogram scale {} is above {MAX_OTLP_SCALE}, the \
+                 finest OTLP defines",
+                p.scale
+            ));
+            return Ok(());
+        }
         if p.scale < MIN_SCHEMA {
             self.refuse(format!(
                 "metric {name:?}: exponential histogram scale {} is below {MIN_SCHEMA}, the \
@@ -997,6 +1078,16 @@ fn buckets(b: Option<&proto::Buckets>, scale_down: u32) -> (Vec<BucketSpan>, Vec
         })
         .collect();
     (spans, deltas)
+}
+
+fn point_count(data: &metric::Data) -> usize {
+    match data {
+        metric::Data::Gauge(g) => g.data_points.len(),
+        metric::Data::Sum(s) => s.data_points.len(),
+        metric::Data::Histogram(h) => h.data_points.len(),
+        metric::Data::ExponentialHistogram(h) => h.data_points.len(),
+        metric::Data::Summary(s) => s.data_points.len(),
+    }
 }
 
 fn hex(b: &[u8]) -> String {
