@@ -1,76 +1,122 @@
-//! `traceo-loadgen`: sends realistic remote-write 1.0 traffic from a fixed seed and reports
-//! achieved samples/s, latency percentiles and answers by status code.
+//! `traceo-loadgen`: sends realistic remote-write 1.0/2.0 or OTLP (HTTP, gRPC) traffic from a
+//! fixed seed and reports achieved samples/s, latency percentiles (HDR histogram) and answers
+//! by status code, as a line or as JSON (`--json`).
 //!
-//! Closed loop: each connection sends its next request as soon as the previous one is
-//! answered. Bodies are generated up front (a ring per connection) so the generator's own CPU
-//! does not limit the rate it measures.
+//! Closed loop (default): each connection keeps `--max-in-flight` requests outstanding.
+//! Open loop (`--rate`): requests on a fixed timetable, latency measured from the scheduled
+//! send time (see `loadtest::drive`). Bodies are generated before the clock starts (a ring
+//! per connection) so the generator's own CPU does not limit the rate it measures; with
+//! `--record-acks` every request gets its own body (see `loadtest::acks` for the file).
 
-use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context};
-use bytes::Bytes;
+use anyhow::{bail, ensure, Context};
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use loadtest::gen::{Generator, PayloadSpec};
+use http::HeaderValue;
+use loadtest::acks::AckWriter;
+use loadtest::drive::{self, Pace, Plan, Progress, Target};
+use loadtest::gen::{Generator, HistogramKind, PayloadSpec, Shape, DEFAULT_HISTOGRAM_FRACTION};
+use loadtest::wire::{self, Body, Protocol};
+use tokio_util::sync::CancellationToken;
+
+/// Memory the distinct bodies of a `--record-acks` run may take, all generated up front;
+/// a quarter of the 24 GiB the project's machines have, leaving room for a local gateway.
+const RECORD_BODIES_MAX_BYTES: u64 = 6 << 30;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "traceo-loadgen",
     version,
-    about = "Remote-write load generator"
+    about = "Remote-write 1.0/2.0 and OTLP load generator",
+    after_help = "Examples:\n  traceo-loadgen --duration 10 --json\n  \
+        traceo-loadgen --protocol otlp-grpc --tenants 4 --histograms native --rate 200000\n  \
+        traceo-loadgen --requests 1000 --record-acks acks.txt"
 )]
 struct Args {
-    /// Remote-write endpoint.
-    #[arg(long, default_value = "http://127.0.0.1:8080/api/v1/write")]
-    url: String,
-    /// Tenant, sent as X-Scope-OrgID.
+    /// Protocol: rw1 (remote-write 1.0), rw2 (remote-write 2.0), otlp-http, otlp-grpc.
+    #[arg(long, default_value = "rw1")]
+    protocol: Protocol,
+    /// Endpoint. Default: http://127.0.0.1:8080/api/v1/write (rw1, rw2),
+    /// http://127.0.0.1:4318/v1/metrics (otlp-http), http://127.0.0.1:4317 (otlp-grpc; the
+    /// Export method's path is appended when the URL has none).
+    #[arg(long)]
+    url: Option<String>,
+    /// Tenant, sent as X-Scope-OrgID; with --tenants, the prefix of the tenant ids.
     #[arg(long, default_value = "loadgen")]
     tenant: String,
-    /// Distinct series in the pool.
+    /// Spread requests over this many tenants, TENANT-0 .. TENANT-(N-1), round robin.
+    #[arg(long)]
+    tenants: Option<usize>,
+    /// Distinct series in the pool, over all connections (each connection sends its own
+    /// share, never the same series as another).
     #[arg(long, default_value_t = 20_000)]
     series: usize,
-    /// Series (one sample each) per request.
+    /// Series (one point each) per request.
     #[arg(long, default_value_t = 2000)]
     series_per_request: usize,
-    /// Labels per series, __name__ included.
+    /// Labels per series, __name__ included (2..=16).
     #[arg(long, default_value_t = 10)]
     labels: usize,
+    /// Pad or cut every label value (except __name__; instance is never cut) to this many
+    /// bytes.
+    #[arg(long)]
+    value_len: Option<usize>,
+    /// Fraction of the pool (0..=1) replaced by new series after each pass over it.
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
+    /// Histograms in the pool: none, classic (le buckets; OTLP explicit bounds) or native
+    /// (OTLP exponential).
+    #[arg(long, default_value = "none")]
+    histograms: HistogramKind,
+    /// Fraction of the pool's series (0..=1) that are histograms.
+    #[arg(long, default_value_t = DEFAULT_HISTOGRAM_FRACTION)]
+    histogram_fraction: f64,
     /// Concurrent connections.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Run time in seconds (ignored when --requests is set).
+    /// Outstanding requests per connection; more than 1 needs HTTP/2 (--http2 or otlp-grpc).
+    #[arg(long, default_value_t = 1)]
+    max_in_flight: usize,
+    /// HTTP/2 with prior knowledge (h2c) for rw1, rw2 and otlp-http (otlp-grpc always is).
+    #[arg(long)]
+    http2: bool,
+    /// Open loop: target samples per second over all connections, on a fixed timetable.
+    /// Without it the run is closed loop at maximum speed.
+    #[arg(long, value_name = "SAMPLES_PER_S")]
+    rate: Option<f64>,
+    /// Run time in seconds (closed loop ignores it when --requests is set).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Stop after this many requests in total.
+    /// Requests in total, split evenly over connections.
     #[arg(long)]
     requests: Option<u64>,
+    /// Seconds to wait for a complete answer before counting a request as a timeout.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
     /// Distinct bodies generated per connection, then reused in a ring.
     #[arg(long, default_value_t = 16)]
     bodies: usize,
     /// Generator seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Print the report as JSON.
+    /// Compress OTLP bodies with gzip (Content-Encoding, or grpc-encoding for gRPC).
+    #[arg(long)]
+    gzip: bool,
+    /// Append one line per acknowledged request to FILE: `seq tenant timestamp_ms samples`.
+    /// Every request then has its own body; needs --requests or --rate.
+    #[arg(long, value_name = "FILE")]
+    record_acks: Option<PathBuf>,
+    /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
-#[derive(Default)]
-struct Stats {
-    latencies: Vec<Duration>,
-    codes: BTreeMap<String, u64>,
-    samples_ok: u64,
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.connections == 0 || args.series_per_request == 0 {
-        bail!("--connections and --series-per-request must be at least 1");
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,125 +124,350 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run(args))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let uri: http::Uri = args.url.parse().context("--url")?;
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(args.connections)
-        .build_http();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .context("clock before 1970")?
-        .as_millis() as i64;
-    let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
-    let budget = Arc::new(std::sync::atomic::AtomicU64::new(
-        args.requests.unwrap_or(u64::MAX),
-    ));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..args.connections {
-        let mut gen = Generator::new(PayloadSpec {
-            series: args.series,
-            series_per_request: args.series_per_request,
-            labels_per_series: args.labels,
-            seed: args.seed.wrapping_add(c as u64),
-        });
-        let bodies: Vec<Bytes> = (0..args.bodies.max(1))
-            .map(|i| Bytes::from(gen.next_body(now_ms + i as i64)))
-            .collect();
-        let client = client.clone();
-        let uri = uri.clone();
-        let tenant = args.tenant.clone();
-        let budget = budget.clone();
-        let per_request = args.series_per_request as u64;
-        let use_deadline = args.requests.is_none();
-        tasks.push(tokio::spawn(async move {
-            let mut stats = Stats::default();
-            let mut i = 0usize;
-            loop {
-                if use_deadline && Instant::now() >= deadline {
-                    break;
-                }
-                if budget
-                    .fetch_update(
-                        std::sync::atomic::Ordering::Relaxed,
-                        std::sync::atomic::Ordering::Relaxed,
-                        |b| b.checked_sub(1),
-                    )
-                    .is_err()
-                {
-                    break;
-                }
-                let body = bodies[i % bodies.len()].clone();
-                i += 1;
-                let req = http::Request::post(uri.clone())
-                    .header("content-type", "application/x-protobuf")
-                    .header("content-encoding", "snappy")
-                    .header("x-prometheus-remote-write-version", "0.1.0")
-                    .header("x-scope-orgid", tenant.as_str())
-                    .body(Full::new(body))
-                    .expect("static request is valid");
-                let t0 = Instant::now();
-                let code = match client.request(req).await {
-                    Ok(resp) => {
-                        let status = resp.status();
-                        let _ = resp.into_body().collect().await;
-                        if status.is_success() {
-                            stats.samples_ok += per_request;
-                        }
-                        status.as_u16().to_string()
-                    }
-                    Err(_) => "connection_error".to_string(),
-                };
-                stats.latencies.push(t0.elapsed());
-                *stats.codes.entry(code).or_default() += 1;
-            }
-            stats
-        }));
+/// Everything the arguments decide, checked together so every mistake is named at once.
+fn check(args: &Args) -> anyhow::Result<()> {
+    let mut errors = Vec::new();
+    if args.connections == 0 {
+        errors.push("--connections must be at least 1".to_string());
     }
-    let mut all = Stats::default();
-    for t in tasks {
-        let s = t.await.context("connection task")?;
-        all.latencies.extend(s.latencies);
-        all.samples_ok += s.samples_ok;
-        for (k, v) in s.codes {
-            *all.codes.entry(k).or_default() += v;
+    if args.series_per_request == 0 {
+        errors.push("--series-per-request must be at least 1".to_string());
+    }
+    if args.max_in_flight == 0 {
+        errors.push("--max-in-flight must be at least 1".to_string());
+    }
+    if args.max_in_flight > 1 && !args.http2 && !args.protocol.is_grpc() {
+        errors.push(
+            "--max-in-flight above 1 needs --http2: HTTP/1.1 carries one request at a time"
+                .to_string(),
+        );
+    }
+    if args.tenants == Some(0) {
+        errors.push("--tenants must be at least 1".to_string());
+    }
+    if args.gzip && !args.protocol.is_otlp() {
+        errors.push("--gzip applies to otlp-http and otlp-grpc only".to_string());
+    }
+    if !(0.0..=1.0).contains(&args.churn) {
+        errors.push(format!("--churn {} is not within 0..=1", args.churn));
+    }
+    if !(0.0..=1.0).contains(&args.histogram_fraction) {
+        errors.push(format!(
+            "--histogram-fraction {} is not within 0..=1",
+            args.histogram_fraction
+        ));
+    }
+    if let Some(r) = args.rate {
+        if !(r.is_finite() && r > 0.0) {
+            errors.push(format!("--rate {r} must be a positive number of samples/s"));
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.latencies.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if all.latencies.is_empty() {
-            return 0.0;
+    if !(args.duration.is_finite() && args.duration > 0.0) {
+        errors.push(format!("--duration {} must be positive", args.duration));
+    }
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        errors.push(format!("--timeout {} must be positive", args.timeout));
+    }
+    if args.requests == Some(0) {
+        errors.push("--requests must be at least 1".to_string());
+    }
+    if args.record_acks.is_some() && args.requests.is_none() && args.rate.is_none() {
+        errors.push(
+            "--record-acks needs --requests or --rate: every request gets its own body, \
+             generated before the run"
+                .to_string(),
+        );
+    }
+    if args.connections > 0 {
+        let per_connection = args.series.div_ceil(args.connections);
+        if per_connection < args.series_per_request {
+            errors.push(format!(
+                "--series {} over {} connections leaves {per_connection} per connection, fewer \
+                 than --series-per-request {}: requests would repeat series",
+                args.series, args.connections, args.series_per_request
+            ));
         }
-        let idx = ((all.latencies.len() as f64 - 1.0) * p).round() as usize;
-        all.latencies[idx].as_secs_f64() * 1000.0
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errors.join("\n"))
+    }
+}
+
+fn target(args: &Args) -> anyhow::Result<Target> {
+    let url = args
+        .url
+        .clone()
+        .unwrap_or_else(|| args.protocol.default_url().to_string());
+    let mut uri: http::Uri = url.parse().with_context(|| format!("--url {url:?}"))?;
+    ensure!(
+        uri.scheme_str() == Some("http") && uri.host().is_some(),
+        "--url {url:?}: only http://host[:port]/path is supported (no TLS)"
+    );
+    if args.protocol.is_grpc() && matches!(uri.path(), "" | "/") {
+        uri = format!("{}{}", url.trim_end_matches('/'), wire::GRPC_EXPORT_PATH)
+            .parse()
+            .context("gRPC URL")?;
+    }
+    Ok(Target {
+        protocol: args.protocol,
+        uri,
+        http2: args.http2,
+        headers: wire::headers(args.protocol, args.gzip),
+    })
+}
+
+fn tenants(args: &Args) -> anyhow::Result<Vec<HeaderValue>> {
+    let ids: Vec<String> = match args.tenants {
+        None => vec![args.tenant.clone()],
+        Some(n) => (0..n).map(|i| format!("{}-{i}", args.tenant)).collect(),
     };
-    let report = serde_json::json!({
-        "url": args.url,
-        "connections": args.connections,
-        "series_per_request": args.series_per_request,
-        "labels_per_series": args.labels,
-        "elapsed_s": elapsed,
-        "requests": all.latencies.len(),
-        "codes": all.codes,
-        "samples_acknowledged": all.samples_ok,
-        "samples_per_s": all.samples_ok as f64 / elapsed,
-        "latency_ms": { "p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "p999": pct(0.999) },
+    ids.into_iter()
+        .map(|t| {
+            ensure!(
+                !t.is_empty() && !t.contains(char::is_whitespace),
+                "tenant {t:?} must be non-empty, without spaces"
+            );
+            HeaderValue::from_str(&t).with_context(|| format!("tenant {t:?}"))
+        })
+        .collect()
+}
+
+/// `count` bodies from connection `c`'s own generator. Body `i` of connection `c` is request
+/// `seq = c + i * connections` and carries timestamp `base_ms + seq`.
+fn ring(args: &Args, c: usize, count: usize, base_ms: i64) -> Vec<Body> {
+    let connections = args.connections;
+    let spec = PayloadSpec {
+        series: args.series.div_ceil(connections),
+        series_per_request: args.series_per_request,
+        labels_per_series: args.labels,
+        seed: args.seed.wrapping_add(c as u64),
+    };
+    let shape = Shape {
+        churn: args.churn,
+        histograms: args.histograms,
+        histogram_fraction: args.histogram_fraction,
+        value_len: args.value_len,
+        stream: c,
+        streams: connections,
+    };
+    let mut gen = Generator::with_shape(spec, shape);
+    (0..count)
+        .map(|i| {
+            let seq = (c + i * connections) as i64;
+            wire::encode(args.protocol, args.gzip, &gen.next_payload(base_ms + seq))
+        })
+        .collect()
+}
+
+/// The rings of every connection, `counts[c]` bodies each, generated in parallel.
+fn rings(args: &Args, counts: &[usize], base_ms: i64) -> Vec<Vec<Body>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = counts
+            .iter()
+            .enumerate()
+            .map(|(c, &n)| s.spawn(move || ring(args, c, n, base_ms)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("generator thread does not panic"))
+            .collect()
+    })
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    check(&args)?;
+    let target = target(&args)?;
+    let tenants = tenants(&args)?;
+    let base_ms = i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .context("clock before 1970")?
+            .as_millis(),
+    )
+    .context("clock")?;
+    let mut plan = Plan {
+        target,
+        connections: args.connections,
+        max_in_flight: args.max_in_flight,
+        pace: Pace::Closed,
+        duration: Duration::from_secs_f64(args.duration),
+        requests: args.requests,
+        timeout: Duration::from_secs_f64(args.timeout),
+        tenants,
+        acks: None,
+    };
+    let terminal = std::io::stderr().is_terminal();
+
+    // One body first to learn the samples per request (for the rate) and the body size (for
+    // the memory a distinct body per request takes).
+    let probe = ring(&args, 0, 1, base_ms);
+    let probe = &probe[0];
+    ensure!(probe.samples > 0, "the generator made an empty request");
+    if let Some(rate) = args.rate {
+        plan.pace = Pace::Open {
+            requests_per_s: rate / probe.samples as f64,
+        };
+    }
+    let counts: Vec<usize> = if args.record_acks.is_some() {
+        let counts: Vec<usize> = (0..args.connections)
+            .map(|c| plan.requests_of(c).unwrap_or(0) as usize)
+            .collect();
+        let total: u64 = counts.iter().map(|&n| n as u64).sum();
+        let bytes = total.saturating_mul(probe.bytes.len() as u64);
+        ensure!(
+            bytes <= RECORD_BODIES_MAX_BYTES,
+            "--record-acks: {total} distinct bodies of about {} bytes need {} MiB, more than \
+             the {} MiB allowed; send fewer requests or smaller ones",
+            probe.bytes.len(),
+            bytes >> 20,
+            RECORD_BODIES_MAX_BYTES >> 20
+        );
+        counts.into_iter().map(|n| n.max(1)).collect()
+    } else {
+        vec![args.bodies.max(1); args.connections]
+    };
+    let total_bodies: usize = counts.iter().sum();
+    if terminal && total_bodies > 256 {
+        eprintln!("traceo-loadgen: generating {total_bodies} bodies ...");
+    }
+    let rings = rings(&args, &counts, base_ms);
+    let bodies: Vec<&Body> = rings.iter().flatten().collect();
+    let mean_samples =
+        bodies.iter().map(|b| b.samples).sum::<u64>() as f64 / bodies.len().max(1) as f64;
+    let mean_bytes =
+        bodies.iter().map(|b| b.bytes.len()).sum::<usize>() as f64 / bodies.len().max(1) as f64;
+    if let Some(rate) = args.rate {
+        plan.pace = Pace::Open {
+            requests_per_s: rate / mean_samples,
+        };
+    }
+    if let Some(path) = &args.record_acks {
+        let header = format!(
+            "protocol={} url={} start_ms={base_ms} seed={} connections={}",
+            args.protocol, plan.target.uri, args.seed, args.connections
+        );
+        let w = AckWriter::open(path, &header)
+            .with_context(|| format!("--record-acks {}", path.display()))?;
+        plan.acks = Some(Arc::new(w));
+    }
+
+    let plan = Arc::new(plan);
+    let progress = Arc::new(Progress::default());
+    let cancel = CancellationToken::new();
+    tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\ntraceo-loadgen: stopping; a second Ctrl-C quits at once");
+                cancel.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        }
     });
+    let ticker = tokio::spawn(tick(
+        Arc::clone(&plan),
+        Arc::clone(&progress),
+        terminal,
+        args.duration,
+    ));
+    let outcome = drive::run(Arc::clone(&plan), rings, progress, cancel).await?;
+    ticker.abort();
+    if terminal {
+        eprint!("\r{:79}\r", "");
+    }
+    if let Some(w) = &plan.acks {
+        w.flush().context("--record-acks")?;
+    }
+
+    let stats = &outcome.stats;
+    let (mode, target_rps) = match plan.pace {
+        Pace::Closed => ("closed", None),
+        Pace::Open { requests_per_s } => ("open", Some(requests_per_s)),
+    };
     if args.json {
+        let mut report = serde_json::json!({
+            "protocol": args.protocol.name(),
+            "url": plan.target.uri.to_string(),
+            "mode": mode,
+            "target_samples_per_s": args.rate,
+            "target_requests_per_s": target_rps,
+            "connections": args.connections,
+            "max_in_flight": args.max_in_flight,
+            "http2": args.http2 || args.protocol.is_grpc(),
+            "tenants": plan.tenants.len(),
+            "series": args.series,
+            "series_per_request": args.series_per_request,
+            "labels_per_series": args.labels,
+            "value_len": args.value_len,
+            "churn": args.churn,
+            "histograms": format!("{:?}", args.histograms).to_lowercase(),
+            "histogram_fraction": args.histogram_fraction,
+            "gzip": args.gzip,
+            "seed": args.seed,
+            "bodies_per_connection": counts.iter().max(),
+            "samples_per_request": mean_samples,
+            "body_bytes_mean": mean_bytes,
+        });
+        if let (Some(obj), serde_json::Value::Object(m)) =
+            (report.as_object_mut(), stats.json(outcome.elapsed))
+        {
+            obj.extend(m);
+        }
         println!("{report}");
     } else {
         println!(
-            "{} requests in {:.2}s, {:.0} samples/s acknowledged; latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2}; codes {:?}",
-            all.latencies.len(),
-            elapsed,
-            all.samples_ok as f64 / elapsed,
-            pct(0.5),
-            pct(0.9),
-            pct(0.99),
-            pct(0.999),
-            all.codes
+            "{} {} loop, {} connections x {} in flight, {} tenants, \
+             {:.0} samples and {:.0} bytes per request{}",
+            args.protocol,
+            mode,
+            args.connections,
+            args.max_in_flight,
+            plan.tenants.len(),
+            mean_samples,
+            mean_bytes,
+            args.rate
+                .map(|r| format!(", target {r:.0} samples/s"))
+                .unwrap_or_default()
         );
+        println!("{}", stats.summary(outcome.elapsed));
     }
     Ok(())
+}
+
+/// Once a second: flush the acks file; on a terminal, a progress line on stderr.
+async fn tick(plan: Arc<Plan>, progress: Arc<Progress>, terminal: bool, duration: f64) {
+    let started = tokio::time::Instant::now();
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.tick().await;
+    let mut last_samples = 0;
+    loop {
+        every.tick().await;
+        if let Some(w) = &plan.acks {
+            if let Err(e) = w.flush() {
+                eprintln!("traceo-loadgen: writing acks: {e}");
+            }
+        }
+        if !terminal {
+            continue;
+        }
+        let samples = progress.samples_acked.load(Relaxed);
+        let sent = progress.sent.load(Relaxed);
+        let done = progress.done.load(Relaxed);
+        let line = format!(
+            "{:>6.1}s/{:.0}s  {} requests  {:.0} samples/s  {} failed  {} late  {} in flight",
+            started.elapsed().as_secs_f64(),
+            duration,
+            done,
+            samples.saturating_sub(last_samples) as f64,
+            progress.failed.load(Relaxed),
+            progress.late.load(Relaxed),
+            sent.saturating_sub(done),
+        );
+        last_samples = samples;
+        eprint!("\r{line:79}");
+    }
 }
