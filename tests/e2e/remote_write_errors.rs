@@ -299,3 +299,28 @@ fn accepts_remote_write_over_h2c() {
     });
     assert_eq!(status, 204);
 }
+
+/// A refusal sent before the body is read ends the HTTP/1.1 connection, and says so: a client
+/// that reused the connection would otherwise see its next request fail (a broken pipe).
+#[test]
+fn refusal_before_reading_the_body_says_connection_close() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(GATEWAY, tmp.path(), CONFIG);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = vec![0u8; 60_000];
+    let head = format!(
+        "POST /api/v1/write HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         authorization: {AUTH}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    // The server may answer and close before taking the whole body.
+    let _ = s.write_all(&body);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 415"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+}

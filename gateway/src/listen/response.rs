@@ -106,12 +106,33 @@ impl ApiError {
         }
     }
 
+    /// True for refusals answered before the request body was read (whole or at all). An
+    /// HTTP/1.1 connection cannot carry another request after an unread body, so the answer
+    /// says `Connection: close` rather than letting the client's next request fail on a
+    /// connection that silently closed (HTTP/2 drops the header; its streams are independent).
+    pub fn leaves_body_unread(&self) -> bool {
+        matches!(
+            self,
+            ApiError::UnsupportedMediaType(_)
+                | ApiError::Unauthorized(_)
+                | ApiError::UnknownTenant { .. }
+                | ApiError::BodyTooLarge { .. }
+                | ApiError::BodyRead(_)
+                | ApiError::Draining
+                | ApiError::NotFound
+                | ApiError::MethodNotAllowed(_)
+        )
+    }
+
     /// The response: status, a plain-text message, and the headers the status calls for.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let status = self.status();
         let mut b = Response::builder()
             .status(status)
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+        if self.leaves_body_unread() {
+            b = b.header(header::CONNECTION, "close");
+        }
         match &self {
             ApiError::Unauthorized(_) if status == StatusCode::UNAUTHORIZED => {
                 b = b.header(header::WWW_AUTHENTICATE, "Basic realm=\"traceo\"");
@@ -147,6 +168,14 @@ mod tests {
         let r = ApiError::Unavailable(SubmitError::Overloaded { sink: "s".into() }).into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn refusals_before_reading_the_body_close_the_connection() {
+        let r = ApiError::UnsupportedMediaType("x".into()).into_response();
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+        let r = ApiError::Decode(DecodeError::EmptyBody).into_response();
+        assert!(!r.headers().contains_key(header::CONNECTION));
     }
 
     #[test]
