@@ -408,3 +408,86 @@ fn otlp_grpc_status_codes() {
     assert_eq!(late["code"], "UNAVAILABLE", "{late}");
     assert_eq!(late["retry_delay_s"], 1);
 }
+
+/// `otlp.tenant_attribute`: each resource's `tenant.id` is its tenant, checked like an
+/// `X-Scope-OrgID`; one request can carry several tenants, each stored under its own.
+#[test]
+fn tenant_from_a_resource_attribute() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = r#"
+listen: { http: "127.0.0.1:{port}" }
+otlp: { grpc_listen: null, http_listen: null, tenant_attribute: tenant.id }
+auth: { mode: required, trust_org_id_header: true }
+regions:
+  - id: local
+    sinks:
+      parquet: { path: "{dir}/data", max_file_age: 200ms }
+tenants:
+  - { id: acme, region: local, passwords: ["pw"] }
+  - { id: globex, region: local, passwords: ["pw2"] }
+"#;
+    let gw = Gateway::start(GATEWAY, tmp.path(), config);
+    let resource = |tenant: Option<&str>, metric: &str| {
+        let tenant = tenant.map_or(String::new(), |t| {
+            format!(r#",{{"key":"tenant.id","value":{{"stringValue":"{t}"}}}}"#)
+        });
+        format!(
+            r#"{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"svc"}}}}{tenant}]}},
+              "scopeMetrics":[{{"metrics":[{{"name":"{metric}","gauge":{{"dataPoints":[
+              {{"timeUnixNano":"1700000000000000000","asDouble":1}}]}}}}]}}]}}"#
+        )
+    };
+    let body = |resources: &[String]| format!(r#"{{"resourceMetrics":[{}]}}"#, resources.join(","));
+
+    // Two tenants in one request, plus a resource without the attribute that falls back to
+    // the request's own tenant (the header).
+    let two = body(&[
+        resource(Some("acme"), "for.acme"),
+        resource(Some("globex"), "for.globex"),
+        resource(None, "for.header"),
+    ]);
+    let a = post(&gw, two.as_bytes(), &[JSON, ("x-scope-orgid", "acme")]);
+    assert_eq!(a.status, 400, "header and attribute disagree: {}", a.text());
+    assert!(
+        a.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("X-Scope-OrgID names tenant \"acme\" but a resource's \"tenant.id\" attribute names \"globex\""),
+        "{}",
+        a.text()
+    );
+    let no_header = body(&[
+        resource(Some("acme"), "for.acme"),
+        resource(Some("globex"), "for.globex"),
+    ]);
+    let a = post(&gw, no_header.as_bytes(), &[JSON]);
+    assert_eq!((a.status, a.text().as_str()), (200, "{}"));
+
+    // The attribute passes the same checks as the header: an unknown tenant is refused whole.
+    let unknown = body(&[resource(Some("acme"), "x"), resource(Some("initech"), "y")]);
+    let a = post(&gw, unknown.as_bytes(), &[JSON]);
+    assert_eq!(a.status, 401, "{}", a.text());
+    // Credentials for one tenant cannot write another's resources.
+    let a = post(
+        &gw,
+        body(&[resource(Some("globex"), "z")]).as_bytes(),
+        &[JSON, ("authorization", "Basic YWNtZTpwdw==")],
+    );
+    assert_eq!(a.status, 401, "{}", a.text());
+
+    let rows = wait_for("rows of both tenants", Duration::from_secs(20), || {
+        let rows = read_rows(&tmp.path().join("data"));
+        (rows.iter().any(|r| r.metric == "for_acme")
+            && rows.iter().any(|r| r.metric == "for_globex"))
+        .then_some(rows)
+    });
+    for r in &rows {
+        let tenant = r.labels.get("tenant").map(String::as_str);
+        match r.metric.as_str() {
+            "for_acme" => assert_eq!(tenant, Some("acme"), "{r:?}"),
+            "for_globex" => assert_eq!(tenant, Some("globex"), "{r:?}"),
+            "target_info" => {}
+            other => panic!("refused data landed: {other} {r:?}"),
+        }
+    }
+}
