@@ -12,7 +12,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
@@ -110,6 +110,12 @@ struct Args {
     /// Every request then has its own body; needs --requests or --rate.
     #[arg(long, value_name = "FILE")]
     record_acks: Option<PathBuf>,
+    /// Send nothing: decode this run's bodies in a loop on the calling thread for --duration
+    /// and report the speed of the decompression alone (snappy, or gzip for OTLP with
+    /// --gzip) and of the gateway's full decoder, in samples/s. `loadtest/bench.sh` pins it to
+    /// the gateway's core to get the "share of snappy speed" yardstick.
+    #[arg(long)]
+    decode_only: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -276,8 +282,98 @@ fn rings(args: &Args, counts: &[usize], base_ms: i64) -> Vec<Vec<Body>> {
     })
 }
 
+/// `--decode-only`: the same bodies, decoded in a loop instead of sent.
+fn decode_only(args: &Args) -> anyhow::Result<()> {
+    use protocols::DecodeLimits;
+    let limits = DecodeLimits::default();
+    let base_ms = 1_700_000_000_000;
+    let bodies = ring(args, 0, args.bodies.max(1), base_ms);
+    let samples_per_body =
+        bodies.iter().map(|b| b.samples).sum::<u64>() as f64 / bodies.len() as f64;
+    let duration = Duration::from_secs_f64(args.duration);
+    // Runs `f` over the ring until `duration` has passed; samples per second.
+    let time = |f: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < duration {
+            for b in &bodies {
+                f(&b.bytes)?;
+                n += 1;
+            }
+        }
+        Ok(n as f64 * samples_per_body / start.elapsed().as_secs_f64())
+    };
+    let grpc = args.protocol.is_grpc();
+    fn otlp_message(grpc: bool, b: &[u8]) -> &[u8] {
+        if grpc {
+            &b[5..]
+        } else {
+            b
+        }
+    }
+    let mut buf = Vec::new();
+    let (decompress_name, decompress) = match args.protocol {
+        Protocol::RemoteWriteV1 | Protocol::RemoteWriteV2 => (
+            "snappy",
+            Some(time(&mut |b| {
+                protocols::snappy::decompress_into(b, &limits, &mut buf)?;
+                Ok(())
+            })?),
+        ),
+        _ if args.gzip => (
+            "gzip",
+            Some(time(&mut |b| {
+                protocols::otlp::gunzip(otlp_message(grpc, b), &limits)?;
+                Ok(())
+            })?),
+        ),
+        _ => ("none", None),
+    };
+    let full = match args.protocol {
+        Protocol::RemoteWriteV1 => Some(time(&mut |b| {
+            protocols::remote_write::v1::decode(b, &limits)?;
+            Ok(())
+        })?),
+        // The gateway does not decode remote-write 2.0 yet (issue 9).
+        Protocol::RemoteWriteV2 => None,
+        Protocol::OtlpHttp | Protocol::OtlpGrpc => {
+            let options = protocols::otlp::TranslateOptions::default();
+            Some(time(&mut |b| {
+                let m = otlp_message(grpc, b);
+                let plain;
+                let m = if args.gzip {
+                    plain = protocols::otlp::gunzip(m, &limits)?;
+                    &plain[..]
+                } else {
+                    m
+                };
+                let req = protocols::otlp::decode(m, protocols::otlp::Encoding::Protobuf, &limits)?;
+                protocols::otlp::translate(&req, &options, &limits)?;
+                Ok(())
+            })?)
+        }
+    };
+    let report = serde_json::json!({
+        "protocol": args.protocol.name(),
+        "samples_per_request": samples_per_body,
+        "body_bytes": bodies.iter().map(|b| b.bytes.len()).sum::<usize>() / bodies.len(),
+        "decompression": decompress_name,
+        "decompress_only_samples_per_s": decompress,
+        "full_decode_samples_per_s": full,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("{report:#}");
+    }
+    Ok(())
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     check(&args)?;
+    if args.decode_only {
+        return decode_only(&args);
+    }
     let target = target(&args)?;
     let tenants = tenants(&args)?;
     let base_ms = i64::try_from(

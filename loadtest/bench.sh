@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The gateway's per-core benchmark (BENCHMARKS.md, "Gateway on one core"): builds release
+# binaries, runs the gateway pinned to one core with the `null` sink (which frames every
+# request for Kafka exactly as the Kafka sink does, then drops it), drives it from the other
+# cores with traceo-loadgen, and prints:
+#   - samples/s at saturation (closed loop),
+#   - the gateway's CPU seconds per million samples (utime + stime of its process),
+#   - p99 request latency at half of the saturating rate (open loop),
+#   - peak RSS (VmHWM),
+#   - the decompression-only and full-decode speed of the same bodies on the gateway's core,
+#     and the gateway's share of the decompression-only speed.
+#
+# Usage: loadtest/bench.sh [rw1|rw2|otlp-http|otlp-grpc]      (default rw1)
+# Environment: DURATION (s per phase, 20), GATEWAY_CPU (0), LOADGEN_CPUS (1, or e.g. 1-15),
+# CONNECTIONS (8), SERIES_PER_REQUEST (2000), LABELS (10), PORT_BASE (18000),
+# EXTRA_LOADGEN_ARGS (passed to every loadgen run, e.g. "--gzip").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PROTOCOL=${1:-rw1}
+DURATION=${DURATION:-20}
+GATEWAY_CPU=${GATEWAY_CPU:-0}
+LOADGEN_CPUS=${LOADGEN_CPUS:-1}
+CONNECTIONS=${CONNECTIONS:-8}
+SERIES_PER_REQUEST=${SERIES_PER_REQUEST:-2000}
+LABELS=${LABELS:-10}
+PORT_BASE=${PORT_BASE:-18000}
+EXTRA=${EXTRA_LOADGEN_ARGS:-}
+
+command -v taskset >/dev/null || { echo "bench.sh needs taskset (util-linux)" >&2; exit 1; }
+cargo build --release --locked -q -p traceo-gateway -p traceo-loadtest
+GW=target/release/traceo-gateway
+LG=target/release/traceo-loadgen
+
+HTTP_PORT=$PORT_BASE
+GRPC_PORT=$((PORT_BASE + 1))
+case "$PROTOCOL" in
+    rw1 | rw2) URL="http://127.0.0.1:$HTTP_PORT/api/v1/write"; TRANSPORT=() ;;
+    otlp-http) URL="http://127.0.0.1:$HTTP_PORT/v1/metrics"; TRANSPORT=() ;;
+    # gRPC is HTTP/2: several requests in flight per connection, as the SDKs do.
+    otlp-grpc) URL="http://127.0.0.1:$GRPC_PORT"; TRANSPORT=(--max-in-flight 2) ;;
+    *) echo "unknown protocol $PROTOCOL: use rw1, rw2, otlp-http or otlp-grpc" >&2; exit 2 ;;
+esac
+
+work=$(mktemp -d)
+gw_pid=""
+cleanup() {
+    [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null && wait "$gw_pid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+cat >"$work/gateway.yaml" <<EOF
+listen: { http: "127.0.0.1:$HTTP_PORT" }
+otlp: { grpc_listen: "127.0.0.1:$GRPC_PORT", http_listen: null }
+auth: { mode: off, default_region: local }
+regions:
+  - id: local
+    sinks:
+      null: { format: remote_write_v1 }
+EOF
+
+taskset -c "$GATEWAY_CPU" "$GW" run --config "$work/gateway.yaml" >"$work/gateway.log" 2>&1 &
+gw_pid=$!
+for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$HTTP_PORT") 2>/dev/null; then break; fi
+    kill -0 "$gw_pid" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
+    sleep 0.1
+done
+
+# json_num FILE KEY: the first number after "KEY": in a one-line JSON report.
+json_num() { sed -n "s/.*\"$2\":\([-0-9.e+]*\).*/\1/p" "$1" | head -1; }
+# CPU ticks (user + system) the gateway has used so far.
+ticks() { awk '{print $14 + $15}' "/proc/$gw_pid/stat"; }
+# loadgen SECONDS [ARGS...]
+loadgen() {
+    local seconds=$1
+    shift
+    # shellcheck disable=SC2086 # EXTRA is a list of words on purpose.
+    taskset -c "$LOADGEN_CPUS" "$LG" --protocol "$PROTOCOL" --url "$URL" \
+        --connections "$CONNECTIONS" --series-per-request "$SERIES_PER_REQUEST" \
+        --labels "$LABELS" --series $((SERIES_PER_REQUEST * CONNECTIONS * 5)) \
+        "${TRANSPORT[@]}" $EXTRA --duration "$seconds" --json "$@"
+}
+
+# Warm up (allocator, connection pools), then saturate.
+loadgen 3 >/dev/null
+t0=$(ticks)
+loadgen "$DURATION" >"$work/saturation.json"
+t1=$(ticks)
+rss_kib=$(awk '/^VmHWM/ {print $2}' "/proc/$gw_pid/status")
+sat=$(json_num "$work/saturation.json" samples_per_s)
+acked=$(json_num "$work/saturation.json" samples_acknowledged)
+sat_p99=$(json_num "$work/saturation.json" p99)
+cpu_s=$(awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN {print (b - a) / hz}')
+cpu_per_m=$(awk -v c="$cpu_s" -v n="$acked" 'BEGIN {if (n > 0) print c / (n / 1e6); else print "n/a"}')
+
+half=$(awk -v s="$sat" 'BEGIN {printf "%.0f", s / 2}')
+loadgen "$DURATION" --rate "$half" >"$work/half.json"
+half_p99=$(json_num "$work/half.json" p99)
+half_got=$(json_num "$work/half.json" samples_per_s)
+
+kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true; gw_pid=""
+
+# shellcheck disable=SC2086
+taskset -c "$GATEWAY_CPU" "$LG" --protocol "$PROTOCOL" --series-per-request "$SERIES_PER_REQUEST" \
+    --labels "$LABELS" $EXTRA --decode-only --duration 5 --json >"$work/decode.json"
+decomp=$(json_num "$work/decode.json" decompress_only_samples_per_s)
+full=$(json_num "$work/decode.json" full_decode_samples_per_s)
+ratio=$(awk -v s="$sat" -v d="$decomp" 'BEGIN {if (d > 0) printf "%.2f", s / d; else print "n/a"}')
+
+cat <<EOF
+traceo-gateway bench: protocol $PROTOCOL, $SERIES_PER_REQUEST series x $LABELS labels x 1 sample per request, null sink (Kafka framing)
+machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1); gateway on CPU $GATEWAY_CPU, loadgen on $LOADGEN_CPUS, $CONNECTIONS connections
+saturation:            $(printf '%.0f' "$sat") samples/s (p99 $sat_p99 ms)
+gateway CPU:           $cpu_per_m CPU-seconds per million samples ($cpu_s s for $acked samples)
+half rate ($half/s):   achieved $(printf '%.0f' "$half_got") samples/s, p99 $half_p99 ms
+peak RSS:              $((rss_kib / 1024)) MiB
+decode only, 1 core:   decompression ($(sed -n 's/.*"decompression":"\([a-z]*\)".*/\1/p' "$work/decode.json")) $(printf '%.0f' "${decomp:-0}") samples/s, full decode $(printf '%.0f' "${full:-0}") samples/s
+gateway / decompression-only: $ratio
+EOF
