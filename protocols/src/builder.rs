@@ -52,29 +52,7 @@ impl BatchBuilder {
         if value.is_empty() {
             return Ok(());
         }
-        let series = self.batch.series.len();
-        if name.len() > self.limits.max_label_name_bytes {
-            return Err(DecodeError::LabelNameTooLong {
-                series,
-                len: name.len(),
-                limit: self.limits.max_label_name_bytes,
-            });
-        }
-        if value.len() > self.limits.max_label_value_bytes {
-            return Err(DecodeError::LabelValueTooLong {
-                series,
-                name: name.to_string(),
-                len: value.len(),
-                limit: self.limits.max_label_value_bytes,
-            });
-        }
-        if self.batch.labels.len() - self.open_labels >= self.limits.max_labels_per_series {
-            return Err(DecodeError::TooManyLabels {
-                series,
-                limit: self.limits.max_labels_per_series,
-            });
-        }
-        self.check_buffer()?;
+        self.check_label(self.batch.labels.len() - self.open_labels, name, value)?;
         let name = self.push_str(name);
         let value = self.push_str(value);
         self.batch.labels.push(Label { name, value });
@@ -102,33 +80,11 @@ impl BatchBuilder {
         timestamp_ms: i64,
     ) -> Result<(), DecodeError> {
         let start = self.batch.exemplar_labels.len();
-        let series = self.batch.series.len();
         for (name, value) in labels {
             if value.is_empty() {
                 continue;
             }
-            if self.batch.exemplar_labels.len() - start >= self.limits.max_labels_per_series {
-                return Err(DecodeError::TooManyLabels {
-                    series,
-                    limit: self.limits.max_labels_per_series,
-                });
-            }
-            if name.len() > self.limits.max_label_name_bytes {
-                return Err(DecodeError::LabelNameTooLong {
-                    series,
-                    len: name.len(),
-                    limit: self.limits.max_label_name_bytes,
-                });
-            }
-            if value.len() > self.limits.max_label_value_bytes {
-                return Err(DecodeError::LabelValueTooLong {
-                    series,
-                    name: name.to_string(),
-                    len: value.len(),
-                    limit: self.limits.max_label_value_bytes,
-                });
-            }
-            self.check_buffer()?;
+            self.check_label(self.batch.exemplar_labels.len() - start, name, value)?;
             let name = self.push_str(name);
             let value = self.push_str(value);
             self.batch.exemplar_labels.push(Label { name, value });
@@ -245,6 +201,34 @@ impl BatchBuilder {
     /// Number of finished series.
     pub fn series_count(&self) -> usize {
         self.batch.series.len()
+    }
+
+    /// The limits on one more label (`present` already on the series or exemplar), and room
+    /// in the buffer for it.
+    fn check_label(&self, present: usize, name: &str, value: &str) -> Result<(), DecodeError> {
+        let series = self.batch.series.len();
+        if present >= self.limits.max_labels_per_series {
+            return Err(DecodeError::TooManyLabels {
+                series,
+                limit: self.limits.max_labels_per_series,
+            });
+        }
+        if name.len() > self.limits.max_label_name_bytes {
+            return Err(DecodeError::LabelNameTooLong {
+                series,
+                len: name.len(),
+                limit: self.limits.max_label_name_bytes,
+            });
+        }
+        if value.len() > self.limits.max_label_value_bytes {
+            return Err(DecodeError::LabelValueTooLong {
+                series,
+                name: name.to_string(),
+                len: value.len(),
+                limit: self.limits.max_label_value_bytes,
+            });
+        }
+        self.check_buffer()
     }
 
     /// The built string buffer may not outgrow the decompressed-size limit (byte ranges are

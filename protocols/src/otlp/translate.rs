@@ -779,6 +779,20 @@ impl<'r, 'a> MetricCx<'r, 'a> {
         Ok(())
     }
 
+    /// One series with one float sample and nothing else.
+    fn float_series(
+        &mut self,
+        name: &str,
+        attrs: &'a [KeyValue],
+        extra: Option<(&str, &str)>,
+        value: f64,
+        ts: i64,
+    ) -> Result<(), DecodeError> {
+        self.open_series(name, attrs, extra)?;
+        self.b.sample(value, ts);
+        self.b.finish_series()
+    }
+
     fn exemplars(&mut self, exemplars: &[proto::Exemplar]) -> Result<(), DecodeError> {
         for e in exemplars {
             let value = match e.value {
@@ -935,13 +949,15 @@ impl<'r, 'a> MetricCx<'r, 'a> {
             }
         }
         if let Some(sum) = p.sum {
-            self.open_series(&format!("{name}_sum"), &p.attributes, None)?;
-            self.b.sample(v(sum), ts);
-            self.b.finish_series()?;
+            self.float_series(&format!("{name}_sum"), &p.attributes, None, v(sum), ts)?;
         }
-        self.open_series(&format!("{name}_count"), &p.attributes, None)?;
-        self.b.sample(v(p.count as f64), ts);
-        self.b.finish_series()?;
+        self.float_series(
+            &format!("{name}_count"),
+            &p.attributes,
+            None,
+            v(p.count as f64),
+            ts,
+        )?;
         self.accepted(ts);
         Ok(())
     }
@@ -1018,16 +1034,22 @@ impl<'r, 'a> MetricCx<'r, 'a> {
         let v = |x: f64| if stale { f64::from_bits(STALE_NAN) } else { x };
         for q in &p.quantile_values {
             let quantile = format_float(q.quantile);
-            self.open_series(name, &p.attributes, Some(("quantile", &quantile)))?;
-            self.b.sample(v(q.value), ts);
-            self.b.finish_series()?;
+            self.float_series(
+                name,
+                &p.attributes,
+                Some(("quantile", &quantile)),
+                v(q.value),
+                ts,
+            )?;
         }
-        self.open_series(&format!("{name}_sum"), &p.attributes, None)?;
-        self.b.sample(v(p.sum), ts);
-        self.b.finish_series()?;
-        self.open_series(&format!("{name}_count"), &p.attributes, None)?;
-        self.b.sample(v(p.count as f64), ts);
-        self.b.finish_series()?;
+        self.float_series(&format!("{name}_sum"), &p.attributes, None, v(p.sum), ts)?;
+        self.float_series(
+            &format!("{name}_count"),
+            &p.attributes,
+            None,
+            v(p.count as f64),
+            ts,
+        )?;
         self.accepted(ts);
         Ok(())
     }
