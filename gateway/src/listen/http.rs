@@ -45,6 +45,20 @@ pub struct AppState {
     pub unknown_tenant_status: StatusCode,
 }
 
+impl AppState {
+    /// `tenant`'s view of `policy`, or the configured 401/403 for a tenant it does not know.
+    pub(super) fn tenant_view<'p>(
+        &self,
+        policy: &'p CompiledPolicy,
+        tenant: &TenantId,
+    ) -> Result<TenantView<'p>, ApiError> {
+        policy.tenant(tenant).map_err(|e| ApiError::UnknownTenant {
+            status: self.unknown_tenant_status,
+            message: e.to_string(),
+        })
+    }
+}
+
 /// Accepts connections until `stop` fires, then lets in-flight requests finish.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -193,12 +207,7 @@ async fn remote_write_inner(
     *tenant_out = Some(tenant.clone());
     // One policy for the whole request, even if a reload swaps it meanwhile.
     let policy = state.policy.load_full();
-    let view = policy
-        .tenant(&tenant)
-        .map_err(|e| ApiError::UnknownTenant {
-            status: state.unknown_tenant_status,
-            message: e.to_string(),
-        })?;
+    let view = state.tenant_view(&policy, &tenant)?;
 
     let limits = state.config.limits;
     let (parts, body) = req.into_parts();

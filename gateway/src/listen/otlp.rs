@@ -71,14 +71,7 @@ fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Option<TenantId
     }
     let tenant = tenant::identify(headers, &state.config).map_err(ApiError::Unauthorized)?;
     // Refuse a tenant the policy does not know before reading its body.
-    state
-        .policy
-        .load()
-        .tenant(&tenant)
-        .map_err(|e| ApiError::UnknownTenant {
-            status: state.unknown_tenant_status,
-            message: e.to_string(),
-        })?;
+    state.tenant_view(&state.policy.load(), &tenant)?;
     Ok(Some(tenant))
 }
 
@@ -145,12 +138,7 @@ async fn export(
         if tenant_out.is_none() {
             *tenant_out = Some(tenant.clone());
         }
-        let view = policy
-            .tenant(&tenant)
-            .map_err(|e| ApiError::UnknownTenant {
-                status: state.unknown_tenant_status,
-                message: e.to_string(),
-            })?;
+        let view = state.tenant_view(&policy, &tenant)?;
         let plan = plan(&view, &tenant, &group.batch)?;
         work.push((tenant, view, plan, group.batch, group.points));
     }

@@ -82,6 +82,29 @@ impl Drop for Ack {
     }
 }
 
+/// The loop of a sink that runs on its own thread: takes requests until `cancel` fires, then
+/// still takes what was already queued (its clients are waiting for it), and returns.
+pub(crate) fn drain_on_thread(
+    mut rx: mpsc::Receiver<SinkRequest>,
+    cancel: &tokio_util::sync::CancellationToken,
+    runtime: &tokio::runtime::Handle,
+    mut accept: impl FnMut(SinkRequest),
+) {
+    while let Some(req) = runtime.block_on(async {
+        tokio::select! {
+            biased;
+            req = rx.recv() => req,
+            _ = cancel.cancelled() => None,
+        }
+    }) {
+        accept(req);
+    }
+    rx.close();
+    while let Ok(req) = rx.try_recv() {
+        accept(req);
+    }
+}
+
 /// The sending side of a sink: cheap to clone, one per sink.
 #[derive(Clone)]
 pub struct SinkHandle {

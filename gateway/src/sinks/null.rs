@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::frame::frame_batch;
-use super::{SinkHandle, SinkRequest};
+use super::{drain_on_thread, SinkHandle, SinkRequest};
 use crate::config::NullSinkConfig;
 
 /// Why the sink could not start.
@@ -47,7 +47,7 @@ pub fn spawn(
 fn run(
     name: String,
     cfg: NullSinkConfig,
-    mut rx: mpsc::Receiver<SinkRequest>,
+    rx: mpsc::Receiver<SinkRequest>,
     cancel: CancellationToken,
     runtime: tokio::runtime::Handle,
 ) {
@@ -67,19 +67,7 @@ fn run(
         );
         req.ack.accept();
     };
-    while let Some(req) = runtime.block_on(async {
-        tokio::select! {
-            biased;
-            req = rx.recv() => req,
-            _ = cancel.cancelled() => None,
-        }
-    }) {
-        accept(req);
-    }
-    rx.close();
-    while let Ok(req) = rx.try_recv() {
-        accept(req);
-    }
+    drain_on_thread(rx, &cancel, &runtime, accept);
     info!(sink = %name, "null sink stopped");
 }
 

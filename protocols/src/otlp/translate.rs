@@ -753,42 +753,53 @@ impl<'r, 'a> MetricCx<'r, 'a> {
         Some((time_unix_nano / 1_000_000) as i64)
     }
 
-    /// Writes one series: base labels, the point's attributes, `extra` and the name.
-    fn open_series(
-        &mut self,
-        name: &str,
-        attrs: &'a [KeyValue],
-        extra: Option<(&str, &str)>,
-    ) -> Result<(), DecodeError> {
+    /// A point's labels: its attributes, then the resource and scope labels (`job` and
+    /// `instance` override attributes; promoted ones do not). Built once per point and shared
+    /// by every series the point becomes (a histogram point is several).
+    fn point_labels(&self, attrs: &'r [KeyValue]) -> Result<Labels<'r>, DecodeError> {
+        let base: &'r Labels<'a> = self.base;
         let mut labels = Labels::default();
         attribute_labels(attrs, self.naming, self.max_attrs, &mut labels)?;
-        for (n, v) in self.base.v.iter() {
+        for (n, v) in base.v.iter() {
             if n == "job" || n == "instance" {
                 labels.set(Cow::Borrowed(n), Cow::Borrowed(v));
             } else {
                 labels.set_default(Cow::Borrowed(n), Cow::Borrowed(v));
             }
         }
-        if let Some((n, v)) = extra {
-            labels.set(Cow::Borrowed(n), Cow::Borrowed(v));
-        }
-        labels.set(Cow::Borrowed(crate::METRIC_NAME_LABEL), Cow::Borrowed(name));
+        Ok(labels)
+    }
+
+    /// Writes one series' labels: the point's, then `extra` and the name, which override a
+    /// point label of the same name.
+    fn open_series(
+        &mut self,
+        labels: &Labels<'_>,
+        name: &str,
+        extra: Option<(&str, &str)>,
+    ) -> Result<(), DecodeError> {
+        let extra_name = extra.map(|(n, _)| n);
         for (n, v) in labels.iter() {
+            if n != crate::METRIC_NAME_LABEL && Some(n) != extra_name {
+                self.b.label(n, v)?;
+            }
+        }
+        if let Some((n, v)) = extra {
             self.b.label(n, v)?;
         }
-        Ok(())
+        self.b.label(crate::METRIC_NAME_LABEL, name)
     }
 
     /// One series with one float sample and nothing else.
     fn float_series(
         &mut self,
+        labels: &Labels<'_>,
         name: &str,
-        attrs: &'a [KeyValue],
         extra: Option<(&str, &str)>,
         value: f64,
         ts: i64,
     ) -> Result<(), DecodeError> {
-        self.open_series(name, attrs, extra)?;
+        self.open_series(labels, name, extra)?;
         self.b.sample(value, ts);
         self.b.finish_series()
     }
@@ -879,7 +890,8 @@ impl<'r, 'a> MetricCx<'r, 'a> {
                 }
             }
         };
-        self.open_series(name, &p.attributes, None)?;
+        let labels = self.point_labels(&p.attributes)?;
+        self.open_series(&labels, name, None)?;
         self.b.sample(value, ts);
         if with_exemplars {
             self.exemplars(&p.exemplars)?;
@@ -914,6 +926,7 @@ impl<'r, 'a> MetricCx<'r, 'a> {
         }
         let stale = p.flags & FLAG_NO_RECORDED_VALUE != 0;
         let v = |x: f64| if stale { f64::from_bits(STALE_NAN) } else { x };
+        let labels = self.point_labels(&p.attributes)?;
         let bucket = format!("{name}_bucket");
         let mut cumulative: u64 = 0;
         // Each exemplar goes to the first bucket whose bound holds its value.
@@ -939,7 +952,7 @@ impl<'r, 'a> MetricCx<'r, 'a> {
                     Some(b) => (format_float(*b), cumulative),
                     None => ("+Inf".to_string(), p.count),
                 };
-                self.open_series(&bucket, &p.attributes, Some(("le", &le)))?;
+                self.open_series(&labels, &bucket, Some(("le", &le)))?;
                 self.b.sample(v(count as f64), ts);
                 while let Some((_, e, value)) = exemplars.get(next_exemplar).filter(|x| x.0 == i) {
                     self.exemplar(e, *value)?;
@@ -949,11 +962,11 @@ impl<'r, 'a> MetricCx<'r, 'a> {
             }
         }
         if let Some(sum) = p.sum {
-            self.float_series(&format!("{name}_sum"), &p.attributes, None, v(sum), ts)?;
+            self.float_series(&labels, &format!("{name}_sum"), None, v(sum), ts)?;
         }
         self.float_series(
+            &labels,
             &format!("{name}_count"),
-            &p.attributes,
             None,
             v(p.count as f64),
             ts,
@@ -1014,7 +1027,8 @@ impl<'r, 'a> MetricCx<'r, 'a> {
             timestamp_ms: ts,
             custom_values: Vec::new(),
         };
-        self.open_series(name, &p.attributes, None)?;
+        let labels = self.point_labels(&p.attributes)?;
+        self.open_series(&labels, name, None)?;
         self.b.histogram(h);
         self.exemplars(&p.exemplars)?;
         self.b.finish_series()?;
@@ -1032,20 +1046,15 @@ impl<'r, 'a> MetricCx<'r, 'a> {
         };
         let stale = p.flags & FLAG_NO_RECORDED_VALUE != 0;
         let v = |x: f64| if stale { f64::from_bits(STALE_NAN) } else { x };
+        let labels = self.point_labels(&p.attributes)?;
         for q in &p.quantile_values {
             let quantile = format_float(q.quantile);
-            self.float_series(
-                name,
-                &p.attributes,
-                Some(("quantile", &quantile)),
-                v(q.value),
-                ts,
-            )?;
+            self.float_series(&labels, name, Some(("quantile", &quantile)), v(q.value), ts)?;
         }
-        self.float_series(&format!("{name}_sum"), &p.attributes, None, v(p.sum), ts)?;
+        self.float_series(&labels, &format!("{name}_sum"), None, v(p.sum), ts)?;
         self.float_series(
+            &labels,
             &format!("{name}_count"),
-            &p.attributes,
             None,
             v(p.count as f64),
             ts,

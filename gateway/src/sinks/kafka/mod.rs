@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::frame::frame_batch;
-use super::{Ack, SinkError, SinkHandle, SinkRequest};
+use super::{drain_on_thread, Ack, SinkError, SinkHandle, SinkRequest};
 use crate::config::{KafkaCompression, KafkaFormat, KafkaSinkConfig};
 
 /// `content-type` header of remote-write 1.0 messages.
@@ -234,28 +234,12 @@ const METADATA_TTL: Duration = Duration::from_secs(60);
 impl KafkaSink {
     fn run(
         mut self,
-        mut rx: mpsc::Receiver<SinkRequest>,
+        rx: mpsc::Receiver<SinkRequest>,
         cancel: CancellationToken,
         runtime: tokio::runtime::Handle,
     ) {
-        loop {
-            let next = runtime.block_on(async {
-                tokio::select! {
-                    biased;
-                    req = rx.recv() => req,
-                    _ = cancel.cancelled() => None,
-                }
-            });
-            match next {
-                Some(req) => self.accept(req),
-                None => break,
-            }
-        }
-        // Shutting down: still produce what was queued (its clients wait for it).
-        rx.close();
-        while let Ok(req) = rx.try_recv() {
-            self.accept(req);
-        }
+        // Shutting down, the queued requests are still produced (their clients wait for them).
+        drain_on_thread(rx, &cancel, &runtime, |req| self.accept(req));
         let timeout = self.cfg.delivery_timeout + Duration::from_secs(1);
         if let Err(e) = self.producer.flush(timeout) {
             error!(sink = %self.name, error = %e, "kafka flush at shutdown failed; unflushed requests are reported failed");
