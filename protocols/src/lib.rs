@@ -17,6 +17,7 @@
 
 mod builder;
 mod error;
+mod hash;
 mod limits;
 mod model;
 pub mod otlp;
@@ -27,6 +28,7 @@ mod wire;
 
 pub use builder::BatchBuilder;
 pub use error::DecodeError;
+pub use hash::label_set_hash;
 pub use limits::DecodeLimits;
 pub use model::{
     Batch, BucketSpan, ExemplarRef, Histogram, HistogramCount, LabelsRef, MetadataRef, MetricType,

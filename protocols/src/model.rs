@@ -346,11 +346,40 @@ impl<'a> SeriesRef<'a> {
     }
 
     /// The series' `TimeSeries` bytes as the client sent them, when they are canonical (labels
-    /// sorted, nothing dropped) and so may be copied into an outgoing message unchanged.
+    /// first, sorted, each in the canonical encoding, nothing dropped) and so may be copied
+    /// into an outgoing message unchanged.
     pub fn spliceable_bytes(&self) -> Option<&'a [u8]> {
         self.entry
             .spliceable
             .then(|| &self.batch.buf[self.entry.raw.range()])
+    }
+
+    /// The series' identity hash (see [`crate::label_set_hash`]): over the client's own label
+    /// bytes when they are canonical, otherwise over the labels encoded into `scratch`.
+    pub fn labels_hash(&self, scratch: &mut Vec<u8>) -> u64 {
+        match self.canonical_labels() {
+            Some((buf, labels)) => {
+                let end = labels.last().map_or(self.entry.raw.start, |l| l.value.end);
+                crate::hash::hash_bytes(&buf[self.entry.raw.start as usize..end as usize])
+            }
+            None => crate::hash::label_set_hash(self.labels().iter(), scratch),
+        }
+    }
+
+    /// For a spliceable series: the buffer, its label entries and its raw span; the labels'
+    /// fields are then the leading bytes of the span, in canonical form.
+    pub(crate) fn canonical_labels(&self) -> Option<(&'a [u8], &'a [Label])> {
+        self.entry.spliceable.then(|| {
+            (
+                &self.batch.buf[..],
+                &self.batch.labels[self.entry.labels.range()],
+            )
+        })
+    }
+
+    /// The series' raw `TimeSeries` span in the buffer.
+    pub(crate) fn raw_span(&self) -> Span {
+        self.entry.raw
     }
 }
 

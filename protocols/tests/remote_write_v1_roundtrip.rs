@@ -232,3 +232,71 @@ fn unsorted_sender_is_sorted_and_reencoded_canonically() {
         .collect();
     assert_eq!(names, ["__name__", "job"]);
 }
+
+/// A series as any sender may encode it: labels sometimes unsorted, sometimes with a value too
+/// long for the one-byte-length canonical form.
+fn any_sender_series() -> impl Strategy<Value = pb::TimeSeries> {
+    (series(), any::<bool>(), any::<bool>()).prop_map(|(mut s, reverse, long)| {
+        if long {
+            s.labels.push(pb::Label {
+                name: "zz_long".into(),
+                value: "v".repeat(200),
+            });
+        }
+        if reverse {
+            s.labels.reverse();
+        }
+        s
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Splicing the gateway's labels into a client's bytes gives exactly what re-encoding the
+    /// merged label set gives, and is refused only where it must be.
+    #[test]
+    fn spliced_series_equal_reencoded_ones(
+        ts in prop::collection::vec(any_sender_series(), 1..4),
+        extra_names in prop::sample::subsequence(vec!["a_first", "job", "region", "tenant", "zzz_last"], 0..5),
+    ) {
+        let req = pb::WriteRequest { timeseries: ts, metadata: vec![] };
+        let batch = v1::decode_message(Bytes::from(req.encode_to_vec()), &DecodeLimits::default()).unwrap();
+        let extra: Vec<(&str, &str)> = extra_names.iter().map(|n| (*n, "gw")).collect();
+        let splicer = v1::ExtraLabels::new(extra.iter().copied());
+        for s in batch.series() {
+            let collides = s.labels().iter().any(|(n, _)| extra_names.contains(&n));
+            let mut spliced = Vec::new();
+            let ok = splicer.put_spliced(&s, &mut spliced);
+            prop_assert_eq!(ok, s.spliceable_bytes().is_some() && !collides);
+            if !ok {
+                prop_assert!(spliced.is_empty(), "a refused splice writes nothing");
+                continue;
+            }
+            let mut merged: Vec<(&str, &str)> = s.labels().iter().chain(extra.iter().copied()).collect();
+            merged.sort();
+            let mut reencoded = Vec::new();
+            v1::encode_series_with_labels(&s, merged.iter().copied(), &mut reencoded);
+            // Both are `WriteRequest`s of one series; compare them as prost normalises them
+            // (the client's bytes may omit default fields our encoder writes).
+            let spliced = pb::WriteRequest::decode(spliced.as_slice()).expect("valid protobuf");
+            let reencoded = pb::WriteRequest::decode(reencoded.as_slice()).unwrap();
+            prop_assert!(same(&spliced, &reencoded), "{:?}\n{:?}", spliced, reencoded);
+        }
+    }
+
+    /// The identity hash does not depend on how the sender encoded the labels.
+    #[test]
+    fn labels_hash_is_the_label_set_hash(s in any_sender_series()) {
+        let req = pb::WriteRequest { timeseries: vec![s.clone()], metadata: vec![] };
+        let batch = v1::decode_message(Bytes::from(req.encode_to_vec()), &DecodeLimits::default()).unwrap();
+        let series = batch.series().next().unwrap();
+        let mut sorted: Vec<(&str, &str)> = s.labels.iter().map(|l| (l.name.as_str(), l.value.as_str())).collect();
+        sorted.sort();
+        let mut scratch = Vec::new();
+        prop_assert_eq!(
+            series.labels_hash(&mut scratch),
+            protocols::label_set_hash(sorted.iter().copied(), &mut Vec::new())
+        );
+    }
+}

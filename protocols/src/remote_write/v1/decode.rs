@@ -112,9 +112,17 @@ fn decode_series(
     let hist_start = batch.histograms.len();
     let ex_start = batch.exemplars.len();
     let mut dropped_empty = false;
+    // Whether the label fields come first, each in the canonical form (see
+    // [`canonical_label`]): then their byte positions follow from the labels themselves and an
+    // encoder may splice labels in between them (`SeriesEntry::spliceable`).
+    let mut canonical = true;
+    let mut seen_other_field = false;
     let mut r = Reader::new(buf, start, end);
     while !r.is_empty() {
         let (field, wt) = r.key()?;
+        if field != 1 {
+            seen_other_field = true;
+        }
         match (field, wt) {
             (1, LEN) => {
                 let (s, e) = r.len_delimited("label")?;
@@ -124,7 +132,8 @@ fn decode_series(
                         limit: limits.max_labels_per_series,
                     });
                 }
-                match decode_label(buf, s, e, idx, limits)? {
+                canonical &= !seen_other_field;
+                match decode_label(buf, s, e, idx, limits, &mut canonical)? {
                     Some(label) => batch.labels.push(label),
                     None => dropped_empty = true,
                 }
@@ -160,7 +169,7 @@ fn decode_series(
         histograms: Span::at(hist_start, batch.histograms.len()),
         exemplars: Span::at(ex_start, batch.exemplars.len()),
         raw: Span::at(start, end),
-        spliceable: sorted && !dropped_empty,
+        spliceable: sorted && !dropped_empty && canonical,
     });
     Ok(())
 }
@@ -196,7 +205,6 @@ fn sort_and_check(buf: &[u8], labels: &mut [Label], series: usize) -> Result<boo
     Ok(sorted)
 }
 
-/// Decodes one `Label`; `None` for an empty value (same as absent in the data model).
 /// `(start, end)` of a field's bytes in the buffer.
 type ByteRange = (usize, usize);
 
@@ -245,6 +253,8 @@ fn label_fields(
     Ok((name, value))
 }
 
+/// Decodes one `Label`; `None` for an empty value (same as absent in the data model). Clears
+/// `canonical` when the label is not in the canonical encoding.
 #[inline]
 fn decode_label(
     buf: &[u8],
@@ -252,10 +262,14 @@ fn decode_label(
     end: usize,
     series: usize,
     limits: &DecodeLimits,
+    canonical: &mut bool,
 ) -> Result<Option<Label>, DecodeError> {
     let (name, value) = match canonical_label(buf, start, end) {
         Some(ranges) => ranges,
-        None => label_fields(buf, start, end)?,
+        None => {
+            *canonical = false;
+            label_fields(buf, start, end)?
+        }
     };
     let name_bytes = &buf[name.0..name.1];
     if name_bytes.len() > limits.max_label_name_bytes {
@@ -354,7 +368,7 @@ fn decode_exemplar(
                         limit: limits.max_labels_per_series,
                     });
                 }
-                if let Some(l) = decode_label(buf, s, e, series, limits)? {
+                if let Some(l) = decode_label(buf, s, e, series, limits, &mut true)? {
                     labels.push(l);
                 }
             }
@@ -702,5 +716,24 @@ mod tests {
                 ("job", std::str::from_utf8(&long_value).unwrap())
             ]
         );
+        assert!(series.spliceable_bytes().is_none());
+    }
+
+    /// Splicing computes label positions from the labels alone, so it needs them first and
+    /// canonical; anything else is re-encoded.
+    #[test]
+    fn only_leading_canonical_labels_are_spliceable() {
+        let canonical = request(&[&[(b"__name__", b"up"), (b"job", b"a")]]);
+        let batch = decode_plain(canonical).unwrap();
+        assert!(batch.series().next().unwrap().spliceable_bytes().is_some());
+
+        let mut late_label = Vec::new();
+        put_message(&mut late_label, 1, |o| {
+            label(o, b"__name__", b"up");
+            put_message(o, 2, |s| put_bytes(s, 9, b""));
+            label(o, b"job", b"a");
+        });
+        let batch = decode_plain(late_label).unwrap();
+        assert!(batch.series().next().unwrap().spliceable_bytes().is_none());
     }
 }

@@ -2,8 +2,8 @@
 
 use crate::model::{Batch, BucketSpan, Histogram, HistogramCount, SeriesRef};
 use crate::wire::{
-    put_bytes, put_f64, put_key, put_message, put_uvarint_field, put_varint, zigzag_encode64, LEN,
-    VARINT,
+    put_bytes, put_f64, put_key, put_message, put_uvarint_field, put_varint, varint_len,
+    zigzag_encode64, LEN, VARINT,
 };
 
 /// Appends `batch` as an uncompressed `WriteRequest` to `out`, copying each series' original
@@ -49,6 +49,80 @@ pub fn encode_series_with_labels<'a>(
     out: &mut Vec<u8>,
 ) {
     put_message(out, 1, |o| encode_series_body(s, labels, o));
+}
+
+/// Labels appended to every series of a batch (the gateway's tenant and region tags),
+/// encoded once as `Label` fields so that [`ExtraLabels::put_spliced`] can copy a canonical
+/// series with them inserted at their sorted positions instead of re-encoding it.
+#[derive(Debug, Clone, Default)]
+pub struct ExtraLabels {
+    /// `(name, encoded Label field)`, sorted by name.
+    fields: Vec<(String, Vec<u8>)>,
+    /// Total encoded length of all fields.
+    len: usize,
+}
+
+impl ExtraLabels {
+    /// Encodes `labels` (any order; names must be distinct).
+    pub fn new<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut fields: Vec<(String, Vec<u8>)> = labels
+            .into_iter()
+            .map(|(name, value)| {
+                let mut field = Vec::new();
+                put_label(&mut field, 1, name, value);
+                (name.to_string(), field)
+            })
+            .collect();
+        fields.sort_by(|a, b| a.0.cmp(&b.0));
+        let len = fields.iter().map(|(_, f)| f.len()).sum();
+        Self { fields, len }
+    }
+
+    /// Appends `s` as a `TimeSeries` field (1 of `WriteRequest`) with these labels merged into
+    /// its own, copying the client's bytes around them. Returns false and writes nothing when
+    /// the series is not canonical (see [`SeriesRef::spliceable_bytes`]) or has a label of one
+    /// of these names: the caller re-encodes it then.
+    pub fn put_spliced(&self, s: &SeriesRef<'_>, out: &mut Vec<u8>) -> bool {
+        let Some((buf, labels)) = s.canonical_labels() else {
+            return false;
+        };
+        let raw = s.raw_span();
+        let mark = out.len();
+        put_key(out, 1, LEN);
+        put_varint(out, (raw.range().len() + self.len) as u64);
+        let name = |i: usize| &buf[labels[i].name.start as usize..labels[i].name.end as usize];
+        // A canonical label field is `0a <len> 0a <n> name 12 <v> value` with n, v < 128, so
+        // it starts 3 bytes plus its length varint before the name.
+        let field_start = |i: usize| {
+            let l = &labels[i];
+            let inner = 4 + (l.name.end - l.name.start) + (l.value.end - l.value.start);
+            l.name.start as usize - 3 - varint_len(u64::from(inner))
+        };
+        let mut pos = raw.start as usize;
+        let mut next = 0;
+        for (extra, field) in &self.fields {
+            while next < labels.len() {
+                match name(next).cmp(extra.as_bytes()) {
+                    std::cmp::Ordering::Less => next += 1,
+                    std::cmp::Ordering::Equal => {
+                        out.truncate(mark);
+                        return false;
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+            let cut = if next < labels.len() {
+                field_start(next)
+            } else {
+                labels.last().map_or(pos, |l| l.value.end as usize)
+            };
+            out.extend_from_slice(&buf[pos..cut]);
+            out.extend_from_slice(field);
+            pos = cut;
+        }
+        out.extend_from_slice(&buf[pos..raw.end as usize]);
+        true
+    }
 }
 
 /// Appends every metadata entry of `batch` (field 3 of `WriteRequest`).

@@ -14,5 +14,5 @@ pub mod reference;
 pub use decode::{decode, decode_message, decode_message_into};
 pub use encode::{
     encode, encode_compressed, encode_histogram, encode_metadata, encode_series_with_labels,
-    reencode,
+    reencode, ExtraLabels,
 };
