@@ -11,7 +11,8 @@
 #     and the gateway's share of the decompression-only speed.
 #
 # Usage: loadtest/bench.sh [rw1|rw2|otlp-http|otlp-grpc]      (default rw1)
-# Environment: DURATION (s per phase, 20), GATEWAY_CPU (0), LOADGEN_CPUS (1, or e.g. 1-15),
+# Environment: DURATION (s per phase, 20), GATEWAY_CPU (0), SHARDS (one per gateway CPU),
+# LOADGEN_CPUS (1, or e.g. 1-15),
 # CONNECTIONS (8), SERIES_PER_REQUEST (2000), LABELS (10), PORT_BASE (18000),
 # EXTRA_LOADGEN_ARGS (passed to every loadgen run, e.g. "--gzip").
 set -euo pipefail
@@ -59,6 +60,8 @@ regions:
     sinks:
       null: { format: remote_write_v1 }
 EOF
+# SHARDS overrides pipeline.shards (default: one per core the gateway may run on).
+[ -n "${SHARDS:-}" ] && echo "pipeline: { shards: $SHARDS }" >>"$work/gateway.yaml"
 
 taskset -c "$GATEWAY_CPU" "$GW" run --config "$work/gateway.yaml" >"$work/gateway.log" 2>&1 &
 gw_pid=$!

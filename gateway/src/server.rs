@@ -57,16 +57,26 @@ pub async fn run(
     let mut sink_threads = Vec::new();
     for region in &config.regions {
         if let Some(k) = &region.kafka {
-            let (h, t) = sinks::kafka::spawn(region.id.clone(), k.clone(), sink_stop.clone())?;
+            let (h, t) = sinks::kafka::spawn(
+                region.id.clone(),
+                k.clone(),
+                config.shards,
+                sink_stop.clone(),
+            )?;
             handles.push(h);
-            sink_threads.push(t);
+            sink_threads.extend(t);
         }
     }
     for region in &config.regions {
         if let Some(n) = &region.null {
-            let (h, t) = sinks::null::spawn(region.id.clone(), n.clone(), sink_stop.clone())?;
+            let (h, t) = sinks::null::spawn(
+                region.id.clone(),
+                n.clone(),
+                config.shards,
+                sink_stop.clone(),
+            )?;
             handles.push(h);
-            sink_threads.push(t);
+            sink_threads.extend(t);
         }
     }
     let pipeline = Pipeline::new(handles, &config.tenant_label, &config.region_label);

@@ -46,6 +46,37 @@ pub struct ConfigFile {
     /// OTLP metrics ingestion.
     #[serde(default)]
     pub otlp: OtlpFile,
+    /// How work is spread over cores.
+    #[serde(default)]
+    pub pipeline: PipelineFile,
+}
+
+/// `pipeline:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// Workers of each partitioning sink (Kafka, null); a series always meets the same one.
+    /// Default: one per core.
+    #[serde(default)]
+    pub shards: Option<usize>,
+}
+
+/// Most shards accepted: each Kafka shard is a producer with its own broker connections.
+const MAX_SHARDS: usize = 256;
+
+impl PipelineFile {
+    fn validate(&self, problems: &mut Vec<String>) -> usize {
+        match self.shards {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(n) if (1..=MAX_SHARDS).contains(&n) => n,
+            Some(n) => {
+                problems.push(format!(
+                    "pipeline.shards: {n} is outside 1..={MAX_SHARDS}; leave it out for one per core"
+                ));
+                1
+            }
+        }
+    }
 }
 
 /// `otlp:`
@@ -561,6 +592,7 @@ impl ConfigFile {
             .ok();
 
         let otlp = self.otlp.validate(http_addr, &mut problems);
+        let shards = self.pipeline.validate(&mut problems);
 
         let l = &self.limits;
         for (field, v) in [
@@ -865,6 +897,7 @@ impl ConfigFile {
                 residency,
                 policy: std::sync::Arc::new(policy),
                 otlp,
+                shards,
             }),
             _ => Err(problems),
         }

@@ -181,6 +181,8 @@ pub struct Config {
     pub policy: Arc<CompiledPolicy>,
     /// OTLP listeners and translation.
     pub otlp: OtlpSettings,
+    /// Workers of each partitioning sink (`pipeline.shards`, default one per core).
+    pub shards: usize,
 }
 
 /// `otlp:` validated.

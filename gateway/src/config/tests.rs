@@ -312,3 +312,20 @@ fn null_sink_counts_as_a_sink_and_is_checked() {
         ]
     );
 }
+
+#[test]
+fn pipeline_shards_default_to_the_cores_and_are_checked() {
+    let base =
+        "auth: { mode: off, default_region: eu }\nregions:\n  - id: eu\n    sinks: { null: {} }\n";
+    let c = Config::from_yaml("g.yaml", base).unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(c.shards, cores);
+    let c = Config::from_yaml("g.yaml", &format!("{base}pipeline: {{ shards: 3 }}\n")).unwrap();
+    assert_eq!(c.shards, 3);
+    for bad in ["0", "100000"] {
+        let err = Config::from_yaml("g.yaml", &format!("{base}pipeline: {{ shards: {bad} }}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pipeline.shards: "), "{err}");
+    }
+}

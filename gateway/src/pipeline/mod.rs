@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use protocols::remote_write::v1::ExtraLabels;
 use protocols::{Batch, SeriesRef};
 use residency_rules::{EditOp, LabelEdit, RegionId, RegionSet, TenantId, TenantView};
 
@@ -98,22 +99,79 @@ pub struct TaggedBatch {
     pub edits: Arc<HashMap<u32, Box<[ResolvedEdit]>>>,
     /// Labels the gateway adds: tenant, region, then the region's policy tags.
     pub tags: Arc<[(String, String)]>,
+    /// The tags encoded once, for splicing into canonical series.
+    pub extra: ExtraLabels,
+    /// Identity hash of each series of the share, by position (see [`series_hash`]); empty
+    /// when no sink of the region partitions.
+    pub hashes: Vec<u64>,
 }
 
 impl TaggedBatch {
+    /// Number of series in this share.
+    pub fn len(&self) -> usize {
+        self.selection
+            .as_ref()
+            .map_or(self.batch.series_count(), Vec::len)
+    }
+
+    /// Whether the share has no series.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The batch index of the series at `pos` in the share.
+    pub fn series_index(&self, pos: usize) -> u32 {
+        self.selection.as_ref().map_or(pos as u32, |s| s[pos])
+    }
+
+    /// The residency edits of the series at batch index `index`.
+    pub fn edits_of(&self, index: u32) -> &[ResolvedEdit] {
+        self.edits.get(&index).map_or(&[][..], |e| &e[..])
+    }
+
     /// The series of this share with their stored labels (see [`output_labels`]).
     pub fn series(&self) -> impl Iterator<Item = (SeriesRef<'_>, Vec<(Cow<'_, str>, &str)>)> {
-        let all: Box<dyn Iterator<Item = u32> + '_> = match &self.selection {
-            None => Box::new(0..self.batch.series_count() as u32),
-            Some(sel) => Box::new(sel.iter().copied()),
-        };
-        all.filter_map(move |i| {
+        (0..self.len()).filter_map(move |pos| {
+            let i = self.series_index(pos);
             let series = self.batch.series_at(i as usize)?;
-            let edits = self.edits.get(&i).map_or(&[][..], |e| &e[..]);
-            let labels = output_labels(&series, edits, &self.tags);
+            let labels = output_labels(&series, self.edits_of(i), &self.tags);
             Some((series, labels))
         })
     }
+}
+
+/// A series' identity hash: over its labels after residency edits, before the gateway's tags
+/// (constant within a share) are added. The Kafka partition and the sink worker of a series
+/// derive from it, so it must not depend on how the client encoded the series.
+pub fn series_hash(series: &SeriesRef<'_>, edits: &[ResolvedEdit], scratch: &mut Vec<u8>) -> u64 {
+    if edits.is_empty() {
+        series.labels_hash(scratch)
+    } else {
+        protocols::label_set_hash(edited_labels(series, edits), scratch)
+    }
+}
+
+/// The client's labels after residency edits (dropped or replaced values), in name order.
+fn edited_labels<'a>(
+    series: &SeriesRef<'a>,
+    edits: &'a [ResolvedEdit],
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    series
+        .labels()
+        .iter()
+        .enumerate()
+        .filter_map(
+            move |(i, (name, value))| match edits.iter().find(|e| e.index as usize == i) {
+                Some(ResolvedEdit {
+                    replacement: None, ..
+                }) => None,
+                Some(ResolvedEdit {
+                    replacement: Some(h),
+                    ..
+                }) => Some((name, h.as_str())),
+                None => Some((name, value)),
+            },
+        )
 }
 
 /// The labels the gateway adds to a series stored in `region`: tenant, region, then the
@@ -147,17 +205,7 @@ pub fn output_labels<'a>(
 ) -> Vec<(Cow<'a, str>, &'a str)> {
     let labels = series.labels();
     let mut out: Vec<(Cow<'a, str>, &'a str)> = Vec::with_capacity(labels.len() + tags.len());
-    for (i, (name, value)) in labels.iter().enumerate() {
-        let value = match edits.iter().find(|e| e.index as usize == i) {
-            Some(ResolvedEdit {
-                replacement: None, ..
-            }) => continue,
-            Some(ResolvedEdit {
-                replacement: Some(h),
-                ..
-            }) => h.as_str(),
-            None => value,
-        };
+    for (name, value) in edited_labels(series, edits) {
         if tags.iter().any(|(t, _)| t == name) {
             let mut renamed = format!("exported_{name}");
             while labels.get(&renamed).is_some() || tags.iter().any(|(t, _)| *t == renamed) {
@@ -288,18 +336,34 @@ impl Pipeline {
                 &region,
                 view.policy(),
             );
-            let share = Arc::new(TaggedBatch {
+            let sinks = self
+                .routes
+                .get(&region)
+                .ok_or_else(|| SubmitError::NoRoute(tenant.clone()))?;
+            let mut share = TaggedBatch {
                 tenant: tenant.clone(),
                 region: region.clone(),
                 batch: batch.clone(),
                 selection,
                 edits: edits.clone(),
+                extra: ExtraLabels::new(tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
                 tags: tags.into(),
-            });
-            let sinks = self
-                .routes
-                .get(&region)
-                .ok_or_else(|| SubmitError::NoRoute(tenant.clone()))?;
+                hashes: Vec::new(),
+            };
+            if sinks.iter().any(SinkHandle::needs_hashes) {
+                // Hashed here, on the connection's task, so that sink workers only frame.
+                let mut scratch = Vec::new();
+                share.hashes = (0..share.len())
+                    .map(|pos| {
+                        let i = share.series_index(pos);
+                        share
+                            .batch
+                            .series_at(i as usize)
+                            .map_or(0, |s| series_hash(&s, share.edits_of(i), &mut scratch))
+                    })
+                    .collect();
+            }
+            let share = Arc::new(share);
             for sink in sinks {
                 acks.push((sink, sink.enqueue(share.clone())?));
             }

@@ -2,125 +2,180 @@
 //! partition. Shared by the Kafka sink and the `null` sink, so that measuring with `null`
 //! costs the gateway exactly what producing to Kafka costs it, minus the Kafka client.
 
-use std::collections::HashMap;
-
 use protocols::remote_write::v1::{encode_metadata, encode_series_with_labels};
 use protocols::remote_write::v2::V2Writer;
 
+use super::SinkRequest;
 use crate::config::KafkaFormat;
-use crate::pipeline::TaggedBatch;
+use crate::pipeline::{output_labels, series_hash};
 
-/// One partition's message under construction.
+/// One partition's message under construction; its buffer is kept for the next one.
 enum Framer {
     V1(Vec<u8>),
-    V2(V2Writer),
+    V2 { writer: V2Writer, out: Vec<u8> },
 }
+
+/// A framer keeps a buffer this large across messages; a larger one (a rare huge message)
+/// is given back, so a worker's idle memory stays at about partitions x this.
+const RETAINED_BUFFER_BYTES: usize = 1 << 20;
 
 impl Framer {
     fn new(format: KafkaFormat) -> Self {
         match format {
             KafkaFormat::RemoteWriteV1 => Framer::V1(Vec::new()),
-            KafkaFormat::RemoteWriteV2 => Framer::V2(V2Writer::new()),
+            KafkaFormat::RemoteWriteV2 => Framer::V2 {
+                writer: V2Writer::new(),
+                out: Vec::new(),
+            },
         }
     }
 
     fn len(&self) -> usize {
         match self {
             Framer::V1(b) => b.len(),
-            Framer::V2(w) => w.approx_len(),
+            Framer::V2 { writer, .. } => writer.approx_len(),
         }
     }
 
-    /// The finished message; the framer starts the next one.
-    fn take(&mut self) -> Vec<u8> {
-        match self {
-            Framer::V1(b) => std::mem::take(b),
-            Framer::V2(w) => {
-                let mut out = Vec::with_capacity(w.approx_len());
-                w.finish(&mut out);
+    /// Hands the finished message to `emit` and starts the next one in the same buffer.
+    fn emit(&mut self, partition: i32, emit: &mut impl FnMut(i32, &[u8]) -> bool) -> bool {
+        let buf = match self {
+            Framer::V1(b) => b,
+            Framer::V2 { writer, out } => {
+                out.clear();
+                writer.finish(out);
                 out
             }
+        };
+        let ok = emit(partition, buf);
+        buf.clear();
+        if buf.capacity() > RETAINED_BUFFER_BYTES {
+            *buf = Vec::new();
         }
+        ok
     }
 }
 
-/// Frames `batch` into messages of about `message_bytes` per partition (a stable hash of each
-/// series' stored labels picks it) and hands each finished message to `emit`, which returns
-/// false to stop (the request failed). Returns false when `emit` did.
-pub(crate) fn frame_batch(
-    batch: &TaggedBatch,
-    partitions: u32,
+/// A sink worker's framing state: one open message per partition, reused across requests.
+pub(crate) struct Framing {
     format: KafkaFormat,
     message_bytes: usize,
-    mut emit: impl FnMut(i32, &[u8]) -> bool,
-) -> bool {
-    let partitions = partitions.max(1);
-    let mut open: HashMap<i32, Framer> = HashMap::new();
-    let mut metadata_done = false;
-    for (series, labels) in batch.series() {
-        let p = (label_hash(&labels) % u64::from(partitions)) as i32;
-        let framer = open.entry(p).or_insert_with(|| Framer::new(format));
-        let labels = labels.iter().map(|(k, v)| (k.as_ref(), *v));
-        match framer {
-            Framer::V1(buf) => {
-                if !metadata_done {
-                    // 1.0 metadata rides in the first message of the request.
-                    encode_metadata(&batch.batch, buf);
-                    metadata_done = true;
-                }
-                encode_series_with_labels(&series, labels, buf);
-            }
-            // 2.0 carries metadata per series.
-            Framer::V2(w) => w.add_series(&batch.batch, &series, labels),
+    open: Vec<Framer>,
+    scratch: Vec<u8>,
+}
+
+impl Framing {
+    pub(crate) fn new(format: KafkaFormat, message_bytes: usize) -> Self {
+        Self {
+            format,
+            message_bytes,
+            open: Vec::new(),
+            scratch: Vec::new(),
         }
-        if framer.len() >= message_bytes {
-            let full = framer.take();
-            if !emit(p, &full) {
+    }
+
+    /// Frames the series of `req` into messages of about `message_bytes` per partition (the
+    /// series' identity hash picks it) and hands each finished message to `emit`, which
+    /// returns false to stop (the request failed). Returns false when `emit` did. Messages
+    /// never span requests: each request's are emitted before this returns.
+    pub(crate) fn frame(
+        &mut self,
+        req: &SinkRequest,
+        partitions: u32,
+        mut emit: impl FnMut(i32, &[u8]) -> bool,
+    ) -> bool {
+        let share = &req.batch;
+        let partitions = partitions.max(1);
+        if self.open.len() != partitions as usize {
+            let format = self.format;
+            self.open
+                .resize_with(partitions as usize, || Framer::new(format));
+        }
+        let mut metadata_due = req.with_metadata && self.format == KafkaFormat::RemoteWriteV1;
+        let count = req.positions.as_ref().map_or(share.len(), Vec::len);
+        for n in 0..count {
+            let pos = req.positions.as_ref().map_or(n, |p| p[n] as usize);
+            let index = share.series_index(pos);
+            let Some(series) = share.batch.series_at(index as usize) else {
+                continue;
+            };
+            let edits = share.edits_of(index);
+            let hash = match share.hashes.get(pos) {
+                Some(h) => *h,
+                None => series_hash(&series, edits, &mut self.scratch),
+            };
+            let p = (hash % u64::from(partitions)) as i32;
+            let framer = &mut self.open[p as usize];
+            match framer {
+                Framer::V1(buf) => {
+                    if metadata_due {
+                        // 1.0 metadata rides in the first message of the request.
+                        encode_metadata(&share.batch, buf);
+                        metadata_due = false;
+                    }
+                    // The common case copies the client's bytes with the tags spliced in.
+                    if !(edits.is_empty() && share.extra.put_spliced(&series, buf)) {
+                        let labels = output_labels(&series, edits, &share.tags);
+                        let labels = labels.iter().map(|(k, v)| (k.as_ref(), *v));
+                        encode_series_with_labels(&series, labels, buf);
+                    }
+                }
+                // 2.0 carries metadata per series.
+                Framer::V2 { writer, .. } => {
+                    let labels = output_labels(&series, edits, &share.tags);
+                    let labels = labels.iter().map(|(k, v)| (k.as_ref(), *v));
+                    writer.add_series(&share.batch, &series, labels);
+                }
+            }
+            if framer.len() >= self.message_bytes && !framer.emit(p, &mut emit) {
+                self.reset();
                 return false;
             }
         }
-    }
-    let mut rest: Vec<(i32, Vec<u8>)> = open
-        .into_iter()
-        .filter(|(_, f)| f.len() > 0)
-        .map(|(p, mut f)| (p, f.take()))
-        .collect();
-    rest.sort_by_key(|(p, _)| *p);
-    rest.into_iter().all(|(p, buf)| emit(p, &buf))
-}
-
-/// A stable 64-bit FNV-1a hash of a series' stored labels: the same series always maps to the
-/// same partition, across requests, restarts and gateway nodes.
-fn label_hash(labels: &[(std::borrow::Cow<'_, str>, &str)]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |b: &[u8]| {
-        for &x in b {
-            h ^= u64::from(x);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        if metadata_due && share.batch.metadata_count() > 0 {
+            // A part without series still carries the request's metadata.
+            if let Framer::V1(buf) = &mut self.open[0] {
+                encode_metadata(&share.batch, buf);
+            }
         }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    };
-    for (k, v) in labels {
-        eat(k.as_bytes());
-        eat(v.as_bytes());
+        for p in 0..self.open.len() {
+            if self.open[p].len() > 0 && !self.open[p].emit(p as i32, &mut emit) {
+                self.reset();
+                return false;
+            }
+        }
+        true
     }
-    h
+
+    /// Drops what a failed request left half framed.
+    fn reset(&mut self) {
+        let format = self.format;
+        for f in &mut self.open {
+            match f {
+                Framer::V1(b) => b.clear(),
+                Framer::V2 { .. } => *f = Framer::new(format),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::borrow::Cow;
     use std::collections::HashMap as Map;
     use std::sync::Arc;
 
     use bytes::Bytes;
     use prost::Message;
     use protocols::remote_write::v1::reference as pb;
+    use protocols::remote_write::v1::ExtraLabels;
     use protocols::DecodeLimits;
+    use tokio::sync::oneshot;
 
-    /// A tagged share of `n` series `s0..s{n-1}`, one sample each.
+    use crate::pipeline::TaggedBatch;
+    use crate::sinks::Ack;
+
+    /// A tagged share of `n` series `s0..s{n-1}`, one sample each, with its hashes.
     pub(crate) fn share(n: usize) -> TaggedBatch {
         let req = pb::WriteRequest {
             timeseries: (0..n)
@@ -142,94 +197,160 @@ pub(crate) mod tests {
                     ..Default::default()
                 })
                 .collect(),
-            ..Default::default()
+            metadata: vec![pb::MetricMetadata {
+                r#type: 1,
+                metric_family_name: "s0".into(),
+                help: "help".into(),
+                unit: String::new(),
+            }],
         };
         let batch = protocols::remote_write::v1::decode_message(
             Bytes::from(req.encode_to_vec()),
             &DecodeLimits::default(),
         )
         .unwrap();
-        TaggedBatch {
+        let tags = [("tenant", "acme"), ("region", "eu")];
+        let mut share = TaggedBatch {
             tenant: residency_rules::TenantId::parse("acme").unwrap(),
             region: residency_rules::RegionId::parse("eu").unwrap(),
             batch: Arc::new(batch),
             selection: None,
             edits: Arc::new(Map::new()),
-            tags: vec![("tenant".to_string(), "acme".to_string())].into(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+                .into(),
+            extra: ExtraLabels::new(tags),
+            hashes: Vec::new(),
+        };
+        let mut scratch = Vec::new();
+        share.hashes = share
+            .batch
+            .series()
+            .map(|s| series_hash(&s, &[], &mut scratch))
+            .collect();
+        share
+    }
+
+    /// A request for all of `share` (or the given positions), carrying the metadata.
+    pub(crate) fn request(share: Arc<TaggedBatch>, positions: Option<Vec<u32>>) -> SinkRequest {
+        let (tx, _rx) = oneshot::channel();
+        SinkRequest {
+            batch: share,
+            positions,
+            with_metadata: true,
+            ack: Arc::new(Ack::new(tx, 1)),
+        }
+    }
+
+    /// Every series of a framed v1/v2 message: (metric name, labels).
+    fn decode(format: KafkaFormat, payload: &[u8]) -> Vec<(String, Vec<(String, String)>)> {
+        match format {
+            KafkaFormat::RemoteWriteV1 => pb::WriteRequest::decode(payload)
+                .unwrap()
+                .timeseries
+                .into_iter()
+                .map(|t| {
+                    let labels: Vec<(String, String)> =
+                        t.labels.into_iter().map(|l| (l.name, l.value)).collect();
+                    (labels[0].1.clone(), labels)
+                })
+                .collect(),
+            KafkaFormat::RemoteWriteV2 => {
+                let r = protocols::remote_write::v2::reference::Request::decode(payload).unwrap();
+                (0..r.timeseries.len())
+                    .map(|i| {
+                        let labels: Vec<(String, String)> = r
+                            .labels(i)
+                            .unwrap()
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect();
+                        (labels[0].1.clone(), labels)
+                    })
+                    .collect()
+            }
         }
     }
 
     #[test]
     fn every_series_lands_once_in_a_stable_partition_within_the_size() {
-        let first = share(500);
+        let first = Arc::new(share(500));
         let mut seen: Map<String, i32> = Map::new();
         let mut messages = 0;
         for format in [KafkaFormat::RemoteWriteV1, KafkaFormat::RemoteWriteV2] {
             seen.clear();
-            assert!(frame_batch(&first, 4, format, 4096, |p, payload| {
-                messages += 1;
-                assert!(
-                    payload.len() < 4096 + 200,
-                    "a message ends once past the size"
-                );
-                let names: Vec<String> = match format {
-                    KafkaFormat::RemoteWriteV1 => pb::WriteRequest::decode(payload)
-                        .unwrap()
-                        .timeseries
-                        .iter()
-                        .map(|t| t.labels[0].value.clone())
-                        .collect(),
-                    KafkaFormat::RemoteWriteV2 => {
-                        let r = protocols::remote_write::v2::reference::Request::decode(payload)
-                            .unwrap();
-                        (0..r.timeseries.len())
-                            .map(|i| r.labels(i).unwrap()[0].1.to_string())
-                            .collect()
+            let mut framing = Framing::new(format, 4096);
+            // Twice through the same framing: buffers are reused, output is the same.
+            for round in 0..2 {
+                let req = request(first.clone(), None);
+                assert!(framing.frame(&req, 4, |p, payload| {
+                    messages += 1;
+                    assert!(
+                        payload.len() < 4096 + 200,
+                        "a message ends once past the size"
+                    );
+                    for (name, labels) in decode(format, payload) {
+                        let tags: Vec<&str> = labels
+                            .iter()
+                            .filter(|(k, _)| k == "tenant" || k == "region")
+                            .map(|(_, v)| v.as_str())
+                            .collect();
+                        assert_eq!(tags, ["eu", "acme"], "tags spliced in sorted order");
+                        let mut sorted = labels.clone();
+                        sorted.sort();
+                        assert_eq!(labels, sorted);
+                        match seen.insert(name, p) {
+                            Some(before) => {
+                                assert_eq!(round, 1, "a series framed twice in one request");
+                                assert_eq!(before, p, "a series moved partition");
+                            }
+                            None => assert_eq!(round, 0),
+                        }
                     }
-                };
-                for n in names {
-                    assert!(seen.insert(n, p).is_none(), "a series framed twice");
-                }
-                true
-            }));
+                    true
+                }));
+            }
             assert_eq!(seen.len(), 500);
         }
         assert!(
-            messages > 8,
-            "500 series of ~60 bytes need several 4 KiB messages"
+            messages > 16,
+            "500 series of ~80 bytes need several 4 KiB messages"
         );
-        // The same series goes to the same partition next time.
-        let again = share(500);
-        frame_batch(&again, 4, KafkaFormat::RemoteWriteV2, 4096, |p, payload| {
-            let r = protocols::remote_write::v2::reference::Request::decode(payload).unwrap();
-            for i in 0..r.timeseries.len() {
-                let name = r.labels(i).unwrap()[0].1.to_string();
-                assert_eq!(seen[&name], p);
-            }
-            true
-        });
         // A refused message stops the framing.
         let mut calls = 0;
-        assert!(!frame_batch(
-            &first,
-            1,
-            KafkaFormat::RemoteWriteV1,
-            1024,
-            |_, _| {
-                calls += 1;
-                false
-            }
-        ));
+        let mut framing = Framing::new(KafkaFormat::RemoteWriteV1, 1024);
+        assert!(!framing.frame(&request(first.clone(), None), 1, |_, _| {
+            calls += 1;
+            false
+        }));
         assert_eq!(calls, 1);
     }
 
     #[test]
-    fn label_hash_is_stable_and_separates_names_from_values() {
-        let a = [(Cow::Borrowed("a"), "bc")];
-        let b = [(Cow::Borrowed("ab"), "c")];
-        assert_ne!(label_hash(&a), label_hash(&b));
-        // Pinned: changing the hash moves every series to another partition.
-        assert_eq!(label_hash(&a), label_hash(&[(Cow::Borrowed("a"), "bc")]));
-        assert_eq!(label_hash(&[]), 0xcbf2_9ce4_8422_2325);
+    fn a_part_frames_only_its_positions_and_metadata_rides_once() {
+        let s = Arc::new(share(10));
+        let mut framing = Framing::new(KafkaFormat::RemoteWriteV1, 1 << 20);
+        let mut names = Vec::new();
+        let mut metadata = 0;
+        let mut req = request(s.clone(), Some(vec![1, 3]));
+        req.with_metadata = false;
+        assert!(framing.frame(&req, 2, |_, payload| {
+            let r = pb::WriteRequest::decode(payload).unwrap();
+            metadata += r.metadata.len();
+            names.extend(r.timeseries.into_iter().map(|t| t.labels[0].value.clone()));
+            true
+        }));
+        names.sort();
+        assert_eq!(names, ["s1", "s3"]);
+        assert_eq!(metadata, 0);
+        // A part with no series but the metadata still sends it.
+        assert!(framing.frame(&request(s, Some(vec![])), 2, |p, payload| {
+            assert_eq!(p, 0);
+            metadata += pb::WriteRequest::decode(payload).unwrap().metadata.len();
+            true
+        }));
+        assert_eq!(metadata, 1);
     }
 }

@@ -9,7 +9,9 @@ pub mod kafka;
 pub mod null;
 pub mod parquet;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use residency_rules::RegionId;
 use tokio::sync::{mpsc, oneshot};
@@ -21,46 +23,47 @@ use crate::pipeline::{SubmitError, TaggedBatch};
 #[error("{0}")]
 pub struct SinkError(pub String);
 
-/// A batch queued for a sink, with the acknowledgement to complete.
+/// A batch (or one shard's part of it) queued for a sink, with the acknowledgement to
+/// complete.
 pub(crate) struct SinkRequest {
     pub(crate) batch: Arc<TaggedBatch>,
+    /// Positions in the share's series order (see [`TaggedBatch::series_index`]) this worker
+    /// handles; `None` for all of them.
+    pub(crate) positions: Option<Vec<u32>>,
+    /// Whether this part carries the request's metadata (exactly one part does).
+    pub(crate) with_metadata: bool,
     pub(crate) ack: Arc<Ack>,
 }
 
 /// Completes a request when the last part of the sink holding its data lets go.
 ///
-/// A batch's rows may land in several files (one per tenant and hour); each holds an
-/// `Arc<Ack>`, and the acknowledgement is sent when the last one drops: `Ok` if every file was
-/// committed, the first error otherwise. An ack starts failed ("not written"), so a request
-/// dropped from a queue unprocessed (shutdown, a crashed task) is never reported durable; the
-/// sink calls [`Ack::accept`] when it has taken the rows in.
+/// A batch's rows may land in several files (one per tenant and hour) or be split over a
+/// sink's shards; each holder keeps an `Arc<Ack>`, and the acknowledgement is sent when the
+/// last one drops: `Ok` if every part was taken in ([`Ack::accept`]) and nothing failed, the
+/// first error otherwise. A part dropped from a queue unprocessed (shutdown, a crashed
+/// thread) was never accepted, so the request is never reported durable.
 pub(crate) struct Ack {
     tx: Mutex<Option<oneshot::Sender<Result<(), SinkError>>>>,
+    /// Parts not yet taken in.
+    unaccepted: AtomicUsize,
     failure: Mutex<Option<SinkError>>,
 }
 
 impl Ack {
-    fn new(tx: oneshot::Sender<Result<(), SinkError>>) -> Self {
+    fn new(tx: oneshot::Sender<Result<(), SinkError>>, parts: usize) -> Self {
         Self {
             tx: Mutex::new(Some(tx)),
-            failure: Mutex::new(Some(SinkError(
-                "the sink stopped before the batch was written".to_string(),
-            ))),
+            unaccepted: AtomicUsize::new(parts),
+            failure: Mutex::new(None),
         }
     }
 
-    /// The sink has taken the batch's rows; success now depends only on committing them.
+    /// One part's rows are taken in; success now depends only on committing them.
     pub(crate) fn accept(&self) {
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.unaccepted.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// The sink took the request in but will not write it, for `error`: what the client is
-    /// told (instead of the generic "stopped before written").
-    pub(crate) fn refuse(&self, error: SinkError) {
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
-    }
-
-    /// Marks the request failed; the client will be told when the ack completes.
+    /// Marks the request failed with `error`, what the client is told (the first error wins).
     pub(crate) fn fail(&self, error: SinkError) {
         let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
         f.get_or_insert(error);
@@ -75,9 +78,16 @@ impl Drop for Ack {
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        let result = match failure {
+            Some(e) => Err(e),
+            None if *self.unaccepted.get_mut() > 0 => Err(SinkError(
+                "the sink stopped before the batch was written".to_string(),
+            )),
+            None => Ok(()),
+        };
         if let Some(tx) = tx {
             // The receiver is gone when the client disconnected; nothing to tell then.
-            let _ = tx.send(failure.map_or(Ok(()), Err));
+            let _ = tx.send(result);
         }
     }
 }
@@ -105,17 +115,70 @@ pub(crate) fn drain_on_thread(
     }
 }
 
+/// One thread of a sharded sink: it owns its state (framing buffers, a producer) outright,
+/// so the hot path takes no lock.
+pub(crate) trait ShardWorker: Send + 'static {
+    /// Handles one request part.
+    fn accept(&mut self, req: SinkRequest);
+    /// Called once the queue is drained at shutdown.
+    fn stop(self);
+}
+
+/// Starts a sink as `workers.len()` threads named `{name}#{i}`, each with its own bounded
+/// queue. [`SinkHandle::enqueue`] splits a request's series over them by identity hash, so
+/// a series always meets the same worker and keeps its order.
+pub(crate) fn spawn_shards<W: ShardWorker>(
+    name: &str,
+    region: RegionId,
+    queue_capacity: usize,
+    workers: Vec<W>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> std::io::Result<(SinkHandle, Vec<JoinHandle<()>>)> {
+    let runtime = tokio::runtime::Handle::current();
+    let mut txs = Vec::with_capacity(workers.len());
+    let mut threads = Vec::with_capacity(workers.len());
+    for (i, mut worker) in workers.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel(queue_capacity);
+        let (cancel, runtime) = (cancel.clone(), runtime.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("{name}#{i}"))
+            .spawn(move || {
+                drain_on_thread(rx, &cancel, &runtime, |req| worker.accept(req));
+                worker.stop();
+            })?;
+        txs.push(tx);
+        threads.push(thread);
+    }
+    Ok((
+        SinkHandle::new(name.to_string(), region, txs, true),
+        threads,
+    ))
+}
+
 /// The sending side of a sink: cheap to clone, one per sink.
 #[derive(Clone)]
 pub struct SinkHandle {
     name: String,
     region: RegionId,
-    tx: mpsc::Sender<SinkRequest>,
+    /// One queue per worker.
+    txs: Vec<mpsc::Sender<SinkRequest>>,
+    /// Whether the sink reads [`TaggedBatch::hashes`] (it frames by partition).
+    needs_hashes: bool,
 }
 
 impl SinkHandle {
-    pub(crate) fn new(name: String, region: RegionId, tx: mpsc::Sender<SinkRequest>) -> Self {
-        Self { name, region, tx }
+    pub(crate) fn new(
+        name: String,
+        region: RegionId,
+        txs: Vec<mpsc::Sender<SinkRequest>>,
+        needs_hashes: bool,
+    ) -> Self {
+        Self {
+            name,
+            region,
+            txs,
+            needs_hashes,
+        }
     }
 
     /// The sink's name, for errors and metrics.
@@ -128,31 +191,73 @@ impl SinkHandle {
         &self.region
     }
 
-    /// True while the sink task accepts work.
-    pub fn is_running(&self) -> bool {
-        !self.tx.is_closed()
+    /// Whether the pipeline must compute series hashes for this sink.
+    pub(crate) fn needs_hashes(&self) -> bool {
+        self.needs_hashes
     }
 
-    /// Queues a batch without waiting; a full queue is backpressure, answered at once.
+    /// True while every worker accepts work.
+    pub fn is_running(&self) -> bool {
+        self.txs.iter().all(|tx| !tx.is_closed())
+    }
+
+    /// Queues a batch without waiting, split over the workers by series hash; a full queue
+    /// is backpressure, answered at once. Either every part is queued or none is.
     pub(crate) fn enqueue(
         &self,
         batch: Arc<TaggedBatch>,
     ) -> Result<oneshot::Receiver<Result<(), SinkError>>, SubmitError> {
         debug_assert_eq!(batch.region, self.region, "pipeline routes by region");
-        let (tx, rx) = oneshot::channel();
-        let req = SinkRequest {
-            batch,
-            ack: Arc::new(Ack::new(tx)),
-        };
-        match self.tx.try_send(req) {
-            Ok(()) => Ok(rx),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(SubmitError::Overloaded {
-                sink: self.name.clone(),
-            }),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SubmitError::ShuttingDown {
-                sink: self.name.clone(),
-            }),
+        // (worker, positions) of every part to queue.
+        let parts: Vec<(usize, Option<Vec<u32>>)> =
+            if self.txs.len() == 1 || batch.hashes.len() != batch.len() {
+                vec![(0, None)]
+            } else {
+                let n = self.txs.len() as u64;
+                let mut split = vec![Vec::new(); self.txs.len()];
+                for (pos, h) in batch.hashes.iter().enumerate() {
+                    split[(h % n) as usize].push(pos as u32);
+                }
+                let mut parts: Vec<(usize, Option<Vec<u32>>)> = split
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, p)| !p.is_empty())
+                    .map(|(i, p)| (i, Some(p)))
+                    .collect();
+                if parts.is_empty() {
+                    // No series: one part still carries the metadata.
+                    parts.push((0, Some(Vec::new())));
+                }
+                parts
+            };
+        let mut permits = Vec::with_capacity(parts.len());
+        for (i, _) in &parts {
+            match self.txs[*i].try_reserve() {
+                Ok(permit) => permits.push(permit),
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    return Err(SubmitError::Overloaded {
+                        sink: self.name.clone(),
+                    })
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    return Err(SubmitError::ShuttingDown {
+                        sink: self.name.clone(),
+                    })
+                }
+            }
         }
+        let (tx, rx) = oneshot::channel();
+        let ack = Arc::new(Ack::new(tx, parts.len()));
+        for (n, (permit, (_, positions))) in permits.into_iter().zip(parts).enumerate() {
+            permit.send(SinkRequest {
+                batch: batch.clone(),
+                positions,
+                // Metadata rides with the first part.
+                with_metadata: n == 0,
+                ack: ack.clone(),
+            });
+        }
+        Ok(rx)
     }
 }
 
@@ -163,14 +268,14 @@ mod tests {
     #[tokio::test]
     async fn unprocessed_ack_reports_failure() {
         let (tx, rx) = oneshot::channel();
-        drop(Ack::new(tx));
+        drop(Ack::new(tx, 1));
         assert!(rx.await.unwrap().is_err());
     }
 
     #[tokio::test]
     async fn accepted_ack_succeeds_when_last_holder_drops() {
         let (tx, mut rx) = oneshot::channel();
-        let ack = Arc::new(Ack::new(tx));
+        let ack = Arc::new(Ack::new(tx, 1));
         ack.accept();
         let second = ack.clone();
         drop(ack);
@@ -182,12 +287,24 @@ mod tests {
     #[tokio::test]
     async fn one_failed_file_fails_the_request() {
         let (tx, rx) = oneshot::channel();
-        let ack = Arc::new(Ack::new(tx));
+        let ack = Arc::new(Ack::new(tx, 1));
         ack.accept();
         let other = ack.clone();
         ack.fail(SinkError("disk full".into()));
         drop(ack);
         drop(other);
         assert_eq!(rx.await.unwrap(), Err(SinkError("disk full".into())));
+    }
+
+    #[tokio::test]
+    async fn a_part_never_taken_in_fails_the_request() {
+        let (tx, rx) = oneshot::channel();
+        let ack = Arc::new(Ack::new(tx, 2));
+        let other = ack.clone();
+        ack.accept();
+        drop(ack);
+        // The second shard stopped without taking its part.
+        drop(other);
+        assert!(rx.await.unwrap().is_err());
     }
 }

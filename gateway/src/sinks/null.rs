@@ -6,69 +6,63 @@
 use std::thread::JoinHandle;
 
 use residency_rules::RegionId;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::frame::frame_batch;
-use super::{drain_on_thread, SinkHandle, SinkRequest};
+use super::frame::Framing;
+use super::{spawn_shards, ShardWorker, SinkHandle, SinkRequest};
 use crate::config::NullSinkConfig;
 
 /// Why the sink could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("null sink of region {region}: cannot start its thread: {source}")]
+#[error("null sink of region {region}: cannot start its threads: {source}")]
 pub struct StartError {
     region: RegionId,
     source: std::io::Error,
 }
 
-/// Starts the sink on its own thread, as the Kafka sink runs, so the CPU it uses shows up
-/// in the same place.
+/// Starts the sink as `shards` worker threads, as the Kafka sink runs, so the CPU it uses
+/// shows up in the same places.
 pub fn spawn(
     region: RegionId,
     cfg: NullSinkConfig,
+    shards: usize,
     cancel: CancellationToken,
-) -> Result<(SinkHandle, JoinHandle<()>), StartError> {
+) -> Result<(SinkHandle, Vec<JoinHandle<()>>), StartError> {
     let name = format!("null/{region}");
-    let (tx, rx) = mpsc::channel(cfg.queue_capacity);
-    let runtime = tokio::runtime::Handle::current();
-    let sink_name = name.clone();
-    let thread = std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || run(sink_name, cfg, rx, cancel, runtime))
-        .map_err(|source| StartError {
-            region: region.clone(),
-            source,
-        })?;
-    info!(sink = %name, "null sink started: data sent to this region is dropped");
-    Ok((SinkHandle::new(name, region, tx), thread))
+    let workers = (0..shards.max(1))
+        .map(|_| NullWorker {
+            partitions: cfg.partitions,
+            framing: Framing::new(cfg.format, cfg.message_bytes),
+            messages: metrics::counter!("traceo_null_messages_total", "sink" => name.clone()),
+            bytes: metrics::counter!("traceo_null_message_bytes_total", "sink" => name.clone()),
+        })
+        .collect();
+    let started = spawn_shards(&name, region.clone(), cfg.queue_capacity, workers, &cancel)
+        .map_err(|source| StartError { region, source })?;
+    info!(sink = %name, shards, "null sink started: data sent to this region is dropped");
+    Ok(started)
 }
 
-fn run(
-    name: String,
-    cfg: NullSinkConfig,
-    rx: mpsc::Receiver<SinkRequest>,
-    cancel: CancellationToken,
-    runtime: tokio::runtime::Handle,
-) {
-    let messages = metrics::counter!("traceo_null_messages_total", "sink" => name.clone());
-    let bytes = metrics::counter!("traceo_null_message_bytes_total", "sink" => name.clone());
-    let accept = |req: SinkRequest| {
-        frame_batch(
-            &req.batch,
-            cfg.partitions,
-            cfg.format,
-            cfg.message_bytes,
-            |_, payload| {
-                messages.increment(1);
-                bytes.increment(payload.len() as u64);
-                true
-            },
-        );
+struct NullWorker {
+    partitions: u32,
+    framing: Framing,
+    messages: metrics::Counter,
+    bytes: metrics::Counter,
+}
+
+impl ShardWorker for NullWorker {
+    fn accept(&mut self, req: SinkRequest) {
+        let (messages, bytes) = (&self.messages, &self.bytes);
+        self.framing.frame(&req, self.partitions, |_, payload| {
+            messages.increment(1);
+            bytes.increment(payload.len() as u64);
+            true
+        });
         req.ack.accept();
-    };
-    drain_on_thread(rx, &cancel, &runtime, accept);
-    info!(sink = %name, "null sink stopped");
+    }
+
+    fn stop(self) {}
 }
 
 #[cfg(test)]
@@ -88,12 +82,12 @@ mod tests {
             queue_capacity: 4,
         };
         let region = residency_rules::RegionId::parse("eu").unwrap();
-        let (handle, thread) = spawn(region, cfg, cancel.clone()).unwrap();
+        let (handle, threads) = spawn(region, cfg, 3, cancel.clone()).unwrap();
         let share = Arc::new(super::super::frame::tests::share(100));
         let ack = handle.enqueue(share).unwrap();
         assert_eq!(ack.await.unwrap(), Ok(()));
         cancel.cancel();
-        tokio::task::spawn_blocking(move || thread.join().unwrap())
+        tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| t.join().unwrap()))
             .await
             .unwrap();
         assert!(!handle.is_running());

@@ -1,16 +1,18 @@
-//! The Kafka sink of one region: one idempotent librdkafka producer per configured cluster.
+//! The Kafka sink of one region: `pipeline.shards` workers, each with its own idempotent
+//! librdkafka producer, framing buffers and metadata cache, so workers share no lock.
 //!
-//! Each request's series are grouped by partition (a stable hash of the series' stored
-//! labels, so a series always lands in one partition and keeps its order there) and framed
+//! A request's series are split over the workers and grouped by partition, both by the
+//! series' identity hash ([`crate::pipeline::series_hash`]), so a series always meets the same
+//! worker, lands in one partition and keeps its order there; they are framed
 //! into `prometheus.WriteRequest` messages of about `message_bytes`, with headers `tenant`,
 //! `region`, `content-type` and `schema-version`. A request is acknowledged when the broker
 //! confirmed every one of its messages (`acks=all`): each message carries the request's
 //! [`Ack`] as its delivery opaque, so the ack completes when the last delivery report is in,
 //! failed if any report was an error.
 //!
-//! The producer is a `ThreadedProducer` (its own polling thread, delivery callbacks, no
-//! per-message futures) driven from a dedicated thread that owns the metadata cache. When
-//! librdkafka's queue is full the thread waits for deliveries instead of pulling more
+//! Each producer is a `ThreadedProducer` (its own polling thread, delivery callbacks, no
+//! per-message futures) driven from its worker's thread. When librdkafka's queue is full the
+//! worker waits for deliveries instead of pulling more
 //! requests, so the bounded request queue fills and new requests get a retryable 503.
 
 use std::collections::HashMap;
@@ -25,12 +27,11 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use residency_rules::RegionId;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::frame::frame_batch;
-use super::{drain_on_thread, Ack, SinkError, SinkHandle, SinkRequest};
+use super::frame::Framing;
+use super::{spawn_shards, Ack, ShardWorker, SinkError, SinkHandle, SinkRequest};
 use crate::config::{KafkaCompression, KafkaFormat, KafkaSinkConfig};
 
 /// `content-type` header of remote-write 1.0 messages.
@@ -176,47 +177,55 @@ fn client_config(cfg: &KafkaSinkConfig) -> ClientConfig {
     c
 }
 
-/// Starts the Kafka sink of `region`; returns its handle and the thread to join on stop.
+/// Starts the Kafka sink of `region` as `shards` workers, each with its own producer (so
+/// no lock is shared between them); returns its handle and the threads to join on stop.
 pub fn spawn(
     region: RegionId,
     cfg: KafkaSinkConfig,
+    shards: usize,
     cancel: CancellationToken,
-) -> Result<(SinkHandle, JoinHandle<()>), StartError> {
+) -> Result<(SinkHandle, Vec<JoinHandle<()>>), StartError> {
     let name = format!("kafka/{region}");
-    let renew = Arc::new(AtomicBool::new(false));
     let sink_metrics = SinkMetrics::new(&name);
-    let producer: ThreadedProducer<Context> = client_config(&cfg)
-        .create_with_context(Context {
-            sink: name.clone(),
-            renew: renew.clone(),
-            metrics: sink_metrics.clone(),
-        })
-        .map_err(|source| StartError::Client {
-            region: region.clone(),
-            source,
-        })?;
-    let (tx, rx) = mpsc::channel(cfg.queue_capacity);
-    let sink = KafkaSink {
-        name: name.clone(),
-        region: region.clone(),
-        cfg,
-        producer,
-        renew,
-        metrics: sink_metrics,
-        partitions: HashMap::new(),
-    };
-    let runtime = tokio::runtime::Handle::current();
-    let thread = std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || sink.run(rx, cancel, runtime))
-        .map_err(|source| StartError::Thread {
-            region: region.clone(),
-            source,
-        })?;
-    info!(sink = %name, "kafka sink started");
-    Ok((SinkHandle::new(name, region, tx), thread))
+    let mut workers = Vec::new();
+    for _ in 0..shards.max(1) {
+        let renew = Arc::new(AtomicBool::new(false));
+        let producer: ThreadedProducer<Context> = client_config(&cfg)
+            .create_with_context(Context {
+                sink: name.clone(),
+                renew: renew.clone(),
+                metrics: sink_metrics.clone(),
+            })
+            .map_err(|source| StartError::Client {
+                region: region.clone(),
+                source,
+            })?;
+        workers.push(KafkaWorker {
+            framing: Framing::new(cfg.format, cfg.message_bytes),
+            sink: KafkaSink {
+                name: name.clone(),
+                region: region.clone(),
+                cfg: cfg.clone(),
+                producer,
+                renew,
+                metrics: sink_metrics.clone(),
+                partitions: HashMap::new(),
+            },
+        });
+    }
+    let started = spawn_shards(&name, region.clone(), cfg.queue_capacity, workers, &cancel)
+        .map_err(|source| StartError::Thread { region, source })?;
+    info!(sink = %name, shards, "kafka sink started");
+    Ok(started)
 }
 
+/// One worker of the sink: its framing buffers and its producer.
+struct KafkaWorker {
+    framing: Framing,
+    sink: KafkaSink,
+}
+
+/// A producer with its metadata cache.
 struct KafkaSink {
     name: String,
     region: RegionId,
@@ -231,22 +240,41 @@ struct KafkaSink {
 /// How long a topic's partition count is trusted before it is fetched again.
 const METADATA_TTL: Duration = Duration::from_secs(60);
 
-impl KafkaSink {
-    fn run(
-        mut self,
-        rx: mpsc::Receiver<SinkRequest>,
-        cancel: CancellationToken,
-        runtime: tokio::runtime::Handle,
-    ) {
-        // Shutting down, the queued requests are still produced (their clients wait for them).
-        drain_on_thread(rx, &cancel, &runtime, |req| self.accept(req));
-        let timeout = self.cfg.delivery_timeout + Duration::from_secs(1);
-        if let Err(e) = self.producer.flush(timeout) {
-            error!(sink = %self.name, error = %e, "kafka flush at shutdown failed; unflushed requests are reported failed");
+impl ShardWorker for KafkaWorker {
+    fn accept(&mut self, req: SinkRequest) {
+        let sink = &mut self.sink;
+        sink.renew_if_broken();
+        let topic = sink.topic_for(req.batch.tenant.as_str());
+        let partitions = match sink.partition_count(&topic) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(sink = %sink.name, error = %e, "request not produced");
+                req.ack.fail(e);
+                return;
+            }
+        };
+        let framed = self.framing.frame(&req, partitions as u32, |p, payload| {
+            sink.produce(&topic, p, payload, &req)
+        });
+        if framed {
+            // Every message is queued; the ack now completes with the last delivery report.
+            req.ack.accept();
         }
-        info!(sink = %self.name, "kafka sink stopped");
     }
 
+    /// Shutting down, the queued requests were still produced (their clients wait for them);
+    /// wait for their deliveries.
+    fn stop(self) {
+        let sink = self.sink;
+        let timeout = sink.cfg.delivery_timeout + Duration::from_secs(1);
+        if let Err(e) = sink.producer.flush(timeout) {
+            error!(sink = %sink.name, error = %e, "kafka flush at shutdown failed; unflushed requests are reported failed");
+        }
+        info!(sink = %sink.name, "kafka sink worker stopped");
+    }
+}
+
+impl KafkaSink {
     fn topic_for(&self, tenant: &str) -> String {
         self.cfg
             .topic
@@ -315,33 +343,6 @@ impl KafkaSink {
         }
     }
 
-    fn accept(&mut self, req: SinkRequest) {
-        self.renew_if_broken();
-        let batch = &req.batch;
-        let topic = self.topic_for(batch.tenant.as_str());
-        let partitions = match self.partition_count(&topic) {
-            Ok(n) => n,
-            Err(e) => {
-                warn!(sink = %self.name, error = %e, "request not produced");
-                req.ack.refuse(e);
-                return;
-            }
-        };
-        let (format, message_bytes) = (self.cfg.format, self.cfg.message_bytes);
-        let framed = frame_batch(
-            batch,
-            partitions as u32,
-            format,
-            message_bytes,
-            |p, payload| self.produce(&topic, p, payload, &req),
-        );
-        if !framed {
-            return;
-        }
-        // Every message is queued; the ack now completes with the last delivery report.
-        req.ack.accept();
-    }
-
     /// Produces one message, waiting (not spinning) while librdkafka's queue is full. Returns
     /// false when the request failed and must not be produced further.
     fn produce(&mut self, topic: &str, partition: i32, payload: &[u8], req: &SinkRequest) -> bool {
@@ -384,7 +385,7 @@ impl KafkaSink {
                 Ok(()) => return true,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     if Instant::now() >= deadline {
-                        req.ack.refuse(SinkError(format!(
+                        req.ack.fail(SinkError(format!(
                             "{}: producer queue full for {:?}",
                             self.name, self.cfg.delivery_timeout
                         )));
@@ -397,7 +398,7 @@ impl KafkaSink {
                 }
                 Err((e, _)) => {
                     req.ack
-                        .refuse(SinkError(format!("{}: produce to {topic}: {e}", self.name)));
+                        .fail(SinkError(format!("{}: produce to {topic}: {e}", self.name)));
                     return false;
                 }
             }

@@ -130,7 +130,7 @@ pub fn spawn(
         buffered_bytes: 0,
     };
     let task = tokio::spawn(sink.run(rx, cancel));
-    Ok((SinkHandle::new(name, region, tx), task))
+    Ok((SinkHandle::new(name, region, vec![tx], false), task))
 }
 
 impl ParquetSink {
