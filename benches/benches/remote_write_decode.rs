@@ -50,6 +50,15 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    // Parsing alone, from an already decompressed buffer: what the decoder itself costs.
+    let raw = Bytes::from(snappy::decompress(&body, &limits).unwrap());
+    group.bench_function("parse_only", |b| {
+        b.iter(|| {
+            v1::decode_message_into(black_box(raw.clone()), &limits, &mut batch).unwrap();
+            black_box(batch.sample_count())
+        })
+    });
+
     let decoded = v1::decode(&body, &limits).unwrap();
     let mut out = Vec::new();
     group.bench_function("encode_splice", |b| {
