@@ -1,6 +1,7 @@
 //! Encoder for `prometheus.WriteRequest` out of the internal model.
 
 use crate::model::{Batch, BucketSpan, Histogram, HistogramCount, SeriesRef};
+use crate::text::cmp_names;
 use crate::wire::{
     put_bytes, put_f64, put_key, put_message, put_uvarint_field, put_varint, varint_len,
     zigzag_encode64, LEN, VARINT,
@@ -102,7 +103,7 @@ impl ExtraLabels {
         let mut next = 0;
         for (extra, field) in &self.fields {
             while next < labels.len() {
-                match name(next).cmp(extra.as_bytes()) {
+                match cmp_names(name(next), extra.as_bytes()) {
                     std::cmp::Ordering::Less => next += 1,
                     std::cmp::Ordering::Equal => {
                         out.truncate(mark);
