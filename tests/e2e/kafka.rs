@@ -54,6 +54,8 @@ regions:
       kafka: { brokers: "BROKER", linger: 2ms }
 tenants:
   - { id: team-a, region: local, passwords: ["s3cret"] }
+# Three workers, three producers, whatever the machine's cores: the split path is tested.
+pipeline: { shards: 3 }
 "#
         .replace("BROKER", &broker.addr()),
     );
