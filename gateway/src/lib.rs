@@ -6,6 +6,7 @@
 //! - [`tenant`]: who sent a request;
 //! - [`pipeline`]: routing a tagged batch to its region's sinks and awaiting durability;
 //! - [`sinks`]: where a region's data goes (Parquet now);
+//! - [`wal`]: the write-ahead log files of a region;
 //! - [`telemetry`]: self-metrics and logs;
 //! - [`server`]: wiring them together and shutting down in order.
 #![forbid(unsafe_code)]
@@ -20,3 +21,4 @@ pub mod sinks;
 pub mod tail;
 pub mod telemetry;
 pub mod tenant;
+pub mod wal;

@@ -1,0 +1,449 @@
+//! The write-ahead log of one region: append-only segment files on local disk, each record
+//! framed with its length and a CRC32C, appended in groups that share one `fdatasync`.
+//!
+//! This module owns the files and their format; it knows nothing of what a record holds (the
+//! pipeline decides) nor of sinks (they read records back by sequence number and keep their
+//! own cursors). It may call the filesystem only.
+//!
+//! Format (also in `docs/formats.md`): a segment is named by the sequence number of its first
+//! record, `{seq:020}.wal`, and starts with a 16-byte header (`TRACEOWL`, version 1 as u32 LE,
+//! 4 reserved zero bytes). Records follow back to back: payload length (u32 LE), CRC32C of the
+//! length bytes and the payload (u32 LE), payload. Sequence numbers are implicit: a record's
+//! is its segment's first plus its index there.
+//!
+//! Crash safety: a group is written with one `write` and made durable with one
+//! `fdatasync`; only then are its sequence numbers returned, so an acknowledged record is on
+//! disk. A crash mid-group leaves a torn tail in the last segment: on open the last segment is
+//! scanned and cut after its last valid record (logged, and reported in [`Recovery`]), and
+//! start-up goes on. A corrupted record in an older segment is found when it is read
+//! ([`WalError::Corrupt`]).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use tracing::{error, info};
+
+const MAGIC: &[u8; 8] = b"TRACEOWL";
+const VERSION: u32 = 1;
+const HEADER_BYTES: u64 = 16;
+/// Length and CRC in front of every payload.
+pub const RECORD_OVERHEAD: u64 = 8;
+/// The largest payload a record may hold; a length above it can only be corruption.
+pub const MAX_RECORD_BYTES: usize = 256 << 20;
+
+/// Sizes of one region's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalLimits {
+    /// A new segment starts once the current one holds this many bytes.
+    pub segment_bytes: u64,
+    /// Appends that would take the log (all segments) past this are refused: backpressure.
+    pub max_bytes: u64,
+}
+
+/// Why a log operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// The log is at its size bound; nothing was written.
+    #[error("write-ahead log {dir} is full ({bytes} of {limit} bytes); retry once sinks caught up")]
+    Full {
+        /// The log's directory.
+        dir: PathBuf,
+        /// Bytes in the log now.
+        bytes: u64,
+        /// The bound.
+        limit: u64,
+    },
+    /// A record larger than [`MAX_RECORD_BYTES`].
+    #[error("record of {0} bytes is larger than the write-ahead log allows")]
+    RecordTooLarge(usize),
+    /// The filesystem failed.
+    #[error("write-ahead log {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A record failed its checksum or framing where no crash can explain it.
+    #[error("write-ahead log {path}: corrupt record {seq} at byte {offset}: {reason}")]
+    Corrupt {
+        /// The segment.
+        path: PathBuf,
+        /// The record's sequence number.
+        seq: u64,
+        /// Its offset in the segment.
+        offset: u64,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// A sequence number the log no longer (or not yet) holds.
+    #[error("write-ahead log {dir}: record {seq} is not in the log (it holds {first}..{next})")]
+    OutOfRange {
+        /// The log's directory.
+        dir: PathBuf,
+        /// Asked for.
+        seq: u64,
+        /// First record held.
+        first: u64,
+        /// Next record to be written.
+        next: u64,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
+    move |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What opening the log found and repaired.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Records found in the log.
+    pub records: u64,
+    /// Bytes cut from a torn or corrupted tail (0 after a clean stop).
+    pub bytes_cut: u64,
+    /// Why the tail was cut, if it was.
+    pub cut_reason: Option<&'static str>,
+}
+
+#[derive(Debug)]
+struct Segment {
+    first_seq: u64,
+    path: PathBuf,
+    bytes: u64,
+}
+
+/// One region's write-ahead log. Not shared: one appender owns it (see the module docs).
+#[derive(Debug)]
+pub struct Wal {
+    dir: PathBuf,
+    limits: WalLimits,
+    /// Sealed segments, oldest first, then the active one last.
+    segments: Vec<Segment>,
+    active: File,
+    next_seq: u64,
+    total_bytes: u64,
+}
+
+fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}.wal"))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+fn record_crc(len: [u8; 4], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&len), payload)
+}
+
+/// Where a segment's valid data ends before its end, and why.
+type Cut = (u64, &'static str);
+
+/// Walks the records of a segment's bytes: the payload range of each valid record, then
+/// where and why the valid data ends (`None`: it ends exactly at the end).
+fn scan(bytes: &[u8]) -> (Vec<std::ops::Range<usize>>, Option<Cut>) {
+    let mut records = Vec::new();
+    if bytes.len() < HEADER_BYTES as usize {
+        return (records, Some((0, "segment header is truncated")));
+    }
+    if &bytes[..8] != MAGIC || bytes[8..12] != VERSION.to_le_bytes() {
+        return (records, Some((0, "not a version 1 segment header")));
+    }
+    let mut pos = HEADER_BYTES as usize;
+    while pos < bytes.len() {
+        let Some(head) = bytes.get(pos..pos + RECORD_OVERHEAD as usize) else {
+            return (records, Some((pos as u64, "record header is truncated")));
+        };
+        let len_bytes = [head[0], head[1], head[2], head[3]];
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len > MAX_RECORD_BYTES {
+            return (records, Some((pos as u64, "record length is impossible")));
+        }
+        let start = pos + RECORD_OVERHEAD as usize;
+        let Some(payload) = bytes.get(start..start + len) else {
+            return (records, Some((pos as u64, "record payload is truncated")));
+        };
+        if record_crc(len_bytes, payload) != crc {
+            return (records, Some((pos as u64, "record checksum does not match")));
+        }
+        records.push(start..start + len);
+        pos = start + len;
+    }
+    (records, None)
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, cutting a torn or corrupted tail off its last
+    /// segment.
+    pub fn open(dir: &Path, limits: WalLimits) -> Result<(Wal, Recovery), WalError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut segments = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+            let entry = entry.map_err(io(dir))?;
+            let name = entry.file_name();
+            let Some(seq) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".wal"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let bytes = entry.metadata().map_err(io(&entry.path()))?.len();
+            segments.push(Segment {
+                first_seq: seq,
+                path: entry.path(),
+                bytes,
+            });
+        }
+        segments.sort_by_key(|s| s.first_seq);
+        let mut recovery = Recovery::default();
+        let (active, next_seq) = match segments.last_mut() {
+            None => {
+                let seg = Self::create_segment(dir, 0)?;
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&seg.path)
+                    .map_err(io(&seg.path))?;
+                segments.push(seg);
+                (file, 0)
+            }
+            Some(last) => {
+                let mut file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&last.path)
+                    .map_err(io(&last.path))?;
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes).map_err(io(&last.path))?;
+                let (records, end) = scan(&bytes);
+                let next = last.first_seq + records.len() as u64;
+                if let Some((offset, reason)) = end {
+                    // A header that never made it to disk is rewritten whole.
+                    let keep = offset.max(HEADER_BYTES);
+                    error!(
+                        segment = %last.path.display(),
+                        offset,
+                        cut_bytes = bytes.len() as u64 - offset.min(bytes.len() as u64),
+                        reason,
+                        "write-ahead log tail is torn or corrupt; cutting it off"
+                    );
+                    metrics::counter!("traceo_wal_tail_cuts_total").increment(1);
+                    recovery.bytes_cut = (bytes.len() as u64).saturating_sub(offset);
+                    recovery.cut_reason = Some(reason);
+                    if offset < HEADER_BYTES {
+                        file.set_len(0).map_err(io(&last.path))?;
+                        file.seek(SeekFrom::Start(0)).map_err(io(&last.path))?;
+                        file.write_all(&Self::header()).map_err(io(&last.path))?;
+                    }
+                    file.set_len(keep).map_err(io(&last.path))?;
+                    file.sync_all().map_err(io(&last.path))?;
+                    last.bytes = keep;
+                }
+                file.seek(SeekFrom::End(0)).map_err(io(&last.path))?;
+                (file, next)
+            }
+        };
+        let first = segments.first().map_or(0, |s| s.first_seq);
+        recovery.records = next_seq - first;
+        let total_bytes = segments.iter().map(|s| s.bytes).sum();
+        info!(dir = %dir.display(), records = recovery.records, first, next = next_seq, "write-ahead log open");
+        Ok((
+            Wal {
+                dir: dir.to_path_buf(),
+                limits,
+                segments,
+                active,
+                next_seq,
+                total_bytes,
+            },
+            recovery,
+        ))
+    }
+
+    fn header() -> [u8; HEADER_BYTES as usize] {
+        let mut h = [0u8; HEADER_BYTES as usize];
+        h[..8].copy_from_slice(MAGIC);
+        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        h
+    }
+
+    fn create_segment(dir: &Path, first_seq: u64) -> Result<Segment, WalError> {
+        let path = segment_path(dir, first_seq);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        f.write_all(&Self::header()).map_err(io(&path))?;
+        f.sync_all().map_err(io(&path))?;
+        sync_dir(dir)?;
+        Ok(Segment {
+            first_seq,
+            path,
+            bytes: HEADER_BYTES,
+        })
+    }
+
+    /// Appends `payloads` as consecutive records, durable when this returns: one write and
+    /// one `fdatasync` for the whole group. Returns the first one's sequence number. Either
+    /// every record is appended or, on error, none is (a failed write is cut off again).
+    pub fn append<'a>(
+        &mut self,
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<u64, WalError> {
+        let mut group = Vec::new();
+        let mut count = 0u64;
+        for p in payloads {
+            if p.len() > MAX_RECORD_BYTES {
+                return Err(WalError::RecordTooLarge(p.len()));
+            }
+            let len = (p.len() as u32).to_le_bytes();
+            group.extend_from_slice(&len);
+            group.extend_from_slice(&record_crc(len, p).to_le_bytes());
+            group.extend_from_slice(p);
+            count += 1;
+        }
+        let first = self.next_seq;
+        if count == 0 {
+            return Ok(first);
+        }
+        if self.total_bytes + group.len() as u64 > self.limits.max_bytes {
+            return Err(WalError::Full {
+                dir: self.dir.clone(),
+                bytes: self.total_bytes,
+                limit: self.limits.max_bytes,
+            });
+        }
+        if self.active_segment().bytes >= self.limits.segment_bytes {
+            self.rotate()?;
+        }
+        let seg = self
+            .segments
+            .last_mut()
+            .expect("the log always has an active segment");
+        let written = self
+            .active
+            .write_all(&group)
+            .and_then(|()| self.active.sync_data());
+        if let Err(e) = written {
+            // Leave no partial group behind for a later append to build on.
+            let _ = self.active.set_len(seg.bytes);
+            let _ = self.active.seek(SeekFrom::Start(seg.bytes));
+            return Err(WalError::Io {
+                path: seg.path.clone(),
+                source: e,
+            });
+        }
+        seg.bytes += group.len() as u64;
+        self.total_bytes += group.len() as u64;
+        self.next_seq += count;
+        Ok(first)
+    }
+
+    fn active_segment(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("the log always has an active segment")
+    }
+
+    fn rotate(&mut self) -> Result<(), WalError> {
+        let seg = Self::create_segment(&self.dir, self.next_seq)?;
+        self.active = OpenOptions::new()
+            .append(true)
+            .open(&seg.path)
+            .map_err(io(&seg.path))?;
+        self.total_bytes += seg.bytes;
+        self.segments.push(seg);
+        Ok(())
+    }
+
+    /// The sequence number the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The oldest record still held.
+    pub fn first_seq(&self) -> u64 {
+        self.segments.first().map_or(self.next_seq, |s| s.first_seq)
+    }
+
+    /// Bytes on disk, headers included.
+    pub fn bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Deletes every sealed segment whose records all come before `seq` (every reader is past
+    /// them). The active segment stays.
+    pub fn remove_before(&mut self, seq: u64) -> Result<(), WalError> {
+        let mut removed = false;
+        while self.segments.len() > 1 && self.segments[1].first_seq <= seq {
+            let seg = self.segments.remove(0);
+            std::fs::remove_file(&seg.path).map_err(io(&seg.path))?;
+            self.total_bytes -= seg.bytes;
+            removed = true;
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// The records from `seq` up to the last appended one, in order, as
+    /// `(sequence number, payload)`.
+    pub fn read_from(&self, seq: u64) -> Result<Vec<(u64, Vec<u8>)>, WalError> {
+        let (first, next) = (self.first_seq(), self.next_seq);
+        if seq < first || seq > next {
+            return Err(WalError::OutOfRange {
+                dir: self.dir.clone(),
+                seq,
+                first,
+                next,
+            });
+        }
+        let mut out = Vec::new();
+        let start = self
+            .segments
+            .iter()
+            .rposition(|s| s.first_seq <= seq)
+            .unwrap_or(0);
+        for (i, seg) in self.segments.iter().enumerate().skip(start) {
+            let seg_next = self.segments.get(i + 1).map_or(next, |s| s.first_seq);
+            if seg_next <= seq {
+                continue;
+            }
+            let mut bytes = Vec::new();
+            File::open(&seg.path)
+                .and_then(|f| f.take(seg.bytes).read_to_end(&mut bytes))
+                .map_err(io(&seg.path))?;
+            let (records, end) = scan(&bytes);
+            let expected = (seg_next - seg.first_seq) as usize;
+            if records.len() < expected {
+                let (offset, reason) = end.unwrap_or((bytes.len() as u64, "segment is short"));
+                return Err(WalError::Corrupt {
+                    path: seg.path.clone(),
+                    seq: seg.first_seq + records.len() as u64,
+                    offset,
+                    reason,
+                });
+            }
+            for (n, range) in records.into_iter().take(expected).enumerate() {
+                let s = seg.first_seq + n as u64;
+                if s >= seq {
+                    out.push((s, bytes[range].to_vec()));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

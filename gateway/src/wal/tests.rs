@@ -1,0 +1,199 @@
+use super::*;
+
+const ROOMY: WalLimits = WalLimits {
+    segment_bytes: 1 << 20,
+    max_bytes: 64 << 20,
+};
+
+fn payload(i: u64) -> Vec<u8> {
+    format!("record {i} ").repeat(1 + (i as usize % 7)).into_bytes()
+}
+
+fn append_range(wal: &mut Wal, range: std::ops::Range<u64>) -> u64 {
+    let payloads: Vec<Vec<u8>> = range.map(payload).collect();
+    wal.append(payloads.iter().map(Vec::as_slice)).unwrap()
+}
+
+fn assert_records(wal: &Wal, from: u64, to: u64) {
+    let got = wal.read_from(from).unwrap();
+    let want: Vec<(u64, Vec<u8>)> = (from..to).map(|i| (i, payload(i))).collect();
+    assert_eq!(got, want);
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut s: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    s.sort();
+    s
+}
+
+#[test]
+fn groups_append_in_order_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, rec) = Wal::open(dir.path(), ROOMY).unwrap();
+    assert_eq!(rec, Recovery::default());
+    assert_eq!(append_range(&mut wal, 0..3), 0);
+    assert_eq!(append_range(&mut wal, 3..10), 3);
+    assert_eq!(wal.append(std::iter::empty()).unwrap(), 10, "an empty group");
+    assert_records(&wal, 0, 10);
+    assert_records(&wal, 7, 10);
+    assert_eq!(wal.read_from(10).unwrap(), vec![]);
+    drop(wal);
+
+    let (mut wal, rec) = Wal::open(dir.path(), ROOMY).unwrap();
+    assert_eq!(rec.records, 10);
+    assert_eq!(rec.bytes_cut, 0);
+    assert_eq!(append_range(&mut wal, 10..12), 10);
+    assert_records(&wal, 0, 12);
+    assert!(matches!(
+        wal.read_from(13),
+        Err(WalError::OutOfRange { seq: 13, .. })
+    ));
+}
+
+#[test]
+fn segments_rotate_and_are_removed_once_read_past() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = WalLimits {
+        segment_bytes: 200,
+        max_bytes: 1 << 20,
+    };
+    let (mut wal, _) = Wal::open(dir.path(), limits).unwrap();
+    for i in 0..20 {
+        append_range(&mut wal, i..i + 1);
+    }
+    let before = segments(dir.path());
+    assert!(before.len() > 3, "{before:?}");
+    assert_records(&wal, 0, 20);
+
+    let bytes = wal.bytes();
+    wal.remove_before(12).unwrap();
+    assert!(wal.bytes() < bytes);
+    let first = wal.first_seq();
+    assert!(first > 0 && first <= 12, "{first}");
+    assert_records(&wal, first, 20);
+    assert!(matches!(
+        wal.read_from(0),
+        Err(WalError::OutOfRange { .. })
+    ));
+    // Everything read: all but the active segment go.
+    wal.remove_before(20).unwrap();
+    assert_eq!(segments(dir.path()).len(), 1);
+    drop(wal);
+    let (wal, rec) = Wal::open(dir.path(), limits).unwrap();
+    assert_eq!(wal.next_seq(), 20, "sequence numbers continue after a reopen");
+    assert_eq!(rec.records, 20 - wal.first_seq());
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_appends_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), ROOMY).unwrap();
+    append_range(&mut wal, 0..5);
+    drop(wal);
+    // A crash in the middle of writing the last record.
+    let seg = segments(dir.path()).pop().unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+
+    let (mut wal, rec) = Wal::open(dir.path(), ROOMY).unwrap();
+    assert_eq!(rec.records, 4);
+    assert_eq!(rec.cut_reason, Some("record payload is truncated"));
+    assert_eq!(rec.bytes_cut, RECORD_OVERHEAD + payload(4).len() as u64 - 3);
+    assert_eq!(append_range(&mut wal, 4..6), 4);
+    assert_records(&wal, 0, 6);
+}
+
+#[test]
+fn a_flipped_bit_in_the_tail_is_cut_and_in_older_segments_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = WalLimits {
+        segment_bytes: 100,
+        max_bytes: 1 << 20,
+    };
+    let (mut wal, _) = Wal::open(dir.path(), limits).unwrap();
+    for i in 0..8 {
+        append_range(&mut wal, i..i + 1);
+    }
+    drop(wal);
+    let flip = |path: &Path, from_end: u64| {
+        let mut bytes = std::fs::read(path).unwrap();
+        let at = bytes.len() - from_end as usize;
+        bytes[at] ^= 0x10;
+        std::fs::write(path, bytes).unwrap();
+    };
+    let all = segments(dir.path());
+    // The last record of the last segment.
+    flip(all.last().unwrap(), 2);
+    let (wal, rec) = Wal::open(dir.path(), limits).unwrap();
+    assert_eq!(rec.cut_reason, Some("record checksum does not match"));
+    assert_eq!(wal.next_seq(), 7);
+    assert_records(&wal, 0, 7);
+    drop(wal);
+
+    // A record in a sealed segment: reading it fails, naming it.
+    flip(&all[0], 1);
+    let (wal, _) = Wal::open(dir.path(), limits).unwrap();
+    match wal.read_from(0) {
+        Err(WalError::Corrupt { seq, reason, .. }) => {
+            assert_eq!(reason, "record checksum does not match");
+            assert!(seq < 7);
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_segment_whose_header_never_reached_the_disk_is_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), ROOMY).unwrap();
+    append_range(&mut wal, 0..2);
+    drop(wal);
+    // A crash right after creating the next segment.
+    std::fs::write(segment_path(dir.path(), 2), b"TRAC").unwrap();
+    let (mut wal, rec) = Wal::open(dir.path(), ROOMY).unwrap();
+    assert_eq!(rec.cut_reason, Some("segment header is truncated"));
+    assert_eq!(wal.next_seq(), 2);
+    append_range(&mut wal, 2..4);
+    assert_records(&wal, 0, 4);
+}
+
+#[test]
+fn a_full_log_refuses_whole_groups_until_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = WalLimits {
+        segment_bytes: 150,
+        max_bytes: 600,
+    };
+    let (mut wal, _) = Wal::open(dir.path(), limits).unwrap();
+    let mut next = 0;
+    let err = loop {
+        match wal.append([payload(next).as_slice(), payload(next + 1).as_slice()]) {
+            Ok(_) => next += 2,
+            Err(e) => break e,
+        }
+        assert!(next < 100, "the bound never hit");
+    };
+    assert!(matches!(err, WalError::Full { limit: 600, .. }), "{err}");
+    assert!(wal.bytes() <= 600);
+    assert_eq!(wal.next_seq(), next, "a refused group writes nothing");
+    drop(wal);
+    let (mut wal, rec) = Wal::open(dir.path(), limits).unwrap();
+    assert_eq!(rec.bytes_cut, 0);
+    assert_records(&wal, 0, next);
+    // Sinks caught up: the old segments go and appends fit again.
+    wal.remove_before(next).unwrap();
+    assert_eq!(
+        wal.append([payload(next).as_slice(), payload(next + 1).as_slice()])
+            .unwrap(),
+        next
+    );
+}
