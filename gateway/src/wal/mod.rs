@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 
 use tracing::{error, info};
 
+pub mod writer;
+
 const MAGIC: &[u8; 8] = b"TRACEOWL";
 const VERSION: u32 = 1;
 const HEADER_BYTES: u64 = 16;
@@ -45,7 +47,9 @@ pub struct WalLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
     /// The log is at its size bound; nothing was written.
-    #[error("write-ahead log {dir} is full ({bytes} of {limit} bytes); retry once sinks caught up")]
+    #[error(
+        "write-ahead log {dir} is full ({bytes} of {limit} bytes); retry once sinks caught up"
+    )]
     Full {
         /// The log's directory.
         dir: PathBuf,
@@ -133,9 +137,7 @@ fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 fn record_crc(len: [u8; 4], payload: &[u8]) -> u32 {
@@ -171,7 +173,10 @@ fn scan(bytes: &[u8]) -> (Vec<std::ops::Range<usize>>, Option<Cut>) {
             return (records, Some((pos as u64, "record payload is truncated")));
         };
         if record_crc(len_bytes, payload) != crc {
-            return (records, Some((pos as u64, "record checksum does not match")));
+            return (
+                records,
+                Some((pos as u64, "record checksum does not match")),
+            );
         }
         records.push(start..start + len);
         pos = start + len;

@@ -6,7 +6,9 @@ const ROOMY: WalLimits = WalLimits {
 };
 
 fn payload(i: u64) -> Vec<u8> {
-    format!("record {i} ").repeat(1 + (i as usize % 7)).into_bytes()
+    format!("record {i} ")
+        .repeat(1 + (i as usize % 7))
+        .into_bytes()
 }
 
 fn append_range(wal: &mut Wal, range: std::ops::Range<u64>) -> u64 {
@@ -37,7 +39,11 @@ fn groups_append_in_order_and_survive_a_reopen() {
     assert_eq!(rec, Recovery::default());
     assert_eq!(append_range(&mut wal, 0..3), 0);
     assert_eq!(append_range(&mut wal, 3..10), 3);
-    assert_eq!(wal.append(std::iter::empty()).unwrap(), 10, "an empty group");
+    assert_eq!(
+        wal.append(std::iter::empty()).unwrap(),
+        10,
+        "an empty group"
+    );
     assert_records(&wal, 0, 10);
     assert_records(&wal, 7, 10);
     assert_eq!(wal.read_from(10).unwrap(), vec![]);
@@ -75,16 +81,17 @@ fn segments_rotate_and_are_removed_once_read_past() {
     let first = wal.first_seq();
     assert!(first > 0 && first <= 12, "{first}");
     assert_records(&wal, first, 20);
-    assert!(matches!(
-        wal.read_from(0),
-        Err(WalError::OutOfRange { .. })
-    ));
+    assert!(matches!(wal.read_from(0), Err(WalError::OutOfRange { .. })));
     // Everything read: all but the active segment go.
     wal.remove_before(20).unwrap();
     assert_eq!(segments(dir.path()).len(), 1);
     drop(wal);
     let (wal, rec) = Wal::open(dir.path(), limits).unwrap();
-    assert_eq!(wal.next_seq(), 20, "sequence numbers continue after a reopen");
+    assert_eq!(
+        wal.next_seq(),
+        20,
+        "sequence numbers continue after a reopen"
+    );
     assert_eq!(rec.records, 20 - wal.first_seq());
 }
 
