@@ -129,6 +129,22 @@ impl TaggedBatch {
         self.edits.get(&index).map_or(&[][..], |e| &e[..])
     }
 
+    /// The identity hash of the series at `pos` in the share (see [`series_hash`]).
+    pub fn hash_at(&self, pos: usize, scratch: &mut Vec<u8>) -> u64 {
+        let i = self.series_index(pos);
+        self.batch
+            .series_at(i as usize)
+            .map_or(0, |s| series_hash(&s, self.edits_of(i), scratch))
+    }
+
+    /// Fills [`TaggedBatch::hashes`] for every series of the share.
+    pub fn compute_hashes(&mut self) {
+        let mut scratch = Vec::new();
+        self.hashes = (0..self.len())
+            .map(|pos| self.hash_at(pos, &mut scratch))
+            .collect();
+    }
+
     /// The series of this share with their stored labels (see [`output_labels`]).
     pub fn series(&self) -> impl Iterator<Item = (SeriesRef<'_>, Vec<(Cow<'_, str>, &str)>)> {
         (0..self.len()).filter_map(move |pos| {
@@ -352,16 +368,7 @@ impl Pipeline {
             };
             if sinks.iter().any(SinkHandle::needs_hashes) {
                 // Hashed here, on the connection's task, so that sink workers only frame.
-                let mut scratch = Vec::new();
-                share.hashes = (0..share.len())
-                    .map(|pos| {
-                        let i = share.series_index(pos);
-                        share
-                            .batch
-                            .series_at(i as usize)
-                            .map_or(0, |s| series_hash(&s, share.edits_of(i), &mut scratch))
-                    })
-                    .collect();
+                share.compute_hashes();
             }
             let share = Arc::new(share);
             for sink in sinks {

@@ -7,7 +7,7 @@ use protocols::remote_write::v2::V2Writer;
 
 use super::SinkRequest;
 use crate::config::KafkaFormat;
-use crate::pipeline::{output_labels, series_hash};
+use crate::pipeline::output_labels;
 
 /// One partition's message under construction; its buffer is kept for the next one.
 enum Framer {
@@ -102,7 +102,7 @@ impl Framing {
             let edits = share.edits_of(index);
             let hash = match share.hashes.get(pos) {
                 Some(h) => *h,
-                None => series_hash(&series, edits, &mut self.scratch),
+                None => share.hash_at(pos, &mut self.scratch),
             };
             let p = (hash % u64::from(partitions)) as i32;
             let framer = &mut self.open[p as usize];
@@ -224,12 +224,7 @@ pub(crate) mod tests {
             extra: ExtraLabels::new(tags),
             hashes: Vec::new(),
         };
-        let mut scratch = Vec::new();
-        share.hashes = share
-            .batch
-            .series()
-            .map(|s| series_hash(&s, &[], &mut scratch))
-            .collect();
+        share.compute_hashes();
         share
     }
 

@@ -43,7 +43,8 @@ pub(crate) struct SinkRequest {
 /// first error otherwise. A part dropped from a queue unprocessed (shutdown, a crashed
 /// thread) was never accepted, so the request is never reported durable.
 pub(crate) struct Ack {
-    tx: Mutex<Option<oneshot::Sender<Result<(), SinkError>>>>,
+    /// Taken only in `drop`, which has `&mut self`: no lock needed.
+    tx: Option<oneshot::Sender<Result<(), SinkError>>>,
     /// Parts not yet taken in.
     unaccepted: AtomicUsize,
     failure: Mutex<Option<SinkError>>,
@@ -52,7 +53,7 @@ pub(crate) struct Ack {
 impl Ack {
     fn new(tx: oneshot::Sender<Result<(), SinkError>>, parts: usize) -> Self {
         Self {
-            tx: Mutex::new(Some(tx)),
+            tx: Some(tx),
             unaccepted: AtomicUsize::new(parts),
             failure: Mutex::new(None),
         }
@@ -72,7 +73,7 @@ impl Ack {
 
 impl Drop for Ack {
     fn drop(&mut self) {
-        let tx = self.tx.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        let tx = self.tx.take();
         let failure = self
             .failure
             .get_mut()
