@@ -24,7 +24,11 @@ use std::path::{Path, PathBuf};
 
 use tracing::{error, info};
 
+pub mod reader;
 pub mod writer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"TRACEOWL";
 const VERSION: u32 = 1;
@@ -43,6 +47,42 @@ pub struct WalLimits {
     pub max_bytes: u64,
 }
 
+/// A bound shared by the logs of all regions (`durability.max_bytes`): each log reserves its
+/// bytes here as well as under its own bound.
+#[derive(Debug)]
+pub struct SharedBudget {
+    used: AtomicU64,
+    limit: u64,
+}
+
+impl SharedBudget {
+    /// A budget of `limit` bytes, none used.
+    pub fn new(limit: u64) -> Arc<SharedBudget> {
+        Arc::new(SharedBudget {
+            used: AtomicU64::new(0),
+            limit,
+        })
+    }
+
+    /// Takes `n` bytes if they fit; false (nothing taken) otherwise.
+    fn reserve(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u + n <= self.limit).then_some(u + n)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Bytes in use by all logs.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
 /// Why a log operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -57,6 +97,14 @@ pub enum WalError {
         bytes: u64,
         /// The bound.
         limit: u64,
+    },
+    /// Another process holds the log's directory.
+    #[error("write-ahead log {dir} is in use by another process ({reason}); give each gateway its own durability.dir")]
+    Locked {
+        /// The log's directory.
+        dir: PathBuf,
+        /// What the lock call said.
+        reason: String,
     },
     /// A record larger than [`MAX_RECORD_BYTES`].
     #[error("record of {0} bytes is larger than the write-ahead log allows")]
@@ -130,6 +178,10 @@ pub struct Wal {
     active: File,
     next_seq: u64,
     total_bytes: u64,
+    budget: Option<Arc<SharedBudget>>,
+    /// Held (`flock`) while the log is open: two gateways on one directory would interleave
+    /// sequence numbers and delete each other's segments.
+    _lock: File,
 }
 
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
@@ -189,6 +241,19 @@ impl Wal {
     /// segment.
     pub fn open(dir: &Path, limits: WalLimits) -> Result<(Wal, Recovery), WalError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(WalError::Locked {
+                dir: dir.to_path_buf(),
+                reason: e.to_string(),
+            });
+        }
         let mut segments = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io(dir))? {
             let entry = entry.map_err(io(dir))?;
@@ -267,6 +332,8 @@ impl Wal {
                 active,
                 next_seq,
                 total_bytes,
+                budget: None,
+                _lock: lock,
             },
             recovery,
         ))
@@ -327,8 +394,23 @@ impl Wal {
                 limit: self.limits.max_bytes,
             });
         }
+        let grow = group.len() as u64;
+        if let Some(b) = &self.budget {
+            if !b.reserve(grow) {
+                return Err(WalError::Full {
+                    dir: self.dir.clone(),
+                    bytes: b.used(),
+                    limit: b.limit,
+                });
+            }
+        }
         if self.active_segment().bytes >= self.limits.segment_bytes {
-            self.rotate()?;
+            if let Err(e) = self.rotate() {
+                if let Some(b) = &self.budget {
+                    b.release(grow);
+                }
+                return Err(e);
+            }
         }
         let seg = self
             .segments
@@ -339,6 +421,9 @@ impl Wal {
             .write_all(&group)
             .and_then(|()| self.active.sync_data());
         if let Err(e) = written {
+            if let Some(b) = &self.budget {
+                b.release(grow);
+            }
             // Leave no partial group behind for a later append to build on.
             let _ = self.active.set_len(seg.bytes);
             let _ = self.active.seek(SeekFrom::Start(seg.bytes));
@@ -366,8 +451,24 @@ impl Wal {
             .open(&seg.path)
             .map_err(io(&seg.path))?;
         self.total_bytes += seg.bytes;
+        if let Some(b) = &self.budget {
+            // A header is small; it is counted, never refused.
+            b.used.fetch_add(seg.bytes, Ordering::AcqRel);
+        }
         self.segments.push(seg);
         Ok(())
+    }
+
+    /// Counts this log under `budget` as well as its own bound (its present size included, even
+    /// if that is over: appends are refused until it shrinks).
+    pub fn share_budget(&mut self, budget: Arc<SharedBudget>) {
+        budget.used.fetch_add(self.total_bytes, Ordering::AcqRel);
+        self.budget = Some(budget);
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The sequence number the next record will get.
@@ -393,6 +494,9 @@ impl Wal {
             let seg = self.segments.remove(0);
             std::fs::remove_file(&seg.path).map_err(io(&seg.path))?;
             self.total_bytes -= seg.bytes;
+            if let Some(b) = &self.budget {
+                b.release(seg.bytes);
+            }
             removed = true;
         }
         if removed {

@@ -2,7 +2,7 @@
 //! while its previous `fdatasync` ran as one group, so one sync covers many concurrent
 //! requests and a busy region pays fewer syncs per request, not more.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -28,18 +28,33 @@ impl AppendRequest {
     }
 }
 
+/// What the writer publishes for readers, gauges and readiness.
+#[derive(Debug, Default)]
+struct Published {
+    /// Segments wholly below this may be deleted (every reader is past it).
+    release: AtomicU64,
+    bytes: AtomicU64,
+    first_seq: AtomicU64,
+    /// The last append was refused for want of room, and nothing has been freed since.
+    full: AtomicBool,
+}
+
 /// The sending side: cheap to clone.
 #[derive(Clone)]
 pub struct WalHandle {
     tx: mpsc::Sender<AppendRequest>,
     durable: watch::Receiver<u64>,
     groups: Arc<AtomicU64>,
+    published: Arc<Published>,
 }
 
+/// An append on its way to disk.
+pub type PendingAppend = oneshot::Receiver<Result<u64, WalError>>;
+
 impl WalHandle {
-    /// Appends `payloads` and waits until they are durable; returns the first sequence
-    /// number. A full queue is answered at once ([`AppendError::Busy`]): backpressure.
-    pub async fn append(&self, payloads: Vec<Vec<u8>>) -> Result<u64, AppendError> {
+    /// Queues `payloads` without waiting; the receiver gets the first sequence number once
+    /// they are durable. A full queue is answered at once ([`AppendError::Busy`]).
+    pub fn send(&self, payloads: Vec<Vec<u8>>) -> Result<PendingAppend, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(AppendRequest { payloads, reply })
@@ -47,9 +62,50 @@ impl WalHandle {
                 mpsc::error::TrySendError::Full(_) => AppendError::Busy,
                 mpsc::error::TrySendError::Closed(_) => AppendError::Stopped,
             })?;
-        rx.await
+        Ok(rx)
+    }
+
+    /// Waits for an append queued with [`WalHandle::send`].
+    pub async fn wait(pending: PendingAppend) -> Result<u64, AppendError> {
+        pending
+            .await
             .map_err(|_| AppendError::Stopped)?
             .map_err(AppendError::Wal)
+    }
+
+    /// Appends `payloads` and waits until they are durable; returns the first sequence
+    /// number. A full queue is answered at once ([`AppendError::Busy`]): backpressure.
+    pub async fn append(&self, payloads: Vec<Vec<u8>>) -> Result<u64, AppendError> {
+        Self::wait(self.send(payloads)?).await
+    }
+
+    /// Every reader is past `seq`: segments wholly below it may go. Takes effect at the
+    /// writer's next turn, which this wakes if it is idle.
+    pub fn release(&self, seq: u64) {
+        let before = self.published.release.fetch_max(seq, Ordering::AcqRel);
+        if seq > before {
+            let (reply, _) = oneshot::channel();
+            // A full queue means the writer is busy and will look anyway.
+            let _ = self.tx.try_send(AppendRequest {
+                payloads: Vec::new(),
+                reply,
+            });
+        }
+    }
+
+    /// Bytes of the log on disk, as of the writer's last turn.
+    pub fn bytes(&self) -> u64 {
+        self.published.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The oldest record the log holds, as of the writer's last turn.
+    pub fn first_seq(&self) -> u64 {
+        self.published.first_seq.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last append was refused for want of room and nothing was freed since.
+    pub fn is_full(&self) -> bool {
+        self.published.full.load(Ordering::Relaxed)
     }
 
     /// The sequence number after the last durable record: readers may read below it.
@@ -92,6 +148,12 @@ pub fn start(
     let (durable_tx, durable) = watch::channel(wal.next_seq());
     let groups = Arc::new(AtomicU64::new(0));
     let counted = groups.clone();
+    let published = Arc::new(Published::default());
+    published.bytes.store(wal.bytes(), Ordering::Relaxed);
+    published
+        .first_seq
+        .store(wal.first_seq(), Ordering::Relaxed);
+    let shared = published.clone();
     let sync_seconds = metrics::histogram!("traceo_wal_fsync_seconds", "wal" => name.to_string());
     let group_records = metrics::histogram!("traceo_wal_group_records", "wal" => name.to_string());
     let thread = std::thread::Builder::new()
@@ -111,12 +173,29 @@ pub fn start(
                         Err(_) => break,
                     }
                 }
+                let floor = shared.release.load(Ordering::Acquire);
+                if floor > wal.first_seq() {
+                    let before = wal.bytes();
+                    if let Err(e) = wal.remove_before(floor) {
+                        tracing::error!(wal = %wal.dir().display(), error = %e, "cannot delete released segments");
+                    }
+                    if wal.bytes() < before {
+                        shared.full.store(false, Ordering::Relaxed);
+                    }
+                }
+                // Wake-ups from `release` carry nothing to write.
+                group.retain(|r| !r.payloads.is_empty());
+                if group.is_empty() {
+                    publish(&shared, &wal);
+                    continue;
+                }
                 let started = Instant::now();
                 let all = group
                     .iter()
                     .flat_map(|r| r.payloads.iter().map(Vec::as_slice));
                 match wal.append(all) {
                     Ok(first_seq) => {
+                        shared.full.store(false, Ordering::Relaxed);
                         let mut seq = first_seq;
                         for req in group.drain(..) {
                             let n = req.payloads.len() as u64;
@@ -130,12 +209,17 @@ pub fn start(
                     Err(_) => {
                         for req in group.drain(..) {
                             let r = wal.append(req.payloads.iter().map(Vec::as_slice));
+                            shared.full.store(
+                                matches!(r, Err(WalError::Full { .. })),
+                                Ordering::Relaxed,
+                            );
                             let _ = req.reply.send(r);
                         }
                     }
                 }
                 sync_seconds.record(started.elapsed().as_secs_f64());
                 counted.fetch_add(1, Ordering::Relaxed);
+                publish(&shared, &wal);
                 let _ = durable_tx.send(wal.next_seq());
             }
             wal
@@ -145,9 +229,15 @@ pub fn start(
             tx,
             durable,
             groups,
+            published,
         },
         thread,
     ))
+}
+
+fn publish(shared: &Published, wal: &Wal) {
+    shared.bytes.store(wal.bytes(), Ordering::Relaxed);
+    shared.first_seq.store(wal.first_seq(), Ordering::Relaxed);
 }
 
 #[cfg(test)]

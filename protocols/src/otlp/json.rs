@@ -287,7 +287,7 @@ pub(super) fn hex<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> 
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let nibble = |c: u8| -> Option<u8> {

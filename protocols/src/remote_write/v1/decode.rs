@@ -96,7 +96,7 @@ fn valid_label_name(name: &[u8]) -> bool {
             // The tail, without copying it into a padded buffer (a memcpy call and a stalled
             // load that cost more than the check): a name of 8 bytes or more checks its last
             // 8 again; a shorter one is read with overlapping loads.
-            name.len() % 8 == 0
+            name.len().is_multiple_of(8)
                 || all_name_chars(if name.len() > 8 {
                     u64::from_le_bytes(name[name.len() - 8..].try_into().unwrap_or([0; 8]))
                 } else {

@@ -88,7 +88,7 @@ impl Request {
             return Err(ResolveError::FirstSymbolNotEmpty);
         }
         let ts = &self.timeseries[i];
-        if ts.labels_refs.len() % 2 != 0 {
+        if !ts.labels_refs.len().is_multiple_of(2) {
             return Err(ResolveError::OddRefs { series: i });
         }
         let sym = |r: u32| {
