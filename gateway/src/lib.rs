@@ -5,13 +5,15 @@
 //! - [`listen`]: HTTP listener, routes, the mapping of errors to answers;
 //! - [`tenant`]: who sent a request;
 //! - [`pipeline`]: routing a tagged batch to its region's sinks and awaiting durability;
-//! - [`sinks`]: where a region's data goes (Parquet now);
+//! - [`sinks`]: where a region's data goes (Parquet, Kafka, null);
 //! - [`wal`]: the write-ahead log files of a region;
+//! - [`delivery`]: from each region's log to its sinks, with per-sink cursors;
 //! - [`telemetry`]: self-metrics and logs;
 //! - [`server`]: wiring them together and shutting down in order.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod delivery;
 pub mod explain;
 pub mod listen;
 pub mod pipeline;

@@ -12,8 +12,16 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::listen::{serve, AppState};
-use crate::pipeline::Pipeline;
+use std::collections::HashMap;
+
+use crate::config::DurabilityMode;
+use crate::delivery::SinkSlot;
+use crate::pipeline::{Durability, Pipeline};
 use crate::sinks;
+use crate::wal::SharedBudget;
+
+/// Record bytes a Kafka or null sink's feeder may have in flight.
+const DEFAULT_WINDOW: usize = 64 << 20;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +43,9 @@ pub enum StartError {
     /// A null sink could not start.
     #[error(transparent)]
     Null(#[from] sinks::null::StartError),
+    /// A region's write-ahead log could not open.
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] crate::delivery::StartError),
 }
 
 /// Runs the gateway until `shutdown` fires, then drains and returns.
@@ -47,9 +58,15 @@ pub async fn run(
     let sink_stop = CancellationToken::new();
     let mut handles = Vec::new();
     let mut tasks = Vec::new();
+    // Record bytes each sink's feeder may have in flight: a Parquet file fills from it.
+    let mut windows: HashMap<String, usize> = HashMap::new();
     for region in &config.regions {
         if let Some(p) = &region.parquet {
             let (h, t) = sinks::parquet::spawn(region.id.clone(), p.clone(), sink_stop.clone())?;
+            windows.insert(
+                h.name().to_string(),
+                (2 * p.max_file_bytes).max(DEFAULT_WINDOW),
+            );
             handles.push(h);
             tasks.push(t);
         }
@@ -79,7 +96,46 @@ pub async fn run(
             sink_threads.extend(t);
         }
     }
-    let pipeline = Pipeline::new(handles, &config.tenant_label, &config.region_label);
+    let delivery_stop = CancellationToken::new();
+    let mut delivery_tasks = Vec::new();
+    let durability = match config.durability.mode {
+        DurabilityMode::Wal => {
+            let budget = SharedBudget::new(config.durability.max_bytes);
+            let mut logs = HashMap::new();
+            for region in &config.regions {
+                let slots: Vec<SinkSlot> = handles
+                    .iter()
+                    .filter(|h| h.region() == &region.id)
+                    .map(|h| SinkSlot {
+                        sink: h.clone(),
+                        window_bytes: windows.get(h.name()).copied().unwrap_or(DEFAULT_WINDOW),
+                    })
+                    .collect();
+                if slots.is_empty() {
+                    continue;
+                }
+                let started = crate::delivery::start_region(
+                    &region.id,
+                    &config.durability.dir,
+                    config.durability.limits,
+                    &budget,
+                    slots,
+                    &delivery_stop,
+                )?;
+                logs.insert(region.id.clone(), started.wal);
+                delivery_tasks.extend(started.tasks);
+            }
+            Durability::Wal(Arc::new(logs))
+        }
+        DurabilityMode::Upstream => Durability::Upstream,
+        DurabilityMode::None => Durability::None,
+    };
+    let pipeline = Pipeline::new(
+        handles,
+        durability,
+        &config.tenant_label,
+        &config.region_label,
+    );
 
     // Every port serves every endpoint; the OTLP ones exist because clients default to them.
     let mut listeners = Vec::new();
@@ -147,7 +203,14 @@ pub async fn run(
         let _ = server.await;
     }
     info!("listeners closed; flushing sinks");
+    // Feeders stop reading the logs, then sinks flush what they hold; feeders record the
+    // confirmations that arrive and persist their cursors (the rest is replayed at start).
+    delivery_stop.cancel();
     sink_stop.cancel();
+    drop(state);
+    for t in delivery_tasks {
+        let _ = t.await;
+    }
     for t in tasks {
         let _ = t.await;
     }

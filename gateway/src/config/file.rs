@@ -11,8 +11,8 @@ use protocols::DecodeLimits;
 use residency_rules::{RegionId, TenantId};
 
 use super::{
-    AuthPolicy, Config, HumanDuration, KafkaSinkConfig, NullSinkConfig, OtlpSettings,
-    ParquetSinkConfig, Region, ResidencySettings, Tenant,
+    AuthPolicy, Config, DurabilitySettings, HumanDuration, KafkaSinkConfig, NullSinkConfig,
+    OtlpSettings, ParquetSinkConfig, Region, ResidencySettings, Tenant,
 };
 
 /// The whole configuration file.
@@ -49,6 +49,111 @@ pub struct ConfigFile {
     /// How work is spread over cores.
     #[serde(default)]
     pub pipeline: PipelineFile,
+    /// When a request counts as kept, and the write-ahead log.
+    #[serde(default)]
+    pub durability: DurabilityFile,
+}
+
+/// `durability:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurabilityFile {
+    /// `wal` (default), `upstream` or `none` (lossy).
+    #[serde(default)]
+    pub mode: DurabilityMode,
+    /// Directory of the write-ahead logs, one subdirectory per region. Default `wal`
+    /// (relative to the working directory).
+    #[serde(default = "default_wal_dir")]
+    pub dir: PathBuf,
+    /// A log starts a new segment file past this many bytes. Default 64 MiB.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// One region's log may hold this many bytes; past it, writes for the region get 503.
+    /// Default 4 GiB.
+    #[serde(default = "default_region_wal_bytes")]
+    pub max_bytes_per_region: u64,
+    /// All regions' logs together may hold this many bytes. Default 16 GiB.
+    #[serde(default = "default_total_wal_bytes")]
+    pub max_bytes: u64,
+}
+
+/// `durability.mode`
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DurabilityMode {
+    /// Acknowledge once fsynced in the region's write-ahead log.
+    #[default]
+    Wal,
+    /// Acknowledge once every sink confirmed.
+    Upstream,
+    /// Acknowledge once queued (lossy).
+    None,
+}
+
+fn default_wal_dir() -> PathBuf {
+    PathBuf::from("wal")
+}
+const fn default_segment_bytes() -> u64 {
+    64 << 20
+}
+const fn default_region_wal_bytes() -> u64 {
+    4 << 30
+}
+const fn default_total_wal_bytes() -> u64 {
+    16 << 30
+}
+
+impl Default for DurabilityFile {
+    fn default() -> Self {
+        Self {
+            mode: DurabilityMode::default(),
+            dir: default_wal_dir(),
+            segment_bytes: default_segment_bytes(),
+            max_bytes_per_region: default_region_wal_bytes(),
+            max_bytes: default_total_wal_bytes(),
+        }
+    }
+}
+
+/// Smallest segment accepted: a segment holds at least a few requests.
+const MIN_SEGMENT_BYTES: u64 = 4096;
+
+impl DurabilityFile {
+    fn validate(self, problems: &mut Vec<String>) -> DurabilitySettings {
+        if self.mode == DurabilityMode::Wal {
+            if self.dir.as_os_str().is_empty() {
+                problems.push("durability.dir: must not be empty".to_string());
+            }
+            if self.segment_bytes < MIN_SEGMENT_BYTES {
+                problems.push(format!(
+                    "durability.segment_bytes: {} is below the minimum of {MIN_SEGMENT_BYTES}",
+                    self.segment_bytes
+                ));
+            }
+            if self.max_bytes_per_region < 2 * self.segment_bytes {
+                problems.push(format!(
+                    "durability.max_bytes_per_region: {} must be at least two segments (2 x segment_bytes = {})",
+                    self.max_bytes_per_region,
+                    2 * self.segment_bytes
+                ));
+            }
+            if self.max_bytes < self.max_bytes_per_region {
+                problems.push(format!(
+                    "durability.max_bytes: {} is below max_bytes_per_region ({})",
+                    self.max_bytes, self.max_bytes_per_region
+                ));
+            }
+        }
+        DurabilitySettings {
+            mode: self.mode,
+            dir: self.dir,
+            limits: crate::wal::WalLimits {
+                segment_bytes: self.segment_bytes,
+                max_bytes: self.max_bytes_per_region,
+            },
+            max_bytes: self.max_bytes,
+        }
+    }
 }
 
 /// `pipeline:`
@@ -593,6 +698,7 @@ impl ConfigFile {
 
         let otlp = self.otlp.validate(http_addr, &mut problems);
         let shards = self.pipeline.validate(&mut problems);
+        let durability = self.durability.validate(&mut problems);
 
         let l = &self.limits;
         for (field, v) in [
@@ -898,6 +1004,7 @@ impl ConfigFile {
                 policy: std::sync::Arc::new(policy),
                 otlp,
                 shards,
+                durability,
             }),
             _ => Err(problems),
         }

@@ -183,6 +183,21 @@ pub struct Config {
     pub otlp: OtlpSettings,
     /// Workers of each partitioning sink (`pipeline.shards`, default one per core).
     pub shards: usize,
+    /// When a request is acknowledged, and the write-ahead log.
+    pub durability: DurabilitySettings,
+}
+
+/// `durability:` validated.
+#[derive(Debug, Clone)]
+pub struct DurabilitySettings {
+    /// When a request counts as kept.
+    pub mode: file::DurabilityMode,
+    /// Root of the per-region logs.
+    pub dir: std::path::PathBuf,
+    /// Each region's log.
+    pub limits: crate::wal::WalLimits,
+    /// All logs together.
+    pub max_bytes: u64,
 }
 
 /// `otlp:` validated.

@@ -101,11 +101,11 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Cancellati
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .body(Full::new(body.into()))
         .expect("static response is valid")
 }
 
@@ -129,10 +129,10 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>
         (&Method::GET | &Method::HEAD, "/-/ready") => {
             if state.draining.load(Ordering::Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down\n")
-            } else if !state.pipeline.is_ready() {
+            } else if let Some(why) = state.pipeline.unready_reason() {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: a sink has stopped\n",
+                    format!("not ready: {why}\n"),
                 )
             } else {
                 text(StatusCode::OK, "ready\n")

@@ -11,6 +11,8 @@ use protocols::DecodeError;
 
 use crate::pipeline::SubmitError;
 use crate::tenant::AuthError;
+use crate::wal::writer::AppendError;
+use crate::wal::WalError;
 
 /// Seconds a client should wait after a 503; short, since most causes are momentary.
 const RETRY_AFTER_SECS: u32 = 1;
@@ -99,6 +101,11 @@ impl ApiError {
             ApiError::BodyRead(_) => "body_read",
             ApiError::Decode(e) => e.reason(),
             ApiError::Unavailable(SubmitError::Overloaded { .. }) => "overloaded",
+            ApiError::Unavailable(SubmitError::Wal { error, .. }) => match error {
+                AppendError::Busy => "overloaded",
+                AppendError::Wal(WalError::Full { .. }) => "wal_full",
+                _ => "wal_unavailable",
+            },
             ApiError::Unavailable(_) => "sink_unavailable",
             ApiError::Draining => "draining",
             ApiError::NotFound => "not_found",

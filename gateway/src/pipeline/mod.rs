@@ -12,11 +12,35 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use protocols::remote_write::v1::ExtraLabels;
+use protocols::remote_write::v1::{encode_series_with_labels, ExtraLabels};
 use protocols::{Batch, SeriesRef};
 use residency_rules::{EditOp, LabelEdit, RegionId, RegionSet, TenantId, TenantView};
 
 use crate::sinks::{SinkError, SinkHandle};
+use crate::wal::writer::{AppendError, WalHandle};
+
+pub mod record;
+
+/// When a request counts as kept, and so when it is acknowledged (`durability.mode`).
+#[derive(Clone)]
+pub enum Durability {
+    /// Once every region's share is fsynced in that region's write-ahead log; the sinks read
+    /// it from there (at-least-once: a crash may deliver a record twice, never lose it).
+    Wal(Arc<HashMap<RegionId, WalHandle>>),
+    /// Once every sink of the region confirmed it (nothing on local disk; an upstream outage
+    /// is answered with 503 at once).
+    Upstream,
+    /// Once queued for the sinks: lossy, for data that may be lost (a crash or a failing
+    /// upstream drops what was acknowledged).
+    None,
+}
+
+/// Milliseconds since the epoch, now.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// A label edit with its replacement value already computed (hashes need the policy key,
 /// which sinks do not hold).
@@ -145,6 +169,18 @@ impl TaggedBatch {
             .collect();
     }
 
+    /// Appends the series at batch index `index` as a remote-write 1.0 `timeseries` field
+    /// with its stored labels. The common case copies the client's bytes with the tags
+    /// spliced in; edited or non-canonical series are encoded afresh.
+    pub fn put_v1_series(&self, index: u32, series: &SeriesRef<'_>, buf: &mut Vec<u8>) {
+        let edits = self.edits_of(index);
+        if !(edits.is_empty() && self.extra.put_spliced(series, buf)) {
+            let labels = output_labels(series, edits, &self.tags);
+            let labels = labels.iter().map(|(k, v)| (k.as_ref(), *v));
+            encode_series_with_labels(series, labels, buf);
+        }
+    }
+
     /// The series of this share with their stored labels (see [`output_labels`]).
     pub fn series(&self) -> impl Iterator<Item = (SeriesRef<'_>, Vec<(Cow<'_, str>, &str)>)> {
         (0..self.len()).filter_map(move |pos| {
@@ -262,6 +298,14 @@ pub enum SubmitError {
         /// What went wrong.
         error: SinkError,
     },
+    /// A region's write-ahead log did not keep the share (full, busy or failing).
+    #[error("region {region}: {error}")]
+    Wal {
+        /// The region.
+        region: RegionId,
+        /// What went wrong.
+        error: AppendError,
+    },
     /// None of the allowed regions has a sink (prevented by config validation, kept as an
     /// error rather than a panic; the data goes nowhere rather than out of its regions).
     #[error("no sink serves any region allowed for tenant {0}")]
@@ -272,6 +316,7 @@ pub enum SubmitError {
 #[derive(Clone)]
 pub struct Pipeline {
     routes: Arc<HashMap<RegionId, Vec<SinkHandle>>>,
+    durability: Durability,
     tenant_label: Arc<str>,
     region_label: Arc<str>,
 }
@@ -280,6 +325,7 @@ impl Pipeline {
     /// Builds the routing table from sink handles, each tagged with its one region.
     pub fn new(
         sinks: impl IntoIterator<Item = SinkHandle>,
+        durability: Durability,
         tenant_label: &str,
         region_label: &str,
     ) -> Self {
@@ -289,14 +335,33 @@ impl Pipeline {
         }
         Self {
             routes: Arc::new(routes),
+            durability,
             tenant_label: tenant_label.into(),
             region_label: region_label.into(),
         }
     }
 
-    /// True when every sink is still running.
-    pub fn is_ready(&self) -> bool {
-        self.routes.values().flatten().all(SinkHandle::is_running)
+    /// Why the gateway cannot keep what it is sent right now, if it cannot: a sink stopped,
+    /// or a region's write-ahead log is full.
+    pub fn unready_reason(&self) -> Option<String> {
+        if let Some(s) = self.routes.values().flatten().find(|s| !s.is_running()) {
+            return Some(format!("sink {} has stopped", s.name()));
+        }
+        if let Durability::Wal(logs) = &self.durability {
+            let mut full: Vec<&str> = logs
+                .iter()
+                .filter(|(_, h)| h.is_full())
+                .map(|(r, _)| r.as_str())
+                .collect();
+            if !full.is_empty() {
+                full.sort_unstable();
+                return Some(format!(
+                    "write-ahead log full in region {} (its sinks are behind; writes get 503 until they catch up)",
+                    full.join(", ")
+                ));
+            }
+        }
+        None
     }
 
     /// Whether some region has sinks.
@@ -342,8 +407,9 @@ impl Pipeline {
                 None => shares.push((region.clone(), selection)),
             }
         }
-        // Enqueue everywhere first so sinks work in parallel, then wait for every ack.
+        // Enqueue everywhere first so regions work in parallel, then wait for every ack.
         let mut acks = Vec::new();
+        let mut appends = Vec::new();
         for (region, selection) in shares {
             let tags = gateway_tags(
                 &self.tenant_label,
@@ -370,10 +436,36 @@ impl Pipeline {
                 // Hashed here, on the connection's task, so that sink workers only frame.
                 share.compute_hashes();
             }
-            let share = Arc::new(share);
-            for sink in sinks {
-                acks.push((sink, sink.enqueue(share.clone())?));
+            match &self.durability {
+                Durability::Wal(logs) => {
+                    let log = logs
+                        .get(&region)
+                        .ok_or_else(|| SubmitError::NoRoute(tenant.clone()))?;
+                    let payload = record::encode(&share, now_ms());
+                    let pending = log.send(vec![payload]).map_err(|error| SubmitError::Wal {
+                        region: region.clone(),
+                        error,
+                    })?;
+                    appends.push((region, pending));
+                }
+                Durability::Upstream | Durability::None => {
+                    let share = Arc::new(share);
+                    for sink in sinks {
+                        acks.push((sink, sink.enqueue(share.clone())?));
+                    }
+                }
             }
+        }
+        // Every region's share is kept, or the client is told to retry (a share kept in one
+        // region while another refused is kept twice after the retry: at-least-once).
+        for (region, pending) in appends {
+            WalHandle::wait(pending)
+                .await
+                .map_err(|error| SubmitError::Wal { region, error })?;
+        }
+        if matches!(self.durability, Durability::None) {
+            // Acknowledged once queued; the sinks report their own failures.
+            return Ok(());
         }
         for (sink, ack) in acks {
             match ack.await {

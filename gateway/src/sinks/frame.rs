@@ -2,7 +2,7 @@
 //! partition. Shared by the Kafka sink and the `null` sink, so that measuring with `null`
 //! costs the gateway exactly what producing to Kafka costs it, minus the Kafka client.
 
-use protocols::remote_write::v1::{encode_metadata, encode_series_with_labels};
+use protocols::remote_write::v1::encode_metadata;
 use protocols::remote_write::v2::V2Writer;
 
 use super::SinkRequest;
@@ -113,12 +113,7 @@ impl Framing {
                         encode_metadata(&share.batch, buf);
                         metadata_due = false;
                     }
-                    // The common case copies the client's bytes with the tags spliced in.
-                    if !(edits.is_empty() && share.extra.put_spliced(&series, buf)) {
-                        let labels = output_labels(&series, edits, &share.tags);
-                        let labels = labels.iter().map(|(k, v)| (k.as_ref(), *v));
-                        encode_series_with_labels(&series, labels, buf);
-                    }
+                    share.put_v1_series(index, &series, buf);
                 }
                 // 2.0 carries metadata per series.
                 Framer::V2 { writer, .. } => {

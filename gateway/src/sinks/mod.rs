@@ -4,7 +4,7 @@
 //! Sinks may call object stores and the network; they never decide routing (that is
 //! `pipeline`) and never answer clients (that is `listen`).
 
-mod frame;
+pub(crate) mod frame;
 pub mod kafka;
 pub mod null;
 pub mod parquet;

@@ -1,0 +1,461 @@
+//! Delivery: from each region's write-ahead log to that region's sinks.
+//!
+//! With `durability.mode: wal` the pipeline only appends a region's share to the region's log
+//! and answers once it is fsynced; everything after that happens here. Each sink of a region
+//! has a feeder task that reads the log from the sink's committed cursor, hands records to the
+//! sink, and advances the cursor only over records the sink confirmed, in order. The cursor is
+//! a small file written atomically (temporary file, fsync, rename, directory fsync) at most
+//! every [`PERSIST_EVERY`]; segments are deleted once every sink's persisted cursor is past
+//! them. On start each feeder replays from its cursor, so a record is delivered at least once:
+//! a crash between a sink's confirmation and the next cursor write delivers it again.
+//!
+//! A record the sink fails (an upstream outage outlasting the sink's own retries) is retried
+//! with backoff from that record on, for as long as it takes: the log absorbs the outage until
+//! its bound, and then the pipeline answers 503.
+//!
+//! May call: the log (`wal`), sinks through their handles, the filesystem for cursor files.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use residency_rules::RegionId;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::pipeline::{now_ms, record, SubmitError, TaggedBatch};
+use crate::sinks::{SinkError, SinkHandle};
+use crate::wal::reader::WalReader;
+use crate::wal::writer::{self, WalHandle};
+use crate::wal::{SharedBudget, Wal, WalError, WalLimits};
+
+/// A cursor is written at most this often (and at shutdown); a crash redelivers at most
+/// this much confirmed data.
+pub const PERSIST_EVERY: Duration = Duration::from_millis(200);
+/// Records one feeder has handed its sink and not yet seen confirmed.
+const MAX_IN_FLIGHT_RECORDS: usize = 8192;
+/// Backoff after a failed record, doubling to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a feeder waits for a full sink queue before trying again.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(2);
+/// Requests queued for a region's log writer before appends are refused as busy.
+const WRITER_QUEUE: usize = 4096;
+
+/// Why a region's log could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("region {region}: {source}")]
+pub struct StartError {
+    region: RegionId,
+    #[source]
+    source: WalError,
+}
+
+/// A sink of a region, with how much record payload its feeder may have in flight (a sink
+/// that batches long, like Parquet, needs a wider window to fill its files).
+pub struct SinkSlot {
+    /// The sink.
+    pub sink: SinkHandle,
+    /// Record bytes in flight at most.
+    pub window_bytes: usize,
+}
+
+/// What the feeders of one region share: each sink's persisted cursor (for segment deletion)
+/// and the acceptance time of its oldest unconfirmed record (for the lag gauge; 0 for none).
+struct Progress {
+    cursors: Vec<AtomicU64>,
+    oldest_ms: Vec<AtomicU64>,
+}
+
+/// A started region: its log's handle (for the pipeline) and the tasks to await at shutdown.
+pub struct StartedRegion {
+    /// Appends to the region's log.
+    pub wal: WalHandle,
+    /// Feeders and the gauge task; they end once `stop` fired and in-flight records settled.
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// Opens `region`'s log under `root`, starts its writer, one feeder per sink, and its gauges.
+pub fn start_region(
+    region: &RegionId,
+    root: &Path,
+    limits: WalLimits,
+    budget: &Arc<SharedBudget>,
+    slots: Vec<SinkSlot>,
+    stop: &CancellationToken,
+) -> Result<StartedRegion, StartError> {
+    let err = |source| StartError {
+        region: region.clone(),
+        source,
+    };
+    let dir = root.join(region.as_str());
+    let (mut wal, recovery) = Wal::open(&dir, limits).map_err(err)?;
+    wal.share_budget(budget.clone());
+    let (first, next) = (wal.first_seq(), wal.next_seq());
+    let (tx, rx) = writer::queue(WRITER_QUEUE);
+    let (handle, _thread) = writer::start(region.as_str(), wal, tx, rx).map_err(|e| {
+        err(WalError::Io {
+            path: dir.clone(),
+            source: e,
+        })
+    })?;
+    let progress = Arc::new(Progress {
+        cursors: slots.iter().map(|_| AtomicU64::new(first)).collect(),
+        oldest_ms: slots.iter().map(|_| AtomicU64::new(0)).collect(),
+    });
+    let mut tasks = Vec::new();
+    let cursor_dir = dir.join("cursors");
+    std::fs::create_dir_all(&cursor_dir).map_err(|e| {
+        err(WalError::Io {
+            path: cursor_dir.clone(),
+            source: e,
+        })
+    })?;
+    let mut starts = Vec::new();
+    for (slot, s) in slots.iter().enumerate() {
+        let path = cursor_dir.join(cursor_name(s.sink.name()));
+        let cursor = match read_cursor(&path) {
+            Some(c) if (first..=next).contains(&c) => c,
+            Some(c) => {
+                warn!(
+                    sink = s.sink.name(),
+                    cursor = c,
+                    first,
+                    next,
+                    "cursor is outside the log; delivering the whole log again"
+                );
+                first
+            }
+            None => first,
+        };
+        progress.cursors[slot].store(cursor, Ordering::Relaxed);
+        starts.push((path, cursor));
+    }
+    info!(
+        region = %region,
+        records = recovery.records,
+        cut_bytes = recovery.bytes_cut,
+        replay = ?starts.iter().map(|(_, c)| next - c).collect::<Vec<_>>(),
+        "write-ahead log ready"
+    );
+    for (slot, (s, (path, cursor))) in slots.into_iter().zip(starts).enumerate() {
+        let reader = WalReader::open(&dir, cursor).map_err(err)?;
+        let feeder = Feeder {
+            region: region.clone(),
+            sink: s.sink,
+            window_bytes: s.window_bytes.max(1),
+            slot,
+            dir: dir.clone(),
+            cursor_path: path,
+            wal: handle.clone(),
+            progress: progress.clone(),
+            replay_until: next,
+        };
+        tasks.push(tokio::spawn(feeder.run(
+            reader,
+            handle.durable(),
+            stop.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(gauges(
+        region.clone(),
+        handle.clone(),
+        progress,
+        stop.clone(),
+    )));
+    Ok(StartedRegion { wal: handle, tasks })
+}
+
+/// The cursor file of a sink: its kind (`kafka/eu` -> `kafka`), one per kind per region.
+fn cursor_name(sink: &str) -> String {
+    sink.split('/')
+        .next()
+        .unwrap_or(sink)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+fn read_cursor(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match text.trim().parse() {
+        Ok(c) => Some(c),
+        Err(_) => {
+            warn!(path = %path.display(), "cursor file is unreadable; delivering the whole log again");
+            None
+        }
+    }
+}
+
+/// Writes `seq` to `path` so that a crash leaves the old or the new value, never a torn one.
+fn write_cursor(path: &Path, seq: u64) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    writeln!(f, "{seq}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A record handed to the sink, awaiting its confirmation.
+struct InFlight {
+    seq: u64,
+    bytes: usize,
+    accepted_ms: u64,
+    ack: oneshot::Receiver<Result<(), SinkError>>,
+}
+
+enum Event {
+    Ack(Result<Result<(), SinkError>, oneshot::error::RecvError>),
+    More,
+    Tick,
+    Stop,
+}
+
+struct Feeder {
+    region: RegionId,
+    sink: SinkHandle,
+    window_bytes: usize,
+    slot: usize,
+    dir: PathBuf,
+    cursor_path: PathBuf,
+    wal: WalHandle,
+    progress: Arc<Progress>,
+    /// Records below this were in the log when the gateway started: replays.
+    replay_until: u64,
+}
+
+impl Feeder {
+    async fn run(
+        self,
+        mut reader: WalReader,
+        mut durable: watch::Receiver<u64>,
+        stop: CancellationToken,
+    ) {
+        let labels = [
+            ("region", self.region.to_string()),
+            ("sink", self.sink.name().to_string()),
+        ];
+        let replayed = metrics::counter!("traceo_wal_replayed_records_total", &labels);
+        let retries = metrics::counter!("traceo_delivery_retries_total", &labels);
+        let corrupt = metrics::counter!("traceo_wal_corrupt_records_total", &labels);
+        let delivered = metrics::counter!("traceo_delivery_records_total", &labels);
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut bytes_in_flight = 0usize;
+        let mut committed = reader.position();
+        let mut persisted = committed;
+        let mut last_persist = Instant::now();
+        let mut backoff = MIN_BACKOFF;
+        let mut stopping = false;
+        loop {
+            // Fill the window from the log.
+            while !stopping
+                && in_flight.len() < MAX_IN_FLIGHT_RECORDS
+                && bytes_in_flight < self.window_bytes
+            {
+                let end = *durable.borrow();
+                let at = reader.position();
+                let (seq, payload) = match reader.next_record(end) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(e @ WalError::Corrupt { .. }) => {
+                        corrupt.increment(1);
+                        error!(region = %self.region, sink = self.sink.name(), error = %e, "write-ahead log record lost to corruption; going on after it");
+                        if reader.position() == at {
+                            if let Err(e) = reader.skip_segment() {
+                                error!(region = %self.region, error = %e, "cannot step over the corruption; retrying");
+                                pause(&stop, Duration::from_secs(1)).await;
+                                break;
+                            }
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        error!(region = %self.region, sink = self.sink.name(), error = %e, "cannot read the write-ahead log; retrying");
+                        pause(&stop, Duration::from_secs(1)).await;
+                        break;
+                    }
+                };
+                let bytes = payload.len();
+                let (accepted_ms, ack) = match record::decode(payload, &self.region) {
+                    Ok(rec) => match self.enqueue(Arc::new(rec.share), &stop).await {
+                        Some(ack) => (rec.accepted_ms, ack),
+                        None => {
+                            // Stopping: this record is delivered after the restart.
+                            stopping = true;
+                            break;
+                        }
+                    },
+                    Err(e) => {
+                        corrupt.increment(1);
+                        error!(region = %self.region, sink = self.sink.name(), seq, error = %e, "write-ahead log record cannot be read back; skipping it");
+                        let (tx, rx) = oneshot::channel();
+                        let _ = tx.send(Ok(()));
+                        (0, rx)
+                    }
+                };
+                if seq < self.replay_until {
+                    replayed.increment(1);
+                }
+                in_flight.push_back(InFlight {
+                    seq,
+                    bytes,
+                    accepted_ms,
+                    ack,
+                });
+                bytes_in_flight += bytes;
+            }
+            self.progress.oldest_ms[self.slot].store(
+                in_flight.front().map_or(0, |f| f.accepted_ms.max(1)),
+                Ordering::Relaxed,
+            );
+
+            let room =
+                in_flight.len() < MAX_IN_FLIGHT_RECORDS && bytes_in_flight < self.window_bytes;
+            let event = match in_flight.front_mut() {
+                Some(front) => tokio::select! {
+                    r = &mut front.ack => Event::Ack(r),
+                    r = durable.changed(), if !stopping && room => {
+                        if r.is_ok() { Event::More } else { Event::Stop }
+                    }
+                    _ = stop.cancelled(), if !stopping => Event::Stop,
+                    _ = tokio::time::sleep(PERSIST_EVERY) => Event::Tick,
+                },
+                None if stopping => break,
+                None => tokio::select! {
+                    r = durable.changed() => if r.is_ok() { Event::More } else { Event::Stop },
+                    _ = stop.cancelled() => Event::Stop,
+                    _ = tokio::time::sleep(PERSIST_EVERY) => Event::Tick,
+                },
+            };
+            match event {
+                Event::Ack(Ok(Ok(()))) => {
+                    if let Some(f) = in_flight.pop_front() {
+                        committed = f.seq + 1;
+                        bytes_in_flight -= f.bytes;
+                        delivered.increment(1);
+                    }
+                    backoff = MIN_BACKOFF;
+                }
+                Event::Ack(result) => {
+                    let seq = in_flight.front().map_or(committed, |f| f.seq);
+                    if stopping {
+                        // The sink stopped; what is unconfirmed is delivered after the restart.
+                        break;
+                    }
+                    let why = match result {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "the sink dropped the record".to_string(),
+                    };
+                    retries.increment(1);
+                    warn!(region = %self.region, sink = self.sink.name(), seq, error = %why, retry_in = ?backoff, "delivery failed; retrying from this record");
+                    pause(&stop, backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    // Everything after it goes again too (at-least-once), in log order.
+                    in_flight.clear();
+                    bytes_in_flight = 0;
+                    match WalReader::open(&self.dir, seq) {
+                        Ok(r) => reader = r,
+                        Err(e) => {
+                            error!(region = %self.region, sink = self.sink.name(), seq, error = %e, "cannot reread the write-ahead log");
+                        }
+                    }
+                }
+                Event::More | Event::Tick => {}
+                Event::Stop => stopping = true,
+            }
+            if committed != persisted && (stopping || last_persist.elapsed() >= PERSIST_EVERY) {
+                if self.persist(committed) {
+                    persisted = committed;
+                }
+                last_persist = Instant::now();
+            }
+        }
+        if committed != persisted {
+            self.persist(committed);
+        }
+        self.progress.oldest_ms[self.slot].store(0, Ordering::Relaxed);
+    }
+
+    /// Writes the cursor and lets the log delete what every sink of the region is past.
+    fn persist(&self, committed: u64) -> bool {
+        if let Err(e) = write_cursor(&self.cursor_path, committed) {
+            error!(path = %self.cursor_path.display(), error = %e, "cannot write the delivery cursor; the log keeps the records");
+            return false;
+        }
+        self.progress.cursors[self.slot].store(committed, Ordering::Release);
+        let floor = self
+            .progress
+            .cursors
+            .iter()
+            .map(|c| c.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(committed);
+        self.wal.release(floor);
+        true
+    }
+
+    /// Queues `share` for the sink, waiting while its queue is full; `None` once stopping
+    /// or the sink is gone.
+    async fn enqueue(
+        &self,
+        share: Arc<TaggedBatch>,
+        stop: &CancellationToken,
+    ) -> Option<oneshot::Receiver<Result<(), SinkError>>> {
+        loop {
+            match self.sink.enqueue(share.clone()) {
+                Ok(ack) => return Some(ack),
+                Err(SubmitError::Overloaded { .. }) => {
+                    if stop.is_cancelled() {
+                        return None;
+                    }
+                    tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// Sleeps `d`, or less if `stop` fires.
+async fn pause(stop: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = stop.cancelled() => {}
+    }
+}
+
+/// The region's log gauges, once a second.
+async fn gauges(
+    region: RegionId,
+    wal: WalHandle,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+) {
+    let labels = [("region", region.to_string())];
+    let bytes = metrics::gauge!("traceo_wal_bytes", &labels);
+    let records = metrics::gauge!("traceo_wal_records", &labels);
+    let lag = metrics::gauge!("replication_lag_seconds", &labels);
+    let durable = wal.durable();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while tokio::select! { _ = tick.tick() => true, _ = stop.cancelled() => false } {
+        bytes.set(wal.bytes() as f64);
+        records.set(durable.borrow().saturating_sub(wal.first_seq()) as f64);
+        let oldest = progress
+            .oldest_ms
+            .iter()
+            .map(|o| o.load(Ordering::Relaxed))
+            .filter(|&o| o > 0)
+            .min();
+        lag.set(oldest.map_or(0.0, |o| now_ms().saturating_sub(o) as f64 / 1000.0));
+    }
+}
