@@ -85,6 +85,17 @@ impl Proc {
         assert!(ok, "kill -{sig} {} failed", self.name);
     }
 
+    /// The exit status if the process has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Kills the process with SIGKILL (no chance to flush or clean up) and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits for exit; returns the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -149,20 +160,35 @@ impl Gateway {
             .replace("{dir}", &dir.display().to_string());
         let cfg = dir.join("gateway.yaml");
         std::fs::write(&cfg, yaml).expect("write config");
-        let mut cmd = Command::new(bin);
-        cmd.arg("run").arg("--config").arg(&cfg).current_dir(dir);
-        cmd.env("RUST_LOG", "info");
-        let mut proc = Proc::spawn("traceo-gateway", cmd, dir.join("gateway.log"));
-        let url = format!("http://127.0.0.1:{port}/-/ready");
-        wait_for("gateway readiness", Duration::from_secs(30), || {
-            proc.assert_running();
-            get(&url).filter(|(s, _)| *s == 200)
-        });
+        let proc = Self::spawn(bin, dir, port, "gateway.log");
         Gateway {
             proc,
             port,
             dir: dir.to_path_buf(),
         }
+    }
+
+    fn spawn(bin: &str, dir: &Path, port: u16, log: &str) -> Proc {
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(dir.join("gateway.yaml"))
+            .current_dir(dir);
+        cmd.env("RUST_LOG", "info");
+        let mut proc = Proc::spawn("traceo-gateway", cmd, dir.join(log));
+        let url = format!("http://127.0.0.1:{port}/-/ready");
+        wait_for("gateway readiness", Duration::from_secs(30), || {
+            proc.assert_running();
+            get(&url).filter(|(s, _)| *s == 200)
+        });
+        proc
+    }
+
+    /// Kills the gateway with SIGKILL and starts it again with the same config, port and
+    /// directory (its log goes to `log`); returns once it is ready.
+    pub fn kill9_and_restart(&mut self, bin: &str, log: &str) {
+        self.proc.kill9();
+        self.proc = Self::spawn(bin, &self.dir, self.port, log);
     }
 
     /// `http://127.0.0.1:<port><path>`.
