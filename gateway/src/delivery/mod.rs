@@ -286,7 +286,12 @@ impl Feeder {
                     }
                 };
                 let bytes = payload.len();
-                let (accepted_ms, ack) = match record::decode(payload, &self.region) {
+                let read = if self.sink.forwards_v1() {
+                    record::read_raw(payload, &self.region)
+                } else {
+                    record::decode(payload, &self.region)
+                };
+                let (accepted_ms, ack) = match read {
                     Ok(rec) => match self.enqueue(Arc::new(rec.share), &stop).await {
                         Some(ack) => (rec.accepted_ms, ack),
                         None => {

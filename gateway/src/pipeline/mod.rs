@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use protocols::remote_write::v1::{encode_series_with_labels, ExtraLabels};
+use protocols::remote_write::v1::{encode_metadata, encode_series_with_labels, ExtraLabels};
 use protocols::{Batch, SeriesRef};
 use residency_rules::{EditOp, LabelEdit, RegionId, RegionSet, TenantId, TenantView};
 
@@ -128,14 +128,55 @@ pub struct TaggedBatch {
     /// Identity hash of each series of the share, by position (see [`series_hash`]); empty
     /// when no sink of the region partitions.
     pub hashes: Vec<u64>,
+    /// A share read back from the write-ahead log for a sink that forwards remote-write 1.0:
+    /// its series as the log's own bytes, not decoded (`batch` is then empty).
+    pub raw: Option<record::RawSeries>,
 }
 
 impl TaggedBatch {
     /// Number of series in this share.
     pub fn len(&self) -> usize {
+        if let Some(raw) = &self.raw {
+            return raw.series.len();
+        }
         self.selection
             .as_ref()
             .map_or(self.batch.series_count(), Vec::len)
+    }
+
+    /// Whether the share carries metric metadata.
+    pub fn has_metadata(&self) -> bool {
+        match &self.raw {
+            Some(raw) => !raw.metadata.is_empty(),
+            None => self.batch.metadata_count() > 0,
+        }
+    }
+
+    /// Appends the share's metadata as remote-write 1.0 `metadata` fields.
+    pub fn put_v1_metadata(&self, buf: &mut Vec<u8>) {
+        match &self.raw {
+            Some(raw) => {
+                for r in &raw.metadata {
+                    buf.extend_from_slice(&raw.body[r.clone()]);
+                }
+            }
+            None => encode_metadata(&self.batch, buf),
+        }
+    }
+
+    /// Appends the series at `pos` in the share as a remote-write 1.0 `timeseries` field
+    /// with its stored labels (copied as is from a raw share).
+    pub fn put_v1_at(&self, pos: usize, buf: &mut Vec<u8>) {
+        if let Some(raw) = &self.raw {
+            if let Some(r) = raw.series.get(pos) {
+                buf.extend_from_slice(&raw.body[r.clone()]);
+            }
+            return;
+        }
+        let index = self.series_index(pos);
+        if let Some(series) = self.batch.series_at(index as usize) {
+            self.put_v1_series(index, &series, buf);
+        }
     }
 
     /// Whether the share has no series.
@@ -431,6 +472,7 @@ impl Pipeline {
                 extra: ExtraLabels::new(tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
                 tags: tags.into(),
                 hashes: Vec::new(),
+                raw: None,
             };
             if sinks.iter().any(SinkHandle::needs_hashes) {
                 // Hashed here, on the connection's task, so that sink workers only frame.

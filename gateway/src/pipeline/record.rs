@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
-use protocols::remote_write::v1::{decode_message, encode_metadata, ExtraLabels};
+use protocols::remote_write::v1::{decode_message, ExtraLabels};
 use protocols::{DecodeError, DecodeLimits};
 use residency_rules::{RegionId, TenantId};
 
@@ -61,6 +61,9 @@ pub enum RecordError {
         /// Series stored.
         series: usize,
     },
+    /// A field key the gateway never writes into a record.
+    #[error("record payload has an unexpected field key {0:#x}")]
+    Field(u64),
     /// The `WriteRequest` does not decode.
     #[error("record payload: {0}")]
     Payload(#[from] DecodeError),
@@ -85,14 +88,66 @@ pub fn encode(share: &TaggedBatch, accepted_ms: u64) -> Vec<u8> {
     for h in hashes {
         out.extend_from_slice(&h.to_le_bytes());
     }
-    encode_metadata(&share.batch, &mut out);
+    share.put_v1_metadata(&mut out);
     for pos in 0..share.len() {
-        let index = share.series_index(pos);
-        if let Some(series) = share.batch.series_at(index as usize) {
-            share.put_v1_series(index, &series, &mut out);
-        }
+        share.put_v1_at(pos, &mut out);
     }
     out
+}
+
+/// A record's `WriteRequest` as byte ranges of its fields (tag and length included), for
+/// sinks that forward remote-write 1.0 as stored: framing is then copying, with no second
+/// decode of what the connection already decoded and checked.
+#[derive(Debug)]
+pub struct RawSeries {
+    /// The `WriteRequest` bytes.
+    pub body: Bytes,
+    /// Each `timeseries` field, in series order.
+    pub series: Vec<std::ops::Range<usize>>,
+    /// Each `metadata` field.
+    pub metadata: Vec<std::ops::Range<usize>>,
+}
+
+fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Splits a `WriteRequest` into its top-level fields (only `timeseries` = 1 and `metadata` =
+/// 3, length-delimited, are written into records).
+fn split_fields(body: Bytes) -> Result<RawSeries, RecordError> {
+    let mut raw = RawSeries {
+        body,
+        series: Vec::new(),
+        metadata: Vec::new(),
+    };
+    let buf = &raw.body[..];
+    let mut pos = 0;
+    while pos < buf.len() {
+        let start = pos;
+        let key = varint(buf, &mut pos).ok_or(RecordError::Truncated("field key"))?;
+        let len = varint(buf, &mut pos).ok_or(RecordError::Truncated("field length"))?;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| pos.checked_add(l))
+            .filter(|&e| e <= buf.len())
+            .ok_or(RecordError::Truncated("field"))?;
+        match key {
+            0x0a => raw.series.push(start..end),
+            0x1a => raw.metadata.push(start..end),
+            other => return Err(RecordError::Field(other)),
+        }
+        pos = end;
+    }
+    Ok(raw)
 }
 
 /// A record read back.
@@ -103,6 +158,9 @@ pub struct Record {
     /// The share, tagged already: its `tags` are empty, its labels final.
     pub share: TaggedBatch,
 }
+
+static EMPTY: LazyLock<Arc<protocols::Batch>> =
+    LazyLock::new(|| Arc::new(protocols::Batch::default()));
 
 static NO_EDITS: LazyLock<Arc<HashMap<u32, Box<[ResolvedEdit]>>>> =
     LazyLock::new(|| Arc::new(HashMap::new()));
@@ -116,8 +174,18 @@ fn take<'a>(buf: &mut &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8]
     Ok(head)
 }
 
-/// Reads a record of `region`'s log.
+/// Reads a record of `region`'s log, decoded.
 pub fn decode(payload: Vec<u8>, region: &RegionId) -> Result<Record, RecordError> {
+    read(payload, region, false)
+}
+
+/// Reads a record of `region`'s log for a sink that forwards remote-write 1.0: the share is
+/// raw ([`RawSeries`]) when the record carries identity hashes, decoded otherwise.
+pub fn read_raw(payload: Vec<u8>, region: &RegionId) -> Result<Record, RecordError> {
+    read(payload, region, true)
+}
+
+fn read(payload: Vec<u8>, region: &RegionId, raw: bool) -> Result<Record, RecordError> {
     let payload = Bytes::from(payload);
     let mut buf = &payload[..];
     let version = take(&mut buf, 1, "version")?[0];
@@ -150,6 +218,27 @@ pub fn decode(payload: Vec<u8>, region: &RegionId) -> Result<Record, RecordError
         })
         .collect();
     let body = payload.slice(payload.len() - buf.len()..);
+    if raw && !hashes.is_empty() {
+        let raw = split_fields(body)?;
+        if hashes.len() != raw.series.len() {
+            return Err(RecordError::Hashes {
+                hashes: hashes.len(),
+                series: raw.series.len(),
+            });
+        }
+        let share = TaggedBatch {
+            tenant,
+            region: region.clone(),
+            batch: EMPTY.clone(),
+            selection: None,
+            edits: NO_EDITS.clone(),
+            tags: Arc::from(Vec::new()),
+            extra: ExtraLabels::new(std::iter::empty::<(&str, &str)>()),
+            hashes,
+            raw: Some(raw),
+        };
+        return Ok(Record { accepted_ms, share });
+    }
     let batch = decode_message(body, &RECORD_LIMITS)?;
     if !hashes.is_empty() && hashes.len() != batch.series_count() {
         return Err(RecordError::Hashes {
@@ -166,6 +255,7 @@ pub fn decode(payload: Vec<u8>, region: &RegionId) -> Result<Record, RecordError
         tags: Arc::from(Vec::new()),
         extra: ExtraLabels::new(std::iter::empty::<(&str, &str)>()),
         hashes,
+        raw: None,
     };
     if share.hashes.is_empty() && share.batch.series_count() > 0 {
         // Written when no sink of the region partitioned; one does now.
@@ -221,6 +311,38 @@ mod tests {
     }
 
     #[test]
+    fn a_raw_share_frames_the_same_bytes_as_a_decoded_one() {
+        let original = share(40);
+        let payload = encode(&original, 7);
+        let region = RegionId::parse("eu").unwrap();
+        let decoded = decode(payload.clone(), &region).unwrap().share;
+        let raw = read_raw(payload.clone(), &region).unwrap().share;
+        assert!(raw.raw.is_some() && decoded.raw.is_none());
+        assert_eq!(raw.len(), 40);
+        assert_eq!(raw.hashes, decoded.hashes);
+        assert!(raw.has_metadata());
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        decoded.put_v1_metadata(&mut a);
+        raw.put_v1_metadata(&mut b);
+        for pos in 0..40 {
+            decoded.put_v1_at(pos, &mut a);
+            raw.put_v1_at(pos, &mut b);
+        }
+        assert_eq!(a, b);
+        assert_eq!(
+            encode(&raw, 7),
+            payload,
+            "a raw share re-encodes to its record"
+        );
+        // Without hashes (no partitioning sink when written) it is decoded after all.
+        let mut unhashed = share(3);
+        unhashed.hashes.clear();
+        let r = read_raw(encode(&unhashed, 7), &region).unwrap().share;
+        assert!(r.raw.is_none());
+        assert_eq!(r.len(), 3);
+    }
+
+    #[test]
     fn damaged_records_are_errors_not_panics() {
         let payload = encode(&share(3), 1);
         let region = RegionId::parse("eu").unwrap();
@@ -228,6 +350,11 @@ mod tests {
             // Every prefix either fails or (cut at a field boundary) decodes fewer series.
             if let Ok(r) = decode(payload[..cut].to_vec(), &region) {
                 assert!(r.share.batch.series_count() < 3);
+            }
+        }
+        for cut in 0..payload.len() {
+            if let Ok(r) = read_raw(payload[..cut].to_vec(), &region) {
+                assert!(r.share.len() < 3);
             }
         }
         let mut bad = payload.clone();

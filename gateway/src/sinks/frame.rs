@@ -2,7 +2,6 @@
 //! partition. Shared by the Kafka sink and the `null` sink, so that measuring with `null`
 //! costs the gateway exactly what producing to Kafka costs it, minus the Kafka client.
 
-use protocols::remote_write::v1::encode_metadata;
 use protocols::remote_write::v2::V2Writer;
 
 use super::SinkRequest;
@@ -95,11 +94,6 @@ impl Framing {
         let count = req.positions.as_ref().map_or(share.len(), Vec::len);
         for n in 0..count {
             let pos = req.positions.as_ref().map_or(n, |p| p[n] as usize);
-            let index = share.series_index(pos);
-            let Some(series) = share.batch.series_at(index as usize) else {
-                continue;
-            };
-            let edits = share.edits_of(index);
             let hash = match share.hashes.get(pos) {
                 Some(h) => *h,
                 None => share.hash_at(pos, &mut self.scratch),
@@ -110,13 +104,18 @@ impl Framing {
                 Framer::V1(buf) => {
                     if metadata_due {
                         // 1.0 metadata rides in the first message of the request.
-                        encode_metadata(&share.batch, buf);
+                        share.put_v1_metadata(buf);
                         metadata_due = false;
                     }
-                    share.put_v1_series(index, &series, buf);
+                    share.put_v1_at(pos, buf);
                 }
                 // 2.0 carries metadata per series.
                 Framer::V2 { writer, .. } => {
+                    let index = share.series_index(pos);
+                    let Some(series) = share.batch.series_at(index as usize) else {
+                        continue;
+                    };
+                    let edits = share.edits_of(index);
                     let labels = output_labels(&series, edits, &share.tags);
                     let labels = labels.iter().map(|(k, v)| (k.as_ref(), *v));
                     writer.add_series(&share.batch, &series, labels);
@@ -127,10 +126,10 @@ impl Framing {
                 return false;
             }
         }
-        if metadata_due && share.batch.metadata_count() > 0 {
+        if metadata_due && share.has_metadata() {
             // A part without series still carries the request's metadata.
             if let Framer::V1(buf) = &mut self.open[0] {
-                encode_metadata(&share.batch, buf);
+                share.put_v1_metadata(buf);
             }
         }
         for p in 0..self.open.len() {
@@ -218,6 +217,7 @@ pub(crate) mod tests {
                 .into(),
             extra: ExtraLabels::new(tags),
             hashes: Vec::new(),
+            raw: None,
         };
         share.compute_hashes();
         share

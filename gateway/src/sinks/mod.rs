@@ -165,6 +165,8 @@ pub struct SinkHandle {
     txs: Vec<mpsc::Sender<SinkRequest>>,
     /// Whether the sink reads [`TaggedBatch::hashes`] (it frames by partition).
     needs_hashes: bool,
+    /// Whether the sink writes remote-write 1.0 as is, so it can take raw shares.
+    forwards_v1: bool,
 }
 
 impl SinkHandle {
@@ -179,7 +181,19 @@ impl SinkHandle {
             region,
             txs,
             needs_hashes,
+            forwards_v1: false,
         }
+    }
+
+    /// Marks the sink as writing remote-write 1.0 as framed (see [`TaggedBatch::raw`]).
+    pub(crate) fn forwarding_v1(mut self) -> Self {
+        self.forwards_v1 = true;
+        self
+    }
+
+    /// Whether the sink may be handed raw shares read back from the write-ahead log.
+    pub(crate) fn forwards_v1(&self) -> bool {
+        self.forwards_v1
     }
 
     /// The sink's name, for errors and metrics.

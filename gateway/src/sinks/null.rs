@@ -11,7 +11,7 @@ use tracing::info;
 
 use super::frame::Framing;
 use super::{spawn_shards, ShardWorker, SinkHandle, SinkRequest};
-use crate::config::NullSinkConfig;
+use crate::config::{KafkaFormat, NullSinkConfig};
 
 /// Why the sink could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +38,13 @@ pub fn spawn(
             bytes: metrics::counter!("traceo_null_message_bytes_total", "sink" => name.clone()),
         })
         .collect();
-    let started = spawn_shards(&name, region.clone(), cfg.queue_capacity, workers, &cancel)
-        .map_err(|source| StartError { region, source })?;
+    let (mut handle, threads) =
+        spawn_shards(&name, region.clone(), cfg.queue_capacity, workers, &cancel)
+            .map_err(|source| StartError { region, source })?;
+    if cfg.format == KafkaFormat::RemoteWriteV1 {
+        handle = handle.forwarding_v1();
+    }
+    let started = (handle, threads);
     info!(sink = %name, shards, "null sink started: data sent to this region is dropped");
     Ok(started)
 }

@@ -154,8 +154,10 @@ pub fn start(
         .first_seq
         .store(wal.first_seq(), Ordering::Relaxed);
     let shared = published.clone();
-    let sync_seconds = metrics::histogram!("traceo_wal_fsync_seconds", "wal" => name.to_string());
-    let group_records = metrics::histogram!("traceo_wal_group_records", "wal" => name.to_string());
+    let sync_seconds =
+        metrics::histogram!("traceo_wal_fsync_seconds", "region" => name.to_string());
+    let group_records =
+        metrics::histogram!("traceo_wal_group_records", "region" => name.to_string());
     let thread = std::thread::Builder::new()
         .name(format!("wal/{name}"))
         .spawn(move || {

@@ -213,8 +213,13 @@ pub fn spawn(
             },
         });
     }
-    let started = spawn_shards(&name, region.clone(), cfg.queue_capacity, workers, &cancel)
-        .map_err(|source| StartError::Thread { region, source })?;
+    let (mut handle, threads) =
+        spawn_shards(&name, region.clone(), cfg.queue_capacity, workers, &cancel)
+            .map_err(|source| StartError::Thread { region, source })?;
+    if cfg.format == KafkaFormat::RemoteWriteV1 {
+        handle = handle.forwarding_v1();
+    }
+    let started = (handle, threads);
     info!(sink = %name, shards, "kafka sink started");
     Ok(started)
 }
