@@ -14,12 +14,15 @@
 # Environment: DURATION (s per phase, 20), GATEWAY_CPU (0), SHARDS (one per gateway CPU),
 # LOADGEN_CPUS (1, or e.g. 1-15),
 # CONNECTIONS (8), SERIES_PER_REQUEST (2000), LABELS (10), PORT_BASE (18000),
+# DURABILITY (wal: ack after the write-ahead log's fsync, with the log in a temporary
+# directory on the same filesystem as /tmp; upstream: ack after the sink; none),
 # EXTRA_LOADGEN_ARGS (passed to every loadgen run, e.g. "--gzip").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PROTOCOL=${1:-rw1}
 DURATION=${DURATION:-20}
+DURABILITY=${DURABILITY:-wal}
 GATEWAY_CPU=${GATEWAY_CPU:-0}
 LOADGEN_CPUS=${LOADGEN_CPUS:-1}
 CONNECTIONS=${CONNECTIONS:-8}
@@ -55,6 +58,7 @@ cat >"$work/gateway.yaml" <<EOF
 listen: { http: "127.0.0.1:$HTTP_PORT" }
 otlp: { grpc_listen: "127.0.0.1:$GRPC_PORT", http_listen: null }
 auth: { mode: off, default_region: local }
+durability: { mode: $DURABILITY, dir: "$work/wal" }
 regions:
   - id: local
     sinks:
@@ -95,12 +99,30 @@ rss_kib=$(awk '/^VmHWM/ {print $2}' "/proc/$gw_pid/status")
 sat=$(json_num "$work/saturation.json" samples_per_s)
 acked=$(json_num "$work/saturation.json" samples_acknowledged)
 sat_p99=$(json_num "$work/saturation.json" p99)
+sat_p50=$(json_num "$work/saturation.json" p50)
 cpu_s=$(awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN {print (b - a) / hz}')
 cpu_per_m=$(awk -v c="$cpu_s" -v n="$acked" 'BEGIN {if (n > 0) print c / (n / 1e6); else print "n/a"}')
 
 half=$(awk -v s="$sat" 'BEGIN {printf "%.0f", s / 2}')
 loadgen "$DURATION" --rate "$half" >"$work/half.json"
 half_p99=$(json_num "$work/half.json" p99)
+half_p50=$(json_num "$work/half.json" p50)
+# The log's own view (durability wal): fsync latency (histogram buckets: the bound under
+# which half / 99 % of the syncs fell) and records per group.
+curl -s "http://127.0.0.1:$HTTP_PORT/metrics" >"$work/metrics.txt" 2>/dev/null || true
+metric() { awk -v k="$1" 'index($0, k) == 1 {print $NF; exit}' "$work/metrics.txt"; }
+# bucket_quantile NAME Q: the smallest bucket bound holding a fraction Q of the observations.
+bucket_quantile() {
+    awk -v n="$1_bucket{" -v q="$2" 'index($0, n) == 1 {
+            le = $0; sub(/.*le="/, "", le); sub(/".*/, "", le); bound[++k] = le; count[k] = $NF }
+        END { if (k == 0 || count[k] == 0) { print "n/a"; exit }
+              for (i = 1; i <= k; i++) if (count[i] >= q * count[k]) { print "<=" bound[i]; exit } }' \
+        "$work/metrics.txt"
+}
+fsync_p50=$(bucket_quantile traceo_wal_fsync_seconds 0.5)
+fsync_p99=$(bucket_quantile traceo_wal_fsync_seconds 0.99)
+groups=$(metric 'traceo_wal_group_records_count{region="local"}')
+grouped=$(metric 'traceo_wal_group_records_sum{region="local"}')
 half_got=$(json_num "$work/half.json" samples_per_s)
 
 kill "$gw_pid"; wait "$gw_pid" 2>/dev/null || true; gw_pid=""
@@ -113,12 +135,13 @@ full=$(json_num "$work/decode.json" full_decode_samples_per_s)
 ratio=$(awk -v s="$sat" -v d="$decomp" 'BEGIN {if (d > 0) printf "%.2f", s / d; else print "n/a"}')
 
 cat <<EOF
-traceo-gateway bench: protocol $PROTOCOL, $SERIES_PER_REQUEST series x $LABELS labels x 1 sample per request, null sink (Kafka framing)
+traceo-gateway bench: protocol $PROTOCOL, $SERIES_PER_REQUEST series x $LABELS labels x 1 sample per request, null sink (Kafka framing), durability $DURABILITY
 machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1); gateway on CPU $GATEWAY_CPU, loadgen on $LOADGEN_CPUS, $CONNECTIONS connections
-saturation:            $(printf '%.0f' "$sat") samples/s (p99 $sat_p99 ms)
+saturation:            $(printf '%.0f' "$sat") samples/s (p50 $sat_p50 ms, p99 $sat_p99 ms)
 gateway CPU:           $cpu_per_m CPU-seconds per million samples ($cpu_s s for $acked samples)
-half rate ($half/s):   achieved $(printf '%.0f' "$half_got") samples/s, p99 $half_p99 ms
+half rate ($half/s):   achieved $(printf '%.0f' "$half_got") samples/s, p50 $half_p50 ms, p99 $half_p99 ms
 peak RSS:              $((rss_kib / 1024)) MiB
+wal fsync (both runs): p50 ${fsync_p50:-n/a} s, p99 ${fsync_p99:-n/a} s; $(awk -v g="${groups:-0}" -v r="${grouped:-0}" 'BEGIN {if (g > 0) printf "%d groups, %.1f records per group", g, r / g; else print "no groups"}')
 decode only, 1 core:   decompression ($(sed -n 's/.*"decompression":"\([a-z]*\)".*/\1/p' "$work/decode.json")) $(printf '%.0f' "${decomp:-0}") samples/s, full decode $(printf '%.0f' "${full:-0}") samples/s
 gateway / decompression-only: $ratio
 EOF

@@ -3,6 +3,7 @@
 #
 #   loadtest/kafka_bench.sh [COMPRESSION] [LINGER] [SECONDS] [CONNECTIONS]
 #   loadtest/kafka_bench.sh lz4 5ms 15 4
+#   DURABILITY=upstream loadtest/kafka_bench.sh    (default wal: the log in the temp dir)
 #
 # Builds release binaries, starts tansu (in-memory storage) and the gateway with only a Kafka
 # sink, drives it with traceo-loadgen (2000 series x 10 labels x 1 sample per request, seed
@@ -15,6 +16,7 @@ LINGER="${2:-5ms}"
 SECONDS_="${3:-15}"
 CONNECTIONS="${4:-4}"
 TANSU="${TANSU_BIN:-$HOME/.cache/traceo-tools/bin/tansu}"
+DURABILITY="${DURABILITY:-wal}"
 
 cargo build --release -q -p traceo-gateway -p traceo-loadtest
 work="$(mktemp -d)"
@@ -32,6 +34,7 @@ for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$bport") 2>/dev/null && brea
 cat >"$work/gateway.yaml" <<YAML
 listen: { http: "127.0.0.1:$gport" }
 auth: { mode: off, default_region: local }
+durability: { mode: $DURABILITY, dir: "$work/wal" }
 regions:
   - id: local
     sinks:
