@@ -365,6 +365,8 @@ impl Feeder {
                     warn!(region = %self.region, sink = self.sink.name(), seq, error = %why, retry_in = ?backoff, "delivery failed; retrying from this record");
                     pause(&stop, backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                    // Stopped while waiting: the rest is delivered after the restart.
+                    stopping = stop.is_cancelled();
                     // Everything after it goes again too (at-least-once), in log order.
                     in_flight.clear();
                     bytes_in_flight = 0;
