@@ -249,6 +249,7 @@ impl Feeder {
         let retries = metrics::counter!("traceo_delivery_retries_total", &labels);
         let corrupt = metrics::counter!("traceo_wal_corrupt_records_total", &labels);
         let delivered = metrics::counter!("traceo_delivery_records_total", &labels);
+        let foreign = metrics::counter!("traceo_wal_foreign_records_total", &labels);
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut bytes_in_flight = 0usize;
         let mut committed = reader.position();
@@ -301,8 +302,12 @@ impl Feeder {
                         }
                     },
                     Err(e) => {
-                        corrupt.increment(1);
-                        error!(region = %self.region, sink = self.sink.name(), seq, error = %e, "write-ahead log record cannot be read back; skipping it");
+                        if matches!(e, record::RecordError::ForeignRegion { .. }) {
+                            foreign.increment(1);
+                        } else {
+                            corrupt.increment(1);
+                        }
+                        error!(region = %self.region, sink = self.sink.name(), seq, error = %e, "write-ahead log record cannot be delivered here; skipping it");
                         let (tx, rx) = oneshot::channel();
                         let _ = tx.send(Ok(()));
                         (0, rx)

@@ -14,6 +14,7 @@
 //! | 1 | version, 1 |
 //! | 8 | when the gateway accepted it, ms since the epoch (for `replication_lag_seconds`) |
 //! | 2 + n | tenant id: length, then its bytes |
+//! | 2 + n | region id: length, then its bytes (checked against the log's region on read) |
 //! | 4 + 8 x k | identity hashes: count `k` (0 or the number of series), then each |
 //! | rest | the `WriteRequest` |
 
@@ -50,6 +51,15 @@ pub enum RecordError {
     /// Written by a newer gateway.
     #[error("record version {0} is not known (this gateway writes version {VERSION})")]
     Version(u8),
+    /// The record names another region than the log it was read from (a log directory
+    /// moved or copied between regions): it is never delivered here.
+    #[error("record of region {found} found in the log of region {log}; not delivered here")]
+    ForeignRegion {
+        /// The region the record was written for.
+        found: String,
+        /// The region of the log it was read from.
+        log: RegionId,
+    },
     /// The tenant id does not parse.
     #[error("record tenant id is invalid: {0}")]
     Tenant(String),
@@ -73,12 +83,18 @@ pub enum RecordError {
 pub fn encode(share: &TaggedBatch, accepted_ms: u64) -> Vec<u8> {
     let tenant = share.tenant.as_str().as_bytes();
     let mut out = Vec::with_capacity(
-        15 + tenant.len() + 8 * share.hashes.len() + share.batch.series_count() * 64,
+        17 + tenant.len()
+            + share.region.as_str().len()
+            + 8 * share.hashes.len()
+            + share.batch.series_count() * 64,
     );
     out.push(VERSION);
     out.extend_from_slice(&accepted_ms.to_le_bytes());
     out.extend_from_slice(&(tenant.len() as u16).to_le_bytes());
     out.extend_from_slice(tenant);
+    let region = share.region.as_str().as_bytes();
+    out.extend_from_slice(&(region.len() as u16).to_le_bytes());
+    out.extend_from_slice(region);
     let hashes = if share.hashes.len() == share.len() {
         &share.hashes[..]
     } else {
@@ -200,6 +216,16 @@ fn read(payload: Vec<u8>, region: &RegionId, raw: bool) -> Result<Record, Record
     let tenant = std::str::from_utf8(take(&mut buf, len, "tenant")?)
         .map_err(|e| RecordError::Tenant(e.to_string()))?;
     let tenant = TenantId::parse(tenant).map_err(|e| RecordError::Tenant(e.to_string()))?;
+    let len = take(&mut buf, 2, "region")?;
+    let len = u16::from_le_bytes([len[0], len[1]]) as usize;
+    let found = take(&mut buf, len, "region")?;
+    // Residency: a record is delivered only by the sinks of the region it was written for.
+    if found != region.as_str().as_bytes() {
+        return Err(RecordError::ForeignRegion {
+            found: String::from_utf8_lossy(found).into_owned(),
+            log: region.clone(),
+        });
+    }
     let count = take(&mut buf, 4, "hash count")?;
     let count = u32::from_le_bytes([count[0], count[1], count[2], count[3]]) as usize;
     let hash_bytes = take(
@@ -340,6 +366,22 @@ mod tests {
         let r = read_raw(encode(&unhashed, 7), &region).unwrap().share;
         assert!(r.raw.is_none());
         assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn a_record_is_never_read_as_another_regions() {
+        let payload = encode(&share(5), 1);
+        for other in ["us", "e", "eu2", "EU", "eu-west"] {
+            let region = RegionId::parse(other).unwrap();
+            assert!(matches!(
+                decode(payload.clone(), &region),
+                Err(RecordError::ForeignRegion { .. })
+            ));
+            assert!(matches!(
+                read_raw(payload.clone(), &region),
+                Err(RecordError::ForeignRegion { .. })
+            ));
+        }
     }
 
     #[test]
