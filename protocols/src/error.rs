@@ -136,6 +136,29 @@ pub enum DecodeError {
     /// A JSON body that does not parse as the message it should be.
     #[error("invalid JSON: {0}")]
     Json(String),
+    /// Remote-write 2.0: the symbols table does not start with the empty string.
+    #[error("symbols table must start with the empty string")]
+    FirstSymbolNotEmpty,
+    /// Remote-write 2.0: a reference points past the symbols table.
+    #[error("series {series}: {what} reference {reference} is out of range (the symbols table has {len} entries)")]
+    SymbolOutOfRange {
+        /// Series index.
+        series: usize,
+        /// Which reference (label, exemplar label, help, unit).
+        what: &'static str,
+        /// The reference.
+        reference: u32,
+        /// Entries in the table.
+        len: usize,
+    },
+    /// Remote-write 2.0: label references must come in (name, value) pairs.
+    #[error("series {series}: {what} has an odd number of references")]
+    OddLabelRefs {
+        /// Series index.
+        series: usize,
+        /// `labels_refs` of the series or of an exemplar.
+        what: &'static str,
+    },
     /// A series without a `__name__` label.
     #[error("series {series} has no __name__ label")]
     MissingMetricName {
@@ -173,6 +196,9 @@ impl DecodeError {
             DecodeError::InvalidLabelName { .. } => "invalid_label_name",
             DecodeError::DuplicateLabelName { .. } => "duplicate_label_name",
             DecodeError::MissingMetricName { .. } => "missing_metric_name",
+            DecodeError::FirstSymbolNotEmpty
+            | DecodeError::SymbolOutOfRange { .. }
+            | DecodeError::OddLabelRefs { .. } => "invalid_symbols",
             DecodeError::TooManyAttributes { .. } => "too_many_labels",
             DecodeError::Gzip(_) => "invalid_gzip",
             DecodeError::InflatedTooLarge { .. } => "decompressed_too_large",

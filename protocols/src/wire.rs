@@ -28,6 +28,11 @@ impl<'a> Reader<'a> {
         self.pos >= self.end
     }
 
+    /// The whole buffer this reader walks (offsets it reports index into it).
+    pub(crate) fn buf(&self) -> &'a [u8] {
+        self.buf
+    }
+
     #[inline]
     pub(crate) fn varint(&mut self) -> Result<u64, DecodeError> {
         let mut value: u64 = 0;

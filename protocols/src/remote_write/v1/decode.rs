@@ -71,7 +71,7 @@ pub fn decode_message_into(
     Ok(())
 }
 
-fn wire_type(message: &'static str, field: u32, wire_type: u8) -> DecodeError {
+pub(crate) fn wire_type(message: &'static str, field: u32, wire_type: u8) -> DecodeError {
     DecodeError::WireType {
         message,
         field,
@@ -84,7 +84,7 @@ fn wire_type(message: &'static str, field: u32, wire_type: u8) -> DecodeError {
 /// Checked eight bytes at a time (SWAR): a byte-at-a-time table lookup was the single
 /// hottest loop of the decoder in the profile (BENCHMARKS.md).
 #[inline]
-fn valid_label_name(name: &[u8]) -> bool {
+pub(crate) fn valid_label_name(name: &[u8]) -> bool {
     match name.first() {
         Some(c) if !c.is_ascii_digit() => {
             let mut chunks = name.chunks_exact(8);
@@ -278,7 +278,11 @@ fn leading_canonical_labels(
 
 /// Sorts labels by name if the sender did not, then rejects duplicates. Returns whether the
 /// labels were already sorted.
-fn sort_and_check(buf: &[u8], labels: &mut [Label], series: usize) -> Result<bool, DecodeError> {
+pub(crate) fn sort_and_check(
+    buf: &[u8],
+    labels: &mut [Label],
+    series: usize,
+) -> Result<bool, DecodeError> {
     let name = |l: &Label| &buf[l.name.start as usize..l.name.end as usize];
     let mut sorted = true;
     for w in labels.windows(2) {
@@ -426,7 +430,7 @@ fn decode_label(
 }
 
 #[inline]
-fn decode_sample(buf: &[u8], start: usize, end: usize) -> Result<Sample, DecodeError> {
+pub(crate) fn decode_sample(buf: &[u8], start: usize, end: usize) -> Result<Sample, DecodeError> {
     let mut s = Sample {
         value: 0.0,
         timestamp_ms: 0,
@@ -545,7 +549,11 @@ fn read_doubles(
     Ok(())
 }
 
-fn decode_histogram(buf: &[u8], start: usize, end: usize) -> Result<Histogram, DecodeError> {
+pub(crate) fn decode_histogram(
+    buf: &[u8],
+    start: usize,
+    end: usize,
+) -> Result<Histogram, DecodeError> {
     let mut h = Histogram::default();
     let mut r = Reader::new(buf, start, end);
     while !r.is_empty() {

@@ -7,7 +7,7 @@
 //! the data is still well defined. A label with an empty value is the same as an absent label
 //! in the Prometheus data model, so it is dropped.
 
-mod decode;
+pub(crate) mod decode;
 mod encode;
 pub mod reference;
 
