@@ -174,6 +174,22 @@ fn each_bad_request_gets_its_status_and_message() {
         "wrong content type",
     );
 
+    let v3 = [
+        (
+            "content-type",
+            "application/x-protobuf;proto=io.prometheus.write.v3.Request",
+        ),
+        ("content-encoding", "snappy"),
+        ("authorization", AUTH),
+    ];
+    expect(
+        post(&gw, &body, &v3),
+        415,
+        "io.prometheus.write.v3.Request",
+        "unsupported proto",
+    );
+
+    // Remote-write 2.0: a label reference past the symbols table is a 400 naming it.
     let v2 = [
         (
             "content-type",
@@ -182,11 +198,27 @@ fn each_bad_request_gets_its_status_and_message() {
         ("content-encoding", "snappy"),
         ("authorization", AUTH),
     ];
+    let bad_ref = {
+        use prost::Message;
+        use protocols::remote_write::v2::reference as pb;
+        pb::Request {
+            symbols: vec![String::new(), "__name__".into(), "up".into()],
+            timeseries: vec![pb::TimeSeries {
+                labels_refs: vec![1, 9],
+                samples: vec![pb::Sample {
+                    value: 1.0,
+                    timestamp: 1,
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    };
     expect(
-        post(&gw, &body, &v2),
-        415,
-        "io.prometheus.write.v2.Request",
-        "unsupported proto",
+        post(&gw, &snappy::compress(&bad_ref), &v2),
+        400,
+        "labels_refs reference 9 is out of range (the symbols table has 3 entries)",
+        "2.0 reference out of range",
     );
 
     let gzip = [
@@ -323,4 +355,134 @@ fn refusal_before_reading_the_body_says_connection_close() {
     let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
     assert!(answer.starts_with("http/1.1 415"), "{answer}");
     assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+}
+
+/// A remote-write 2.0 request with a float series (with exemplar and metadata), an integer
+/// native histogram series and a float histogram with custom buckets, interned symbols.
+fn v2_request() -> Vec<u8> {
+    use protocols::remote_write::v2::reference as v2;
+    let symbols: Vec<String> = [
+        "",
+        "__name__",
+        "rpc_total",
+        "job",
+        "e2e",
+        "trace_id",
+        "abc",
+        "help text",
+        "requests",
+        "rpc_seconds",
+        "rpc_custom",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let ts = 1_700_000_000_000;
+    let histogram = |count: pb::histogram::Count, custom: bool| pb::Histogram {
+        count: Some(count),
+        sum: 4.5,
+        schema: if custom { -53 } else { 1 },
+        positive_spans: vec![pb::BucketSpan {
+            offset: 0,
+            length: 2,
+        }],
+        positive_deltas: if custom { vec![] } else { vec![1, 1] },
+        positive_counts: if custom { vec![1.0, 2.0] } else { vec![] },
+        custom_values: if custom { vec![0.5, 1.0] } else { vec![] },
+        timestamp: ts,
+        ..Default::default()
+    };
+    v2::Request {
+        symbols,
+        timeseries: vec![
+            v2::TimeSeries {
+                labels_refs: vec![1, 2, 3, 4],
+                samples: vec![v2::Sample {
+                    value: 7.0,
+                    timestamp: ts,
+                }],
+                exemplars: vec![v2::Exemplar {
+                    labels_refs: vec![5, 6],
+                    value: 1.0,
+                    timestamp: ts,
+                }],
+                metadata: Some(v2::Metadata {
+                    r#type: 1,
+                    help_ref: 7,
+                    unit_ref: 8,
+                }),
+                created_timestamp: ts - 60_000,
+                ..Default::default()
+            },
+            v2::TimeSeries {
+                labels_refs: vec![1, 9, 3, 4],
+                histograms: vec![histogram(pb::histogram::Count::CountInt(3), false)],
+                ..Default::default()
+            },
+            v2::TimeSeries {
+                labels_refs: vec![3, 4, 1, 10],
+                histograms: vec![histogram(pb::histogram::Count::CountFloat(3.0), true)],
+                ..Default::default()
+            },
+        ],
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn remote_write_v2_is_stored_and_answered_with_written_counts() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let gw = Gateway::start(GATEWAY, tmp.path(), CONFIG);
+    let a = post(
+        &gw,
+        &snappy::compress(&v2_request()),
+        &[
+            (
+                "content-type",
+                "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+            ),
+            ("content-encoding", "snappy"),
+            ("x-prometheus-remote-write-version", "2.0.0"),
+            ("authorization", AUTH),
+        ],
+    );
+    assert_eq!(a.status, 204, "{}", a.body);
+    let header = |name: &str| {
+        a.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        header("x-prometheus-remote-write-samples-written").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        header("x-prometheus-remote-write-histograms-written").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        header("x-prometheus-remote-write-exemplars-written").as_deref(),
+        Some("1")
+    );
+    let rows = traceo_e2e::wait_for("2.0 rows in Parquet", Duration::from_secs(20), || {
+        let rows = traceo_e2e::read_rows(&tmp.path().join("data"));
+        (rows.len() >= 3).then_some(rows)
+    });
+    let mut metrics: Vec<&str> = rows.iter().map(|r| r.metric.as_str()).collect();
+    metrics.sort_unstable();
+    assert_eq!(metrics, ["rpc_custom", "rpc_seconds", "rpc_total"]);
+    for r in &rows {
+        assert_eq!(r.tenant, "acme");
+        assert_eq!(r.labels.get("job").map(String::as_str), Some("e2e"));
+        assert_eq!(r.labels.get("tenant").map(String::as_str), Some("acme"));
+        assert_eq!(r.labels.get("region").map(String::as_str), Some("local"));
+        match r.metric.as_str() {
+            "rpc_total" => assert_eq!(r.value, Some(7.0)),
+            _ => {
+                assert_eq!(r.histogram_count, Some(3.0), "{r:?}");
+                assert_eq!(r.histogram_sum, Some(4.5), "{r:?}");
+            }
+        }
+    }
 }

@@ -159,24 +159,53 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>
     }
 }
 
-/// `POST /api/v1/write`: remote-write 1.0. Answers 204 once every sink of the tenant's region
-/// made the data durable.
+/// The remote-write message a request carries, from its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RwVersion {
+    V1,
+    V2,
+}
+
+impl RwVersion {
+    fn protocol(self) -> &'static str {
+        match self {
+            RwVersion::V1 => "remote_write_v1",
+            RwVersion::V2 => "remote_write_v2",
+        }
+    }
+}
+
+/// What a request stored, for the `X-Prometheus-Remote-Write-*-Written` headers.
+struct Written {
+    samples: u64,
+    histograms: u64,
+    exemplars: u64,
+}
+
+/// `POST /api/v1/write`: remote-write 1.0 and 2.0. Answers 204 once the data is durable (see
+/// `durability.mode`), with the counts of what was written; never a 2xx for a partial write.
 async fn remote_write(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let mut tenant: Option<TenantId> = None;
+    // Known before anything can fail but the Content-Type itself (then counted as 1.0).
+    let version = check_content_type(req.headers()).unwrap_or(RwVersion::V1);
+    let protocol = version.protocol();
     let result = remote_write_inner(req, state, &mut tenant).await;
     let tenant_label = tenant
         .as_ref()
         .map_or("unknown", |t| t.as_str())
         .to_string();
     let response = match result {
-        Ok(()) => Response::builder()
+        Ok(w) => Response::builder()
             .status(StatusCode::NO_CONTENT)
+            .header("x-prometheus-remote-write-samples-written", w.samples)
+            .header("x-prometheus-remote-write-histograms-written", w.histograms)
+            .header("x-prometheus-remote-write-exemplars-written", w.exemplars)
             .body(Full::new(Bytes::new()))
             .expect("static response is valid"),
         Err(e) => {
             metrics::counter!("traceo_rejections_total",
-                "protocol" => "remote_write_v1", "tenant" => tenant_label.clone(), "reason" => e.reason())
+                "protocol" => protocol, "tenant" => tenant_label.clone(), "reason" => e.reason())
             .increment(1);
             debug!(tenant = %tenant_label, status = %e.status(), error = %e, "remote-write rejected");
             e.into_response()
@@ -184,10 +213,10 @@ async fn remote_write(req: Request<Incoming>, state: &AppState) -> Response<Full
     };
     let code = response.status().as_u16().to_string();
     metrics::counter!("traceo_requests_total",
-        "protocol" => "remote_write_v1", "tenant" => tenant_label.clone(), "code" => code)
+        "protocol" => protocol, "tenant" => tenant_label.clone(), "code" => code)
     .increment(1);
     metrics::histogram!("traceo_request_duration_seconds",
-        "protocol" => "remote_write_v1", "tenant" => tenant_label)
+        "protocol" => protocol, "tenant" => tenant_label)
     .record(started.elapsed().as_secs_f64());
     response
 }
@@ -196,12 +225,12 @@ async fn remote_write_inner(
     req: Request<Incoming>,
     state: &AppState,
     tenant_out: &mut Option<TenantId>,
-) -> Result<(), ApiError> {
+) -> Result<Written, ApiError> {
     if state.draining.load(Ordering::Relaxed) {
         return Err(ApiError::Draining);
     }
     let headers = req.headers();
-    check_content_type(headers)?;
+    let version = check_content_type(headers)?;
     check_content_encoding(headers)?;
     let tenant = tenant::identify(headers, &state.config).map_err(ApiError::Unauthorized)?;
     *tenant_out = Some(tenant.clone());
@@ -213,15 +242,21 @@ async fn remote_write_inner(
     let (parts, body) = req.into_parts();
     let body = read_body(body, &parts.headers, limits.max_compressed_bytes).await?;
     let labels = [
-        ("protocol", "remote_write_v1".to_string()),
+        ("protocol", version.protocol().to_string()),
         ("tenant", tenant.to_string()),
     ];
     metrics::counter!("traceo_received_bytes_total", &labels).increment(body.len() as u64);
 
-    let batch = protocols::remote_write::v1::decode(&body, &limits).map_err(ApiError::Decode)?;
-    let samples = batch.sample_count() as u64;
-    let histograms = batch.histogram_count() as u64;
-    let exemplars = batch.exemplar_count() as u64;
+    let batch = match version {
+        RwVersion::V1 => protocols::remote_write::v1::decode(&body, &limits),
+        RwVersion::V2 => protocols::remote_write::v2::decode(&body, &limits),
+    }
+    .map_err(ApiError::Decode)?;
+    let written = Written {
+        samples: batch.sample_count() as u64,
+        histograms: batch.histogram_count() as u64,
+        exemplars: batch.exemplar_count() as u64,
+    };
     let plan = plan(&view, &tenant, &batch)?;
     if !plan.is_empty() {
         state
@@ -230,10 +265,10 @@ async fn remote_write_inner(
             .await
             .map_err(ApiError::Unavailable)?;
     }
-    metrics::counter!("traceo_samples_total", &labels).increment(samples);
-    metrics::counter!("traceo_histograms_total", &labels).increment(histograms);
-    metrics::counter!("traceo_exemplars_total", &labels).increment(exemplars);
-    Ok(())
+    metrics::counter!("traceo_samples_total", &labels).increment(written.samples);
+    metrics::counter!("traceo_histograms_total", &labels).increment(written.histograms);
+    metrics::counter!("traceo_exemplars_total", &labels).increment(written.exemplars);
+    Ok(written)
 }
 
 /// Reads a request body of at most `limit` bytes; a declared `Content-Length` over the limit
@@ -298,12 +333,13 @@ pub(super) fn plan(
     Ok(plan)
 }
 
-/// Remote-write 1.0 requires `application/x-protobuf`; a `proto=` parameter other than
-/// `prometheus.WriteRequest` names a message this endpoint does not decode. A missing header is
-/// accepted as 1.0, as older senders omit it.
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+/// Remote-write needs `application/x-protobuf`; its `proto=` parameter names the message:
+/// `prometheus.WriteRequest` (1.0, also when absent, as 1.0 senders omit it) or
+/// `io.prometheus.write.v2.Request` (2.0). Any other message is a 415, which a 2.0 sender
+/// takes as the cue to fall back to 1.0. A missing header is accepted as 1.0.
+fn check_content_type(headers: &HeaderMap) -> Result<RwVersion, ApiError> {
     let Some(v) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
+        return Ok(RwVersion::V1);
     };
     let s = v
         .to_str()
@@ -315,22 +351,22 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
             "unsupported Content-Type {s:?}: remote-write needs {CONTENT_TYPE_PROTOBUF}"
         )));
     }
+    let mut version = RwVersion::V1;
     for p in parts {
         if let Some((k, v)) = p.split_once('=') {
             let v = v.trim().trim_matches('"');
-            if k.trim().eq_ignore_ascii_case("proto") && v != PROTO_V1 {
-                let hint = if v == PROTO_V2 {
-                    " (remote-write 2.0 is not accepted yet; configure the sender for 1.0)"
-                } else {
-                    ""
+            if k.trim().eq_ignore_ascii_case("proto") {
+                version = match v {
+                    PROTO_V1 => RwVersion::V1,
+                    PROTO_V2 => RwVersion::V2,
+                    _ => return Err(ApiError::UnsupportedMediaType(format!(
+                        "unsupported proto {v:?}: this endpoint decodes {PROTO_V1} and {PROTO_V2}"
+                    ))),
                 };
-                return Err(ApiError::UnsupportedMediaType(format!(
-                    "unsupported proto {v:?}: this endpoint decodes {PROTO_V1}{hint}"
-                )));
             }
         }
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Remote-write bodies are snappy block-compressed; a missing header is taken as snappy (the
@@ -370,9 +406,14 @@ mod tests {
         let v2 = check_content_type(&with(
             header::CONTENT_TYPE,
             "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+        ));
+        assert_eq!(v2.unwrap(), RwVersion::V2);
+        let other = check_content_type(&with(
+            header::CONTENT_TYPE,
+            "application/x-protobuf;proto=io.prometheus.write.v3.Request",
         ))
         .unwrap_err();
-        assert_eq!(v2.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(other.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
 
     #[test]
