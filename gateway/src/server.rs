@@ -43,6 +43,9 @@ pub enum StartError {
     /// A null sink could not start.
     #[error(transparent)]
     Null(#[from] sinks::null::StartError),
+    /// A remote-write sink could not start.
+    #[error(transparent)]
+    RemoteWrite(#[from] sinks::remote_write::StartError),
     /// A region's write-ahead log could not open.
     #[error("write-ahead log: {0}")]
     Wal(#[from] crate::delivery::StartError),
@@ -77,6 +80,18 @@ pub async fn run(
             let (h, t) = sinks::kafka::spawn(
                 region.id.clone(),
                 k.clone(),
+                config.shards,
+                sink_stop.clone(),
+            )?;
+            handles.push(h);
+            sink_threads.extend(t);
+        }
+    }
+    for region in &config.regions {
+        for w in &region.remote_write {
+            let (h, t) = sinks::remote_write::spawn(
+                region.id.clone(),
+                w.clone(),
                 config.shards,
                 sink_stop.clone(),
             )?;

@@ -5,13 +5,9 @@
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use traceo_e2e::{free_port, get, read_rows, wait_for, Gateway, Proc};
+use traceo_e2e::{free_port, get, prometheus_bin, read_rows, wait_for, Gateway, Proc};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
-
-fn prometheus_bin() -> String {
-    std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".to_string())
-}
 
 fn now_ms() -> i64 {
     SystemTime::now()

@@ -478,3 +478,64 @@ pub fn tail_json(
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("tail printed {l:?}: {e}")))
         .collect()
 }
+
+/// The Prometheus binary: `$PROMETHEUS_BIN`, else `prometheus` from `PATH` (Debian package).
+pub fn prometheus_bin() -> String {
+    std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".to_string())
+}
+
+/// A running Prometheus server that accepts remote-write (`--web.enable-remote-write-receiver`)
+/// and scrapes nothing: a remote-write backend to query back.
+pub struct PrometheusBackend {
+    /// The process.
+    pub proc: Proc,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl PrometheusBackend {
+    /// Starts it with its data under `dir/<name>` and waits until it is ready.
+    pub fn start(dir: &Path, name: &str) -> PrometheusBackend {
+        let port = free_port();
+        let cfg = dir.join(format!("{name}.yml"));
+        std::fs::write(&cfg, "global:\n  scrape_interval: 15s\n").expect("write prometheus config");
+        let mut cmd = Command::new(prometheus_bin());
+        cmd.arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join(name).display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.enable-remote-write-receiver");
+        let mut proc = Proc::spawn(name, cmd, dir.join(format!("{name}.log")));
+        let url = format!("http://127.0.0.1:{port}/-/ready");
+        wait_for(
+            &format!("{name} readiness"),
+            Duration::from_secs(60),
+            || {
+                proc.assert_running();
+                get(&url).filter(|(s, _)| *s == 200)
+            },
+        );
+        PrometheusBackend { proc, port }
+    }
+
+    /// `http://127.0.0.1:<port>/api/v1/write`.
+    pub fn write_url(&self) -> String {
+        format!("http://127.0.0.1:{}/api/v1/write", self.port)
+    }
+
+    /// The result vector of an instant query (`data.result`), empty if the query failed.
+    pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let mut resp = match http()
+            .get(format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .query("query", promql)
+            .call()
+        {
+            Ok(r) => r,
+            Err(_) => return Vec::new(),
+        };
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}

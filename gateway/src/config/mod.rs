@@ -115,6 +115,35 @@ pub struct Region {
     pub kafka: Option<KafkaSinkConfig>,
     /// Its null sink (measurement only), if any.
     pub null: Option<NullSinkConfig>,
+    /// Its remote-write endpoints.
+    pub remote_write: Vec<RemoteWriteSinkConfig>,
+}
+
+/// One remote-write endpoint of a region (`regions[].sinks.remote_write[]`).
+#[derive(Debug, Clone)]
+pub struct RemoteWriteSinkConfig {
+    /// Unique within the region.
+    pub name: String,
+    /// `http://...` endpoint.
+    pub url: String,
+    /// 1.0 or 2.0.
+    pub format: KafkaFormat,
+    /// Header carrying the tenant id; empty for none.
+    pub tenant_header: String,
+    /// Extra headers.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Per attempt.
+    pub timeout: Duration,
+    /// First retry wait.
+    pub min_backoff: Duration,
+    /// Longest retry wait.
+    pub max_backoff: Duration,
+    /// Give up on a batch after this long.
+    pub max_retry_time: Duration,
+    /// Batch size before compression.
+    pub max_batch_bytes: usize,
+    /// Queue capacity.
+    pub queue_capacity: usize,
 }
 
 /// The null sink of one region: frames like the Kafka sink, then drops the messages.

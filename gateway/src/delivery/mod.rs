@@ -172,13 +172,23 @@ pub fn start_region(
     Ok(StartedRegion { wal: handle, tasks })
 }
 
-/// The cursor file of a sink: its kind (`kafka/eu` -> `kafka`), one per kind per region.
+/// The cursor file of a sink: its name without the region (the log's directory has it):
+/// `kafka/eu` -> `kafka`, `remote_write/eu/prom` -> `remote_write_prom`.
 fn cursor_name(sink: &str) -> String {
-    sink.split('/')
-        .next()
-        .unwrap_or(sink)
+    let parts: Vec<&str> = sink.split('/').collect();
+    let kept: Vec<&str> = match parts.as_slice() {
+        [kind, _region, rest @ ..] => std::iter::once(*kind).chain(rest.iter().copied()).collect(),
+        _ => parts.clone(),
+    };
+    kept.join("_")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -469,5 +479,21 @@ async fn gauges(
             .filter(|&o| o > 0)
             .min();
         lag.set(oldest.map_or(0.0, |o| now_ms().saturating_sub(o) as f64 / 1000.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cursor_name;
+
+    #[test]
+    fn cursor_names_are_unique_per_sink_of_a_region() {
+        assert_eq!(cursor_name("kafka/eu-west"), "kafka");
+        assert_eq!(cursor_name("parquet/eu"), "parquet");
+        assert_eq!(cursor_name("remote_write/eu/prom-a"), "remote_write_prom-a");
+        assert_ne!(
+            cursor_name("remote_write/eu/a"),
+            cursor_name("remote_write/eu/b")
+        );
     }
 }

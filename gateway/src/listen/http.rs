@@ -359,9 +359,11 @@ fn check_content_type(headers: &HeaderMap) -> Result<RwVersion, ApiError> {
                 version = match v {
                     PROTO_V1 => RwVersion::V1,
                     PROTO_V2 => RwVersion::V2,
-                    _ => return Err(ApiError::UnsupportedMediaType(format!(
+                    _ => {
+                        return Err(ApiError::UnsupportedMediaType(format!(
                         "unsupported proto {v:?}: this endpoint decodes {PROTO_V1} and {PROTO_V2}"
-                    ))),
+                    )))
+                    }
                 };
             }
         }

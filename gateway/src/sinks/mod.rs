@@ -8,6 +8,7 @@ pub(crate) mod frame;
 pub mod kafka;
 pub mod null;
 pub mod parquet;
+pub mod remote_write;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,24 +96,37 @@ impl Drop for Ack {
 
 /// The loop of a sink that runs on its own thread: takes requests until `cancel` fires, then
 /// still takes what was already queued (its clients are waiting for it), and returns.
-pub(crate) fn drain_on_thread(
+pub(crate) fn drain_on_thread<W: ShardWorker>(
     mut rx: mpsc::Receiver<SinkRequest>,
     cancel: &tokio_util::sync::CancellationToken,
     runtime: &tokio::runtime::Handle,
-    mut accept: impl FnMut(SinkRequest),
+    worker: &mut W,
 ) {
-    while let Some(req) = runtime.block_on(async {
-        tokio::select! {
-            biased;
-            req = rx.recv() => req,
-            _ = cancel.cancelled() => None,
+    loop {
+        // What is queued now is taken without blocking; once the queue is empty the worker
+        // may finish a batch before waiting for more.
+        match rx.try_recv() {
+            Ok(req) => {
+                worker.accept(req);
+                continue;
+            }
+            Err(mpsc::error::TryRecvError::Empty) => worker.idle(),
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
         }
-    }) {
-        accept(req);
+        let Some(req) = runtime.block_on(async {
+            tokio::select! {
+                biased;
+                req = rx.recv() => req,
+                _ = cancel.cancelled() => None,
+            }
+        }) else {
+            break;
+        };
+        worker.accept(req);
     }
     rx.close();
     while let Ok(req) = rx.try_recv() {
-        accept(req);
+        worker.accept(req);
     }
 }
 
@@ -121,6 +135,8 @@ pub(crate) fn drain_on_thread(
 pub(crate) trait ShardWorker: Send + 'static {
     /// Handles one request part.
     fn accept(&mut self, req: SinkRequest);
+    /// The queue is empty for now: a worker that batches across requests sends what it has.
+    fn idle(&mut self) {}
     /// Called once the queue is drained at shutdown.
     fn stop(self);
 }
@@ -144,7 +160,7 @@ pub(crate) fn spawn_shards<W: ShardWorker>(
         let thread = std::thread::Builder::new()
             .name(format!("{name}#{i}"))
             .spawn(move || {
-                drain_on_thread(rx, &cancel, &runtime, |req| worker.accept(req));
+                drain_on_thread(rx, &cancel, &runtime, &mut worker);
                 worker.stop();
             })?;
         txs.push(tx);

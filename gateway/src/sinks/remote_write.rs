@@ -1,0 +1,288 @@
+//! The remote-write sink: a region's data to a Prometheus-compatible endpoint in that region
+//! (Prometheus with `--web.enable-remote-write-receiver`, Mimir, VictoriaMetrics), as
+//! remote-write 1.0 or 2.0, snappy-compressed, with the tenant in a header.
+//!
+//! Requests queued at once for the same tenant are sent as one (up to `max_batch_bytes`).
+//! A 2xx confirms the batch. A 5xx, a 429 or a network error is retried with backoff
+//! (`Retry-After` honoured up to `max_backoff`) for up to `max_retry_time`, then the batch
+//! fails: with `durability: wal` the log keeps it and its feeder delivers it again later. Any
+//! other 4xx means the endpoint will never take the data (bad labels, out-of-order samples,
+//! limits): it is logged with the endpoint's answer, counted in
+//! `traceo_remote_write_rejected_samples_total{sink,status}`, and the batch is confirmed so
+//! delivery moves on instead of retrying it forever.
+//!
+//! Series are split over `pipeline.shards` workers by identity hash, so a series always
+//! meets the same worker and its samples stay in order. May call: the network (HTTP only).
+
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use protocols::remote_write::v2::V2Writer;
+use residency_rules::{RegionId, TenantId};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::{spawn_shards, ShardWorker, SinkError, SinkHandle, SinkRequest};
+use crate::config::{KafkaFormat, RemoteWriteSinkConfig};
+use crate::pipeline::output_labels;
+
+/// Why the sink could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("remote-write sink {name}: cannot start its threads: {source}")]
+pub struct StartError {
+    name: String,
+    source: std::io::Error,
+}
+
+/// Starts the sink's `shards` workers.
+pub fn spawn(
+    region: RegionId,
+    cfg: RemoteWriteSinkConfig,
+    shards: usize,
+    cancel: CancellationToken,
+) -> Result<(SinkHandle, Vec<JoinHandle<()>>), StartError> {
+    let name = format!("remote_write/{region}/{}", cfg.name);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(cfg.timeout))
+        .user_agent(concat!("traceo-gateway/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into();
+    let workers: Vec<RwWorker> = (0..shards.max(1))
+        .map(|_| RwWorker {
+            name: name.clone(),
+            cfg: cfg.clone(),
+            agent: agent.clone(),
+            cancel: cancel.clone(),
+            pending: Vec::new(),
+            tenant: None,
+            body: Vec::new(),
+            v2: V2Writer::new(),
+            samples: 0,
+        })
+        .collect();
+    let (mut handle, threads) = spawn_shards(&name, region, cfg.queue_capacity, workers, &cancel)
+        .map_err(|source| StartError {
+        name: name.clone(),
+        source,
+    })?;
+    if cfg.format == KafkaFormat::RemoteWriteV1 {
+        handle = handle.forwarding_v1();
+    }
+    info!(sink = %name, url = %cfg.url, shards, "remote-write sink started");
+    Ok((handle, threads))
+}
+
+struct RwWorker {
+    name: String,
+    cfg: RemoteWriteSinkConfig,
+    agent: ureq::Agent,
+    cancel: CancellationToken,
+    /// Requests in the batch being built (their acks complete when it is sent).
+    pending: Vec<SinkRequest>,
+    /// The tenant of the batch: one tenant per request sent.
+    tenant: Option<TenantId>,
+    /// The batch, 1.0: the `WriteRequest` so far.
+    body: Vec<u8>,
+    /// The batch, 2.0.
+    v2: V2Writer,
+    /// Samples and histogram samples in the batch (for the metrics).
+    samples: u64,
+}
+
+/// How one attempt went.
+enum Attempt {
+    Sent,
+    /// Refused for good (4xx other than 429): the status and what the endpoint said.
+    Rejected(u16, String),
+    /// Worth retrying, after at least this long if the endpoint said so.
+    Retry(String, Option<Duration>),
+}
+
+impl RwWorker {
+    fn batch_bytes(&self) -> usize {
+        match self.cfg.format {
+            KafkaFormat::RemoteWriteV1 => self.body.len(),
+            KafkaFormat::RemoteWriteV2 => self.v2.approx_len(),
+        }
+    }
+
+    fn add(&mut self, req: &SinkRequest) {
+        let share = &req.batch;
+        let count = req.positions.as_ref().map_or(share.len(), Vec::len);
+        match self.cfg.format {
+            KafkaFormat::RemoteWriteV1 => {
+                if req.with_metadata {
+                    share.put_v1_metadata(&mut self.body);
+                }
+                for n in 0..count {
+                    let pos = req.positions.as_ref().map_or(n, |p| p[n] as usize);
+                    share.put_v1_at(pos, &mut self.body);
+                }
+            }
+            KafkaFormat::RemoteWriteV2 => {
+                for n in 0..count {
+                    let pos = req.positions.as_ref().map_or(n, |p| p[n] as usize);
+                    let index = share.series_index(pos);
+                    let Some(series) = share.batch.series_at(index as usize) else {
+                        continue;
+                    };
+                    let labels = output_labels(&series, share.edits_of(index), &share.tags);
+                    let labels = labels.iter().map(|(k, v)| (k.as_ref(), *v));
+                    self.v2.add_series(&share.batch, &series, labels);
+                }
+            }
+        }
+        // Raw shares (read back from the log) carry no decoded columns; count their series.
+        self.samples += if share.raw.is_some() {
+            count as u64
+        } else {
+            (0..count)
+                .filter_map(|n| {
+                    let pos = req.positions.as_ref().map_or(n, |p| p[n] as usize);
+                    share.batch.series_at(share.series_index(pos) as usize)
+                })
+                .map(|s| (s.samples().len() + s.histograms().len()) as u64)
+                .sum()
+        };
+    }
+
+    /// Sends the batch, retrying as the module docs say, and completes its requests.
+    fn send(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut payload = Vec::new();
+        let (content_type, version) = match self.cfg.format {
+            KafkaFormat::RemoteWriteV1 => {
+                payload.append(&mut self.body);
+                (
+                    "application/x-protobuf;proto=prometheus.WriteRequest",
+                    "0.1.0",
+                )
+            }
+            KafkaFormat::RemoteWriteV2 => {
+                self.v2.finish(&mut payload);
+                self.v2 = V2Writer::new();
+                (
+                    "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+                    "2.0.0",
+                )
+            }
+        };
+        let compressed = protocols::snappy::compress(&payload);
+        let tenant = self.tenant.take();
+        let pending = std::mem::take(&mut self.pending);
+        let samples = std::mem::take(&mut self.samples);
+        let labels = [("sink", self.name.clone())];
+        let started = Instant::now();
+        let mut backoff = self.cfg.min_backoff;
+        let outcome = loop {
+            match self.attempt(&compressed, content_type, version, tenant.as_ref()) {
+                Attempt::Sent => break Ok(()),
+                Attempt::Rejected(status, body) => break Err((status, body)),
+                Attempt::Retry(why, after) => {
+                    metrics::counter!("traceo_remote_write_retries_total", &labels).increment(1);
+                    let wait = after.unwrap_or(backoff).min(self.cfg.max_backoff);
+                    if started.elapsed() + wait > self.cfg.max_retry_time
+                        || self.cancel.is_cancelled()
+                    {
+                        error!(sink = %self.name, error = %why, "remote-write batch failed; it stays in the write-ahead log (durability: wal) or its clients get 503");
+                        let e = SinkError(format!("remote-write endpoint {}: {why}", self.cfg.url));
+                        for req in &pending {
+                            req.ack.fail(e.clone());
+                        }
+                        return;
+                    }
+                    warn!(sink = %self.name, error = %why, retry_in = ?wait, "remote-write attempt failed; retrying");
+                    std::thread::sleep(wait);
+                    backoff = (backoff * 2).min(self.cfg.max_backoff);
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                metrics::counter!("traceo_remote_write_samples_total", &labels).increment(samples);
+            }
+            Err((status, body)) => {
+                metrics::counter!("traceo_remote_write_rejected_samples_total",
+                    "sink" => self.name.clone(), "status" => status.to_string())
+                .increment(samples);
+                error!(sink = %self.name, status, answer = %body, samples, "remote-write endpoint refused a batch for good; not retried");
+            }
+        }
+        for req in pending {
+            req.ack.accept();
+        }
+    }
+
+    fn attempt(
+        &self,
+        body: &[u8],
+        content_type: &str,
+        version: &str,
+        tenant: Option<&TenantId>,
+    ) -> Attempt {
+        let mut req = self
+            .agent
+            .post(&self.cfg.url)
+            .header("content-type", content_type)
+            .header("content-encoding", "snappy")
+            .header("x-prometheus-remote-write-version", version);
+        if let (Some(t), false) = (tenant, self.cfg.tenant_header.is_empty()) {
+            req = req.header(self.cfg.tenant_header.as_str(), t.as_str());
+        }
+        for (k, v) in &self.cfg.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        match req.send(body) {
+            Err(e) => Attempt::Retry(e.to_string(), None),
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                if (200..300).contains(&status) {
+                    return Attempt::Sent;
+                }
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let text: String = resp
+                    .body_mut()
+                    .read_to_string()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(512)
+                    .collect();
+                if status == 429 || status >= 500 {
+                    Attempt::Retry(format!("HTTP {status}: {}", text.trim()), retry_after)
+                } else {
+                    Attempt::Rejected(status, text.trim().to_string())
+                }
+            }
+        }
+    }
+}
+
+impl ShardWorker for RwWorker {
+    fn accept(&mut self, req: SinkRequest) {
+        if self.tenant.as_ref().is_some_and(|t| *t != req.batch.tenant) {
+            self.send();
+        }
+        self.tenant = Some(req.batch.tenant.clone());
+        self.add(&req);
+        self.pending.push(req);
+        if self.batch_bytes() >= self.cfg.max_batch_bytes {
+            self.send();
+        }
+    }
+
+    fn idle(&mut self) {
+        self.send();
+    }
+
+    fn stop(mut self) {
+        self.send();
+    }
+}
