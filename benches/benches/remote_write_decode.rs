@@ -1,4 +1,4 @@
-//! Remote-write 1.0 decode against the snappy-decompress-only floor of the same bytes.
+//! Remote-write 1.0 and 2.0 decode against the snappy-decompress-only floor of the same bytes.
 //!
 //! Payload: `loadtest::gen` default shape (2000 series x 10 realistic labels x 1 sample, seed
 //! 42), the shape the issue targets and `BENCHMARKS.md` records.
@@ -66,6 +66,45 @@ fn bench(c: &mut Criterion) {
             out.clear();
             v1::encode(black_box(&decoded), &mut out);
             black_box(out.len())
+        })
+    });
+    group.finish();
+
+    // The same payload as remote-write 2.0 (symbols interned per request).
+    let mut v2_body = Vec::new();
+    let mut w = protocols::remote_write::v2::V2Writer::new();
+    for s in decoded.series() {
+        w.add_series(&decoded, &s, s.labels().iter());
+    }
+    w.finish(&mut v2_body);
+    let v2_raw = Bytes::from(v2_body);
+    let v2_compressed = snappy::compress(&v2_raw);
+    eprintln!(
+        "remote-write 2.0: {} bytes snappy, {} bytes decompressed",
+        v2_compressed.len(),
+        v2_raw.len()
+    );
+    let mut group = c.benchmark_group("remote_write_v2");
+    group.throughput(Throughput::Elements(spec.series_per_request as u64));
+    group.bench_function("snappy_decompress_only", |b| {
+        b.iter(|| {
+            snappy::decompress_into(black_box(&v2_compressed), &limits, &mut scratch).unwrap();
+            black_box(scratch.len())
+        })
+    });
+    group.bench_function("decode", |b| {
+        b.iter(|| {
+            let batch =
+                protocols::remote_write::v2::decode(black_box(&v2_compressed), &limits).unwrap();
+            black_box(batch.sample_count())
+        })
+    });
+    group.bench_function("parse_only", |b| {
+        b.iter(|| {
+            let batch =
+                protocols::remote_write::v2::decode_message(black_box(v2_raw.clone()), &limits)
+                    .unwrap();
+            black_box(batch.sample_count())
         })
     });
     group.finish();

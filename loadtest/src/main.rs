@@ -334,8 +334,10 @@ fn decode_only(args: &Args) -> anyhow::Result<()> {
             protocols::remote_write::v1::decode(b, &limits)?;
             Ok(())
         })?),
-        // The gateway does not decode remote-write 2.0 yet (issue 9).
-        Protocol::RemoteWriteV2 => None,
+        Protocol::RemoteWriteV2 => Some(time(&mut |b| {
+            protocols::remote_write::v2::decode(b, &limits)?;
+            Ok(())
+        })?),
         Protocol::OtlpHttp | Protocol::OtlpGrpc => {
             let options = protocols::otlp::TranslateOptions::default();
             Some(time(&mut |b| {
