@@ -79,8 +79,10 @@ pub fn decode_message(buf: Bytes, limits: &DecodeLimits) -> Result<Batch, Decode
         table: &symbols,
         limits,
     };
+    // Reference lists are gathered into one reused buffer: no allocation per series or label.
+    let mut refs = Vec::new();
     for (idx, (s, e)) in series.into_iter().enumerate() {
-        decode_series(&cx, s, e, idx, &mut batch)?;
+        decode_series(&cx, s, e, idx, &mut batch, &mut refs)?;
     }
     Ok(batch)
 }
@@ -192,19 +194,20 @@ fn decode_series(
     end: usize,
     idx: usize,
     batch: &mut Batch,
+    refs: &mut Vec<u32>,
 ) -> Result<(), DecodeError> {
     let buf = cx.buf;
     let labels_start = batch.labels.len();
     let samples_start = batch.samples.len();
     let hist_start = batch.histograms.len();
     let ex_start = batch.exemplars.len();
-    let mut refs: Vec<u32> = Vec::new();
+    refs.clear();
     let mut metadata: Option<(MetricType, StrRange, StrRange)> = None;
     let mut r = Reader::new(buf, start, end);
     while !r.is_empty() {
         let (field, wt) = r.key()?;
         match (field, wt) {
-            (1, VARINT | LEN) => read_refs(&mut r, wt, &mut refs)?,
+            (1, VARINT | LEN) => read_refs(&mut r, wt, refs)?,
             (2, LEN) => {
                 let (s, e) = r.len_delimited("sample")?;
                 batch.samples.push(decode_sample(buf, s, e)?);
@@ -215,7 +218,10 @@ fn decode_series(
             }
             (4, LEN) => {
                 let (s, e) = r.len_delimited("exemplar")?;
-                let ex = decode_exemplar(cx, s, e, idx, &mut batch.exemplar_labels)?;
+                // Exemplar references go after the series' own in the same buffer.
+                let mark = refs.len();
+                let ex = decode_exemplar(cx, s, e, idx, &mut batch.exemplar_labels, refs)?;
+                refs.truncate(mark);
                 batch.exemplars.push(ex);
             }
             (5, LEN) => {
@@ -230,7 +236,7 @@ fn decode_series(
             _ => r.skip(wt)?,
         }
     }
-    cx.labels(&refs, idx, "labels_refs", &mut batch.labels)?;
+    cx.labels(refs, idx, "labels_refs", &mut batch.labels)?;
     sort_and_check(buf, &mut batch.labels[labels_start..], idx)?;
     let name = batch.labels[labels_start..]
         .iter()
@@ -266,9 +272,10 @@ fn decode_exemplar(
     end: usize,
     series: usize,
     labels: &mut Vec<Label>,
+    refs: &mut Vec<u32>,
 ) -> Result<ExemplarEntry, DecodeError> {
     let labels_start = labels.len();
-    let mut refs = Vec::new();
+    let mark = refs.len();
     let mut ex = ExemplarEntry {
         labels: Span::default(),
         value: 0.0,
@@ -278,14 +285,14 @@ fn decode_exemplar(
     while !r.is_empty() {
         let (field, wt) = r.key()?;
         match (field, wt) {
-            (1, VARINT | LEN) => read_refs(&mut r, wt, &mut refs)?,
+            (1, VARINT | LEN) => read_refs(&mut r, wt, refs)?,
             (2, FIXED64) => ex.value = r.f64()?,
             (3, VARINT) => ex.timestamp_ms = r.varint()? as i64,
             (1..=3, _) => return Err(wire_type("Exemplar", field, wt)),
             _ => r.skip(wt)?,
         }
     }
-    cx.labels(&refs, series, "exemplar labels_refs", labels)?;
+    cx.labels(&refs[mark..], series, "exemplar labels_refs", labels)?;
     sort_and_check(cx.buf, &mut labels[labels_start..], series)?;
     ex.labels = Span::at(labels_start, labels.len());
     Ok(ex)
