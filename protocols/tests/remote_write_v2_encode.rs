@@ -1,5 +1,6 @@
 //! Remote-write 2.0 encoding: a batch decoded from any 1.0 request, encoded as 2.0 and decoded
-//! again with the reference `prost` types, resolves to the same series, samples, histograms,
+//! again with the reference `prost` types and with the gateway's own decoder, resolves to the
+//! same series, samples, histograms,
 //! exemplars and metadata; the symbols table starts with "" and holds each string once.
 
 use std::collections::HashSet;
@@ -118,6 +119,22 @@ proptest! {
         let mut out = Vec::new();
         w.finish(&mut out);
         let got = v2::Request::decode(&out[..]).unwrap();
+
+        // Round trip through the gateway's own 2.0 decoder: the same series, in order.
+        let ours = protocols::remote_write::v2::decode_message(
+            Bytes::from(out.clone()),
+            &DecodeLimits::default(),
+        )
+        .unwrap();
+        prop_assert_eq!(ours.series_count(), got.timeseries.len());
+        for (i, s) in ours.series().enumerate() {
+            let labels: Vec<(&str, &str)> = s.labels().iter().collect();
+            prop_assert_eq!(labels, got.labels(i).unwrap());
+            prop_assert_eq!(s.samples().len(), got.timeseries[i].samples.len());
+            prop_assert_eq!(s.histograms().len(), got.timeseries[i].histograms.len());
+            prop_assert_eq!(s.exemplars().len(), got.timeseries[i].exemplars.len());
+        }
+        prop_assert_eq!(ours.metadata_count(), got.timeseries.iter().filter(|t| t.metadata.is_some()).count());
 
         prop_assert_eq!(got.symbols[0].as_str(), "");
         let unique: HashSet<&String> = got.symbols.iter().collect();

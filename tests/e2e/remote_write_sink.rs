@@ -289,3 +289,82 @@ fn a_backend_failing_with_500_loses_nothing_and_a_400_is_not_retried_forever() {
         "the refusal is logged"
     );
 }
+
+#[test]
+fn a_remote_write_v2_sink_is_understood_by_a_v2_receiver() {
+    // Debian's Prometheus (2.x) has no 2.0 receiver; the gateway's own 2.0 endpoint is one.
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (edge_dir, store_dir) = (tmp.path().join("edge"), tmp.path().join("store"));
+    std::fs::create_dir_all(&edge_dir).expect("dir");
+    std::fs::create_dir_all(&store_dir).expect("dir");
+    let store = Gateway::start(
+        GATEWAY,
+        &store_dir,
+        r#"
+listen: { http: "127.0.0.1:{port}" }
+otlp: { grpc_listen: null, http_listen: null }
+auth: { mode: off, default_region: central }
+regions:
+  - id: central
+    sinks:
+      parquet: { path: "{dir}/data", max_file_age: 200ms }
+"#,
+    );
+    let edge = Gateway::start(
+        GATEWAY,
+        &edge_dir,
+        &format!(
+            r#"
+listen: {{ http: "127.0.0.1:{{port}}" }}
+otlp: {{ grpc_listen: null, http_listen: null }}
+auth: {{ mode: off, default_region: eu }}
+regions:
+  - id: eu
+    sinks:
+      remote_write:
+        - {{ name: store, url: "{}", format: remote_write_v2 }}
+"#,
+            store.url("/api/v1/write")
+        ),
+    );
+    let ts = now_ms();
+    let body = remote_write_body(
+        &[
+            &[("__name__", "jobs_total"), ("queue", "a")],
+            &[("__name__", "jobs_total"), ("queue", "b")],
+        ],
+        ts,
+    );
+    let (status, text) = post_remote_write(
+        &edge.url("/api/v1/write"),
+        &body,
+        &[("x-scope-orgid", "team-c")],
+    );
+    assert_eq!(status, 204, "{text}");
+    let rows = wait_for("the forwarded rows", Duration::from_secs(30), || {
+        let rows = traceo_e2e::read_rows(&store_dir.join("data"));
+        (rows.len() >= 2).then_some(rows)
+    });
+    for r in &rows {
+        assert_eq!(r.metric, "jobs_total");
+        assert_eq!(r.tenant, "team-c", "the tenant header carried the tenant");
+        assert_eq!(r.timestamp_ms, ts);
+        assert_eq!(r.value, Some(1.0));
+        // The edge's tags arrive as labels; the store keeps them as exported_*.
+        assert_eq!(
+            r.labels.get("exported_region").map(String::as_str),
+            Some("eu")
+        );
+        assert_eq!(
+            r.labels.get("exported_tenant").map(String::as_str),
+            Some("team-c")
+        );
+    }
+    let mut queues: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.labels.get("queue"))
+        .map(String::as_str)
+        .collect();
+    queues.sort_unstable();
+    assert_eq!(queues, ["a", "b"]);
+}
