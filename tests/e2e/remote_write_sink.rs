@@ -272,7 +272,7 @@ fn a_backend_failing_with_500_loses_nothing_and_a_400_is_not_retried_forever() {
         post_remote_write(&gw.url("/api/v1/write"), &old, &[("x-scope-orgid", "acme")]);
     assert_eq!(status, 204, "the gateway keeps it; the backend decides");
     wait_for("the 400 to be counted", Duration::from_secs(30), || {
-        (metric(&gw, "traceo_remote_write_rejected_samples_total") >= 1.0).then_some(())
+        (metric(&gw, "traceo_remote_write_rejected_series_total") >= 1.0).then_some(())
     });
     // Delivery moved on: what comes after the refused batch arrives.
     let after = remote_write_body(&[&[("__name__", "after_refusal")]], now_ms());

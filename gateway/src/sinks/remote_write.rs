@@ -8,7 +8,7 @@
 //! fails: with `durability: wal` the log keeps it and its feeder delivers it again later. Any
 //! other 4xx means the endpoint will never take the data (bad labels, out-of-order samples,
 //! limits): it is logged with the endpoint's answer, counted in
-//! `traceo_remote_write_rejected_samples_total{sink,status}`, and the batch is confirmed so
+//! `traceo_remote_write_rejected_series_total{sink,status}`, and the batch is confirmed so
 //! delivery moves on instead of retrying it forever.
 //!
 //! Series are split over `pipeline.shards` workers by identity hash, so a series always
@@ -58,7 +58,7 @@ pub fn spawn(
             tenant: None,
             body: Vec::new(),
             v2: V2Writer::new(),
-            samples: 0,
+            series: 0,
         })
         .collect();
     let (mut handle, threads) = spawn_shards(&name, region, cfg.queue_capacity, workers, &cancel)
@@ -86,8 +86,9 @@ struct RwWorker {
     body: Vec<u8>,
     /// The batch, 2.0.
     v2: V2Writer,
-    /// Samples and histogram samples in the batch (for the metrics).
-    samples: u64,
+    /// Series in the batch (for the metrics; a share read back from the log is not decoded,
+    /// so series, not samples, are what every path can count).
+    series: u64,
 }
 
 /// How one attempt went.
@@ -133,18 +134,7 @@ impl RwWorker {
                 }
             }
         }
-        // Raw shares (read back from the log) carry no decoded columns; count their series.
-        self.samples += if share.raw.is_some() {
-            count as u64
-        } else {
-            (0..count)
-                .filter_map(|n| {
-                    let pos = req.positions.as_ref().map_or(n, |p| p[n] as usize);
-                    share.batch.series_at(share.series_index(pos) as usize)
-                })
-                .map(|s| (s.samples().len() + s.histograms().len()) as u64)
-                .sum()
-        };
+        self.series += count as u64;
     }
 
     /// Sends the batch, retrying as the module docs say, and completes its requests.
@@ -173,7 +163,7 @@ impl RwWorker {
         let compressed = protocols::snappy::compress(&payload);
         let tenant = self.tenant.take();
         let pending = std::mem::take(&mut self.pending);
-        let samples = std::mem::take(&mut self.samples);
+        let series = std::mem::take(&mut self.series);
         let labels = [("sink", self.name.clone())];
         let started = Instant::now();
         let mut backoff = self.cfg.min_backoff;
@@ -202,13 +192,13 @@ impl RwWorker {
         };
         match outcome {
             Ok(()) => {
-                metrics::counter!("traceo_remote_write_samples_total", &labels).increment(samples);
+                metrics::counter!("traceo_remote_write_series_total", &labels).increment(series);
             }
             Err((status, body)) => {
-                metrics::counter!("traceo_remote_write_rejected_samples_total",
+                metrics::counter!("traceo_remote_write_rejected_series_total",
                     "sink" => self.name.clone(), "status" => status.to_string())
-                .increment(samples);
-                error!(sink = %self.name, status, answer = %body, samples, "remote-write endpoint refused a batch for good; not retried");
+                .increment(series);
+                error!(sink = %self.name, status, answer = %body, series, "remote-write endpoint refused a batch for good; not retried");
             }
         }
         for req in pending {
