@@ -210,9 +210,14 @@ pub(crate) fn put_message(out: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec
     if n > 1 {
         out.splice(len_pos..len_pos + 1, std::iter::repeat_n(0u8, n));
     }
-    let mut tmp = Vec::with_capacity(n);
-    put_varint(&mut tmp, body_len as u64);
-    out[len_pos..len_pos + n].copy_from_slice(&tmp);
+    // Written in place: a temporary `Vec` here was an allocation per label and per series,
+    // the allocator's share of re-encoding in the profile (BENCHMARKS.md, remote-write 2.0).
+    let mut v = body_len as u64;
+    for b in &mut out[len_pos..len_pos + n - 1] {
+        *b = (v as u8) | 0x80;
+        v >>= 7;
+    }
+    out[len_pos + n - 1] = v as u8;
 }
 
 #[cfg(test)]
