@@ -215,11 +215,31 @@ impl TaggedBatch {
     /// spliced in; edited or non-canonical series are encoded afresh.
     pub fn put_v1_series(&self, index: u32, series: &SeriesRef<'_>, buf: &mut Vec<u8>) {
         let edits = self.edits_of(index);
-        if !(edits.is_empty() && self.extra.put_spliced(series, buf)) {
-            let labels = output_labels(series, edits, &self.tags);
-            let labels = labels.iter().map(|(k, v)| (k.as_ref(), *v));
-            encode_series_with_labels(series, labels, buf);
+        if edits.is_empty() {
+            if self.extra.put_spliced(series, buf) {
+                return;
+            }
+            // Not canonical (e.g. decoded from 2.0): encode the client's sorted labels merged
+            // with the sorted tags as they stream, without building a label list.
+            if self.tags.windows(2).all(|w| w[0].0 < w[1].0) {
+                let mark = buf.len();
+                let clash = std::cell::Cell::new(false);
+                let merged = MergeSorted {
+                    client: series.labels().iter().peekable(),
+                    tags: self.tags.iter().peekable(),
+                    clash: &clash,
+                };
+                encode_series_with_labels(series, merged, buf);
+                if !clash.get() {
+                    return;
+                }
+                // A client label named like a tag: renamed below, the rare path.
+                buf.truncate(mark);
+            }
         }
+        let labels = output_labels(series, edits, &self.tags);
+        let labels = labels.iter().map(|(k, v)| (k.as_ref(), *v));
+        encode_series_with_labels(series, labels, buf);
     }
 
     /// The series of this share with their stored labels (see [`output_labels`]).
@@ -230,6 +250,39 @@ impl TaggedBatch {
             let labels = output_labels(&series, self.edits_of(i), &self.tags);
             Some((series, labels))
         })
+    }
+}
+
+/// Two label lists sorted by name, merged into one sorted stream; a name in both sets
+/// `clash` (the caller then encodes the series the long way, renaming the client's label).
+struct MergeSorted<'a, C: Iterator<Item = (&'a str, &'a str)>> {
+    client: std::iter::Peekable<C>,
+    tags: std::iter::Peekable<std::slice::Iter<'a, (String, String)>>,
+    clash: &'a std::cell::Cell<bool>,
+}
+
+impl<'a, C: Iterator<Item = (&'a str, &'a str)>> Iterator for MergeSorted<'a, C> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let take_tag = match (self.client.peek(), self.tags.peek()) {
+            (Some((c, _)), Some((t, _))) => match (*c).cmp(t.as_str()) {
+                std::cmp::Ordering::Less => false,
+                std::cmp::Ordering::Greater => true,
+                std::cmp::Ordering::Equal => {
+                    self.clash.set(true);
+                    false
+                }
+            },
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (None, None) => return None,
+        };
+        if take_tag {
+            self.tags.next().map(|(k, v)| (k.as_str(), v.as_str()))
+        } else {
+            self.client.next()
+        }
     }
 }
 
@@ -267,8 +320,8 @@ fn edited_labels<'a>(
         )
 }
 
-/// The labels the gateway adds to a series stored in `region`: tenant, region, then the
-/// region's policy tags (a policy tag cannot override the first two).
+/// The labels the gateway adds to a series stored in `region`: tenant, region and the
+/// region's policy tags (a policy tag cannot override the first two), sorted by name.
 pub fn gateway_tags(
     tenant_label: &str,
     region_label: &str,
@@ -285,6 +338,8 @@ pub fn gateway_tags(
             tags.push((k.clone(), v.clone()));
         }
     }
+    // Sorted by name, so encoders can merge them into a series' sorted labels as they go.
+    tags.sort();
     tags
 }
 
@@ -592,6 +647,38 @@ mod tests {
                 ("tenant", "acme"),
             ]
         );
+    }
+
+    #[test]
+    fn a_non_canonical_series_merges_tags_like_the_long_way() {
+        // Unsorted input is not spliceable: the merge path encodes it.
+        for labels in [
+            &[("zone", "a"), ("__name__", "up"), ("job", "j")][..],
+            &[("zone", "a"), ("__name__", "up"), ("region", "spoof")][..],
+        ] {
+            let b = Arc::new(batch(labels));
+            let mut tags = tags();
+            tags.sort();
+            let share = TaggedBatch {
+                tenant: TenantId::parse("acme").unwrap(),
+                region: RegionId::parse("eu-west").unwrap(),
+                batch: b.clone(),
+                selection: None,
+                edits: Arc::new(HashMap::new()),
+                extra: ExtraLabels::new(tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+                tags: tags.clone().into(),
+                hashes: Vec::new(),
+                raw: None,
+            };
+            let s = b.series().next().unwrap();
+            assert!(s.spliceable_bytes().is_none());
+            let mut fast = Vec::new();
+            share.put_v1_series(0, &s, &mut fast);
+            let mut long = Vec::new();
+            let out = output_labels(&s, &[], &tags);
+            encode_series_with_labels(&s, out.iter().map(|(k, v)| (k.as_ref(), *v)), &mut long);
+            assert_eq!(fast, long, "{labels:?}");
+        }
     }
 
     #[test]
