@@ -1,6 +1,7 @@
 //! Traceo Gateway: the server behind the `traceo-gateway` binary.
 //!
 //! Modules, one per concern (each says what it owns and may call):
+//! - [`cluster`]: upstream health, the fleet rule and the route table (being built, issue 8);
 //! - [`config`]: the YAML format, validation, the embedded default;
 //! - [`listen`]: HTTP listener, routes, the mapping of errors to answers;
 //! - [`tenant`]: who sent a request;
@@ -12,6 +13,7 @@
 //! - [`server`]: wiring them together and shutting down in order.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod explain;
