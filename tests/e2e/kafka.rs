@@ -7,30 +7,15 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use traceo_e2e::{
-    free_port, get, post_remote_write, remote_write_body, tail_json, wait_for, Broker, Gateway,
-    Proc,
+    free_port, get, metric_in, now_ms, post_remote_write, remote_write_body, tail_json, wait_for,
+    Broker, Gateway, Proc,
 };
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
-}
-
-/// The value of a counter line `name{labels} value` in a `/metrics` page.
-fn metric_value(page: &str, prefix: &str) -> Option<f64> {
-    page.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 fn label<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
     v["labels"][name].as_str()
@@ -92,12 +77,12 @@ remote_write:
     wait_for("a few remote-write rounds", Duration::from_secs(60), || {
         prom.assert_running();
         let (_, page) = get(&gw.url("/metrics"))?;
-        (metric_value(&page, acked_prefix)? >= 500.0).then_some(())
+        (metric_in(&page, acked_prefix)? >= 500.0).then_some(())
     });
     prom.terminate(Duration::from_secs(30));
     // Prometheus is gone: the acknowledged count is final.
     let (_, page) = get(&gw.url("/metrics")).expect("metrics");
-    let acked = metric_value(&page, acked_prefix).expect("acked samples counted") as usize;
+    let acked = metric_in(&page, acked_prefix).expect("acked samples counted") as usize;
 
     let lines = tail_json(GATEWAY, &broker.addr(), "metrics.local", 3);
     assert!(

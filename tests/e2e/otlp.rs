@@ -17,11 +17,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use traceo_e2e::{
-    free_port, python_bin, read_rows, tail_json, wait_for_listener, Broker, Gateway, Row,
+    free_port, now_ms, python_bin, read_rows, tail_json, wait_for_listener, Broker, Gateway, Row,
 };
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
@@ -55,13 +55,6 @@ const RESOURCE_LABELS: &[&str] = &[
     "telemetry_sdk_name",
     "telemetry_sdk_version",
 ];
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
-}
 
 /// A broker with the region's topic and a gateway writing to it and to Parquet.
 struct Stack {

@@ -3,18 +3,11 @@
 //! their labels, the tenant and plausible timestamps.
 
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use traceo_e2e::{free_port, get, prometheus_bin, read_rows, wait_for, Gateway, Proc};
+use traceo_e2e::{free_port, get, now_ms, prometheus_bin, read_rows, wait_for, Gateway, Proc};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
-}
 
 #[test]
 fn prometheus_remote_write_lands_in_parquet_with_tenant_and_labels() {

@@ -12,20 +12,15 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prost::Message;
 use protocols::remote_write::v2::reference as v2;
-use traceo_e2e::{get, post_remote_write, remote_write_body, wait_for, Gateway, PrometheusBackend};
+use traceo_e2e::{
+    now_ms, post_remote_write, remote_write_body, wait_for, Gateway, PrometheusBackend,
+};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
-}
 
 fn config(url: &str) -> String {
     format!(
@@ -201,17 +196,6 @@ fn serve(
     }
 }
 
-fn metric(gw: &Gateway, prefix: &str) -> f64 {
-    get(&gw.url("/metrics"))
-        .map(|(_, page)| {
-            page.lines()
-                .filter(|l| l.starts_with(prefix))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        })
-        .unwrap_or(0.0)
-}
-
 #[test]
 fn a_backend_failing_with_500_loses_nothing_and_a_400_is_not_retried_forever() {
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -264,7 +248,11 @@ fn a_backend_failing_with_500_loses_nothing_and_a_400_is_not_retried_forever() {
         "{all} series delivered after {} injected 500s",
         refused.load(Ordering::SeqCst)
     );
-    assert!(metric(&gw, "traceo_remote_write_retries_total") >= 3.0);
+    assert!(
+        gw.metric("traceo_remote_write_retries_total")
+            .unwrap_or(0.0)
+            >= 3.0
+    );
 
     // A sample from 2001 is out of bounds for Prometheus' head: a 400, never accepted.
     let old = remote_write_body(&[&[("__name__", "too_old")]], 1_000_000_000_000);
@@ -272,7 +260,10 @@ fn a_backend_failing_with_500_loses_nothing_and_a_400_is_not_retried_forever() {
         post_remote_write(&gw.url("/api/v1/write"), &old, &[("x-scope-orgid", "acme")]);
     assert_eq!(status, 204, "the gateway keeps it; the backend decides");
     wait_for("the 400 to be counted", Duration::from_secs(30), || {
-        (metric(&gw, "traceo_remote_write_rejected_series_total") >= 1.0).then_some(())
+        (gw.metric("traceo_remote_write_rejected_series_total")
+            .unwrap_or(0.0)
+            >= 1.0)
+            .then_some(())
     });
     // Delivery moved on: what comes after the refused batch arrives.
     let after = remote_write_body(&[&[("__name__", "after_refusal")]], now_ms());

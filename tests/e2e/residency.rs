@@ -6,10 +6,11 @@
 //! old one keeps working.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use traceo_e2e::{
-    get, post_remote_write, read_rows, remote_write_body, tail_json, wait_for, Broker, Gateway, Row,
+    get, now_ms, post_remote_write, read_rows, remote_write_body, tail_json, wait_for, Broker,
+    Gateway, Row,
 };
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
@@ -58,13 +59,6 @@ regions:
       parquet: { path: "{dir}/us-east", max_file_age: 300ms }
       KAFKA_US
 "#;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
-}
 
 /// Starts the gateway, with a Kafka broker per region when `brokers` is given.
 fn start(dir: &Path, brokers: Option<(&Broker, &Broker)>) -> Gateway {

@@ -13,10 +13,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use traceo_e2e::{
-    get, http, read_rows, remote_write_body, tail_json, wait_for, Broker, Gateway, Proc,
+    get, http, now_ms, read_rows, remote_write_body, tail_json, wait_for, Broker, Gateway, Proc,
 };
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
@@ -166,11 +166,7 @@ regions:
     );
     let acks = dir.join("acks.txt");
     let mut load = start_loadgen(&gw, dir, &acks, 6000, 30);
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos() as u64
-        | 1;
+    let seed = (now_ms() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     println!("kill moments seed: {seed}");
     let mut rng = XorShift(seed);
     std::thread::sleep(Duration::from_secs(2));
@@ -375,15 +371,6 @@ fn last_segment(wal: &Path) -> PathBuf {
     segs.pop().expect("a segment")
 }
 
-/// The value of the first `/metrics` line starting with `prefix`.
-fn metric(gw: &Gateway, prefix: &str) -> Option<f64> {
-    let (_, page) = get(&gw.url("/metrics"))?;
-    page.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// A Parquet sink that never closes a file on its own within the test (so nothing is
 /// confirmed and the log keeps every record), or one that closes them quickly.
 fn parquet_config(file_age: &str, max_bytes: u64) -> String {
@@ -456,7 +443,7 @@ fn torn_and_bit_flipped_tails_are_cut_and_the_gateway_goes_on() {
             "{log}"
         );
         assert_eq!(
-            metric(&gw, "traceo_wal_tail_cuts_total"),
+            gw.metric("traceo_wal_tail_cuts_total"),
             Some(1.0),
             "the cut is counted"
         );

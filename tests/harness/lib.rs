@@ -195,6 +195,30 @@ impl Gateway {
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
+
+    /// A self-metric of the gateway now (see [`metric_in`]).
+    pub fn metric(&self, prefix: &str) -> Option<f64> {
+        metric_in(&get(&self.url("/metrics"))?.1, prefix)
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// The sum of the values of every `/metrics` line of `page` that starts with `prefix` (a
+/// metric name, optionally with the start of its labels); `None` when no line does.
+pub fn metric_in(page: &str, prefix: &str) -> Option<f64> {
+    let values: Vec<f64> = page
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// One row of a gateway Parquet file.

@@ -242,6 +242,20 @@ impl TaggedBatch {
         encode_series_with_labels(series, labels, buf);
     }
 
+    /// Adds the series at `pos` in the share to a remote-write 2.0 message with its stored
+    /// labels (a decoded share only: 2.0 is always encoded afresh).
+    pub fn put_v2_at(&self, pos: usize, writer: &mut protocols::remote_write::v2::V2Writer) {
+        let index = self.series_index(pos);
+        if let Some(series) = self.batch.series_at(index as usize) {
+            let labels = output_labels(&series, self.edits_of(index), &self.tags);
+            writer.add_series(
+                &self.batch,
+                &series,
+                labels.iter().map(|(k, v)| (k.as_ref(), *v)),
+            );
+        }
+    }
+
     /// The series of this share with their stored labels (see [`output_labels`]).
     pub fn series(&self) -> impl Iterator<Item = (SeriesRef<'_>, Vec<(Cow<'_, str>, &str)>)> {
         (0..self.len()).filter_map(move |pos| {

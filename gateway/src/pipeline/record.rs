@@ -181,6 +181,27 @@ static EMPTY: LazyLock<Arc<protocols::Batch>> =
 static NO_EDITS: LazyLock<Arc<HashMap<u32, Box<[ResolvedEdit]>>>> =
     LazyLock::new(|| Arc::new(HashMap::new()));
 
+/// A share as read back: its labels are final, so it has no edits and no tags to add.
+fn read_back(
+    tenant: TenantId,
+    region: &RegionId,
+    batch: Arc<protocols::Batch>,
+    hashes: Vec<u64>,
+    raw: Option<RawSeries>,
+) -> TaggedBatch {
+    TaggedBatch {
+        tenant,
+        region: region.clone(),
+        batch,
+        selection: None,
+        edits: NO_EDITS.clone(),
+        tags: Arc::from(Vec::new()),
+        extra: ExtraLabels::new(std::iter::empty::<(&str, &str)>()),
+        hashes,
+        raw,
+    }
+}
+
 fn take<'a>(buf: &mut &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8], RecordError> {
     if buf.len() < n {
         return Err(RecordError::Truncated(what));
@@ -252,17 +273,7 @@ fn read(payload: Vec<u8>, region: &RegionId, raw: bool) -> Result<Record, Record
                 series: raw.series.len(),
             });
         }
-        let share = TaggedBatch {
-            tenant,
-            region: region.clone(),
-            batch: EMPTY.clone(),
-            selection: None,
-            edits: NO_EDITS.clone(),
-            tags: Arc::from(Vec::new()),
-            extra: ExtraLabels::new(std::iter::empty::<(&str, &str)>()),
-            hashes,
-            raw: Some(raw),
-        };
+        let share = read_back(tenant, region, EMPTY.clone(), hashes, Some(raw));
         return Ok(Record { accepted_ms, share });
     }
     let batch = decode_message(body, &RECORD_LIMITS)?;
@@ -272,17 +283,7 @@ fn read(payload: Vec<u8>, region: &RegionId, raw: bool) -> Result<Record, Record
             series: batch.series_count(),
         });
     }
-    let mut share = TaggedBatch {
-        tenant,
-        region: region.clone(),
-        batch: Arc::new(batch),
-        selection: None,
-        edits: NO_EDITS.clone(),
-        tags: Arc::from(Vec::new()),
-        extra: ExtraLabels::new(std::iter::empty::<(&str, &str)>()),
-        hashes,
-        raw: None,
-    };
+    let mut share = read_back(tenant, region, Arc::new(batch), hashes, None);
     if share.hashes.is_empty() && share.batch.series_count() > 0 {
         // Written when no sink of the region partitioned; one does now.
         share.compute_hashes();

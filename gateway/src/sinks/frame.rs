@@ -6,7 +6,6 @@ use protocols::remote_write::v2::V2Writer;
 
 use super::SinkRequest;
 use crate::config::KafkaFormat;
-use crate::pipeline::output_labels;
 
 /// One partition's message under construction; its buffer is kept for the next one.
 enum Framer {
@@ -110,16 +109,7 @@ impl Framing {
                     share.put_v1_at(pos, buf);
                 }
                 // 2.0 carries metadata per series.
-                Framer::V2 { writer, .. } => {
-                    let index = share.series_index(pos);
-                    let Some(series) = share.batch.series_at(index as usize) else {
-                        continue;
-                    };
-                    let edits = share.edits_of(index);
-                    let labels = output_labels(&series, edits, &share.tags);
-                    let labels = labels.iter().map(|(k, v)| (k.as_ref(), *v));
-                    writer.add_series(&share.batch, &series, labels);
-                }
+                Framer::V2 { writer, .. } => share.put_v2_at(pos, writer),
             }
             if framer.len() >= self.message_bytes && !framer.emit(p, &mut emit) {
                 self.reset();

@@ -24,7 +24,6 @@ use tracing::{error, info, warn};
 
 use super::{spawn_shards, ShardWorker, SinkError, SinkHandle, SinkRequest};
 use crate::config::{KafkaFormat, RemoteWriteSinkConfig};
-use crate::pipeline::output_labels;
 
 /// Why the sink could not start.
 #[derive(Debug, thiserror::Error)]
@@ -124,13 +123,7 @@ impl RwWorker {
             KafkaFormat::RemoteWriteV2 => {
                 for n in 0..count {
                     let pos = req.positions.as_ref().map_or(n, |p| p[n] as usize);
-                    let index = share.series_index(pos);
-                    let Some(series) = share.batch.series_at(index as usize) else {
-                        continue;
-                    };
-                    let labels = output_labels(&series, share.edits_of(index), &share.tags);
-                    let labels = labels.iter().map(|(k, v)| (k.as_ref(), *v));
-                    self.v2.add_series(&share.batch, &series, labels);
+                    share.put_v2_at(pos, &mut self.v2);
                 }
             }
         }
