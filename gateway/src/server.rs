@@ -63,9 +63,11 @@ pub async fn run(
     let mut tasks = Vec::new();
     // Record bytes each sink's feeder may have in flight: a Parquet file fills from it.
     let mut windows: HashMap<String, usize> = HashMap::new();
+    let mut sink_threads = Vec::new();
     for region in &config.regions {
+        let id = || region.id.clone();
         if let Some(p) = &region.parquet {
-            let (h, t) = sinks::parquet::spawn(region.id.clone(), p.clone(), sink_stop.clone())?;
+            let (h, t) = sinks::parquet::spawn(id(), p.clone(), sink_stop.clone())?;
             windows.insert(
                 h.name().to_string(),
                 (2 * p.max_file_bytes).max(DEFAULT_WINDOW),
@@ -73,40 +75,33 @@ pub async fn run(
             handles.push(h);
             tasks.push(t);
         }
-    }
-    let mut sink_threads = Vec::new();
-    for region in &config.regions {
+        // The threaded sinks: `pipeline.shards` workers each.
+        let mut threaded = Vec::new();
         if let Some(k) = &region.kafka {
-            let (h, t) = sinks::kafka::spawn(
-                region.id.clone(),
+            threaded.push(sinks::kafka::spawn(
+                id(),
                 k.clone(),
                 config.shards,
                 sink_stop.clone(),
-            )?;
-            handles.push(h);
-            sink_threads.extend(t);
+            )?);
         }
-    }
-    for region in &config.regions {
         for w in &region.remote_write {
-            let (h, t) = sinks::remote_write::spawn(
-                region.id.clone(),
+            threaded.push(sinks::remote_write::spawn(
+                id(),
                 w.clone(),
                 config.shards,
                 sink_stop.clone(),
-            )?;
-            handles.push(h);
-            sink_threads.extend(t);
+            )?);
         }
-    }
-    for region in &config.regions {
         if let Some(n) = &region.null {
-            let (h, t) = sinks::null::spawn(
-                region.id.clone(),
+            threaded.push(sinks::null::spawn(
+                id(),
                 n.clone(),
                 config.shards,
                 sink_stop.clone(),
-            )?;
+            )?);
+        }
+        for (h, t) in threaded {
             handles.push(h);
             sink_threads.extend(t);
         }
