@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full};
 use prost::Message;
 use protocols::remote_write::v1::reference as pb;
 use protocols::snappy;
-use traceo_e2e::{get, http, Gateway};
+use traceo_e2e::{get, post_with, Answer, Gateway};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
 
@@ -74,30 +74,8 @@ fn raw_series(labels: &[(&[u8], &[u8])]) -> Vec<u8> {
     req
 }
 
-struct Answer {
-    status: u16,
-    body: String,
-    headers: Vec<(String, String)>,
-}
-
 fn post(gw: &Gateway, body: &[u8], headers: &[(&str, &str)]) -> Answer {
-    let mut req = http().post(&gw.url("/api/v1/write"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let mut resp = req.send(body).expect("gateway answers");
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    let body = resp.body_mut().read_to_string().unwrap_or_default();
-    Answer {
-        status,
-        body,
-        headers,
-    }
+    post_with(&gw.url("/api/v1/write"), body, headers)
 }
 
 const PROTO: [(&str, &str); 3] = [
@@ -447,22 +425,17 @@ fn remote_write_v2_is_stored_and_answered_with_written_counts() {
         ],
     );
     assert_eq!(a.status, 204, "{}", a.body);
-    let header = |name: &str| {
-        a.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
+    let header = |name: &str| a.header(name);
     assert_eq!(
-        header("x-prometheus-remote-write-samples-written").as_deref(),
+        header("x-prometheus-remote-write-samples-written"),
         Some("1")
     );
     assert_eq!(
-        header("x-prometheus-remote-write-histograms-written").as_deref(),
+        header("x-prometheus-remote-write-histograms-written"),
         Some("2")
     );
     assert_eq!(
-        header("x-prometheus-remote-write-exemplars-written").as_deref(),
+        header("x-prometheus-remote-write-exemplars-written"),
         Some("1")
     );
     let rows = traceo_e2e::wait_for("2.0 rows in Parquet", Duration::from_secs(20), || {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use prost::Message;
 use protocols::remote_write::v2::reference as v2;
 use traceo_e2e::{
-    now_ms, post_remote_write, remote_write_body, wait_for, Gateway, PrometheusBackend,
+    now_ms, post_remote_write, post_with, remote_write_body, wait_for, Gateway, PrometheusBackend,
 };
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
@@ -63,19 +63,20 @@ fn v2_body(metric: &str, job: &str, value: f64, ts: i64) -> Vec<u8> {
 }
 
 fn post_v2(gw: &Gateway, body: &[u8], tenant: &str) -> (u16, String) {
-    let mut resp = traceo_e2e::http()
-        .post(gw.url("/api/v1/write"))
-        .header(
-            "content-type",
-            "application/x-protobuf;proto=io.prometheus.write.v2.Request",
-        )
-        .header("content-encoding", "snappy")
-        .header("x-prometheus-remote-write-version", "2.0.0")
-        .header("x-scope-orgid", tenant)
-        .send(body)
-        .expect("gateway answers");
-    let status = resp.status().as_u16();
-    (status, resp.body_mut().read_to_string().unwrap_or_default())
+    let a = post_with(
+        &gw.url("/api/v1/write"),
+        body,
+        &[
+            (
+                "content-type",
+                "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+            ),
+            ("content-encoding", "snappy"),
+            ("x-prometheus-remote-write-version", "2.0.0"),
+            ("x-scope-orgid", tenant),
+        ],
+    );
+    (a.status, a.body)
 }
 
 /// The single value of `promql` once Prometheus has it, with its labels.

@@ -16,7 +16,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use traceo_e2e::{
-    get, http, now_ms, read_rows, remote_write_body, tail_json, wait_for, Broker, Gateway, Proc,
+    get, now_ms, post_with, read_rows, remote_write_body, tail_json, wait_for, Broker, Gateway,
+    Proc,
 };
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
@@ -228,23 +229,18 @@ fn ready(gw: &Gateway) -> (u16, String) {
 /// `Retry-After` header.
 fn post_one(gw: &Gateway, tenant: &str, ts: i64) -> (u16, Option<String>) {
     let body = remote_write_body(&[&[("__name__", "probe"), ("n", &ts.to_string())]], ts);
-    let resp = http()
-        .post(gw.url("/api/v1/write"))
-        .header("content-type", "application/x-protobuf")
-        .header("content-encoding", "snappy")
-        .header("x-prometheus-remote-write-version", "0.1.0")
-        .header("x-scope-orgid", tenant)
-        .send(&body[..]);
-    match resp {
-        Ok(r) => (
-            r.status().as_u16(),
-            r.headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-        ),
-        Err(e) => panic!("request failed: {e}"),
-    }
+    let a = post_with(
+        &gw.url("/api/v1/write"),
+        &body,
+        &[
+            ("content-type", "application/x-protobuf"),
+            ("content-encoding", "snappy"),
+            ("x-prometheus-remote-write-version", "0.1.0"),
+            ("x-scope-orgid", tenant),
+        ],
+    );
+    let retry_after = a.header("retry-after").map(str::to_string);
+    (a.status, retry_after)
 }
 
 #[test]

@@ -355,21 +355,58 @@ pub fn remote_write_body(series: &[&[(&str, &str)]], timestamp_ms: i64) -> Vec<u
     protocols::snappy::compress(&req.encode_to_vec())
 }
 
-/// POSTs a remote-write body with the protobuf and snappy headers plus `headers`; returns
-/// the status and the response body.
-pub fn post_remote_write(url: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
-    let mut req = http()
-        .post(url)
-        .header("content-type", "application/x-protobuf")
-        .header("content-encoding", "snappy")
-        .header("x-prometheus-remote-write-version", "0.1.0");
+/// An HTTP answer as a test reads it.
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// Body as text.
+    pub body: String,
+    /// Headers, names as sent (lower-case over HTTP/1.1 from hyper).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Answer {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// POSTs `body` to `url` with exactly `headers`; panics only if nothing answered.
+pub fn post_with(url: &str, body: &[u8], headers: &[(&str, &str)]) -> Answer {
+    let mut req = http().post(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     let mut resp = req.send(body).expect("gateway answers");
     let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    (status, text)
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    Answer {
+        status,
+        body,
+        headers,
+    }
+}
+
+/// POSTs a remote-write 1.0 body with the protobuf and snappy headers plus `headers`; returns
+/// the status and the response body.
+pub fn post_remote_write(url: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
+    let mut all = vec![
+        ("content-type", "application/x-protobuf"),
+        ("content-encoding", "snappy"),
+        ("x-prometheus-remote-write-version", "0.1.0"),
+    ];
+    all.extend_from_slice(headers);
+    let a = post_with(url, body, &all);
+    (a.status, a.body)
 }
 
 /// The `tansu` broker binary: `$TANSU_BIN`, else where `.ci/run` installs it, else `PATH`.
