@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::cluster::{Cluster, RegionRoute};
 use crate::config::Config;
 use crate::listen::{serve, AppState};
 use std::collections::HashMap;
@@ -49,6 +50,9 @@ pub enum StartError {
     /// A region's write-ahead log could not open.
     #[error("write-ahead log: {0}")]
     Wal(#[from] crate::delivery::StartError),
+    /// Gossip could not start.
+    #[error(transparent)]
+    Gossip(#[from] crate::cluster::gossip::GossipError),
 }
 
 /// Runs the gateway until `shutdown` fires, then drains and returns.
@@ -58,6 +62,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let config = Arc::new(config);
+    let cluster = Cluster::new(&config);
     let sink_stop = CancellationToken::new();
     let mut handles = Vec::new();
     let mut tasks = Vec::new();
@@ -78,11 +83,15 @@ pub async fn run(
         // The threaded sinks: `pipeline.shards` workers each.
         let mut threaded = Vec::new();
         if let Some(k) = &region.kafka {
+            let route = cluster
+                .route(&region.id)
+                .unwrap_or_else(|| RegionRoute::fixed(id(), "kafka"));
             threaded.push(sinks::kafka::spawn(
                 id(),
                 k.clone(),
                 config.shards,
                 sink_stop.clone(),
+                route,
             )?);
         }
         for w in &region.remote_write {
@@ -140,12 +149,15 @@ pub async fn run(
         DurabilityMode::Upstream => Durability::Upstream,
         DurabilityMode::None => Durability::None,
     };
+    let cluster_stop = CancellationToken::new();
+    let probing = cluster.start(cluster_stop.clone()).await?;
     let pipeline = Pipeline::new(
         handles,
         durability,
         &config.tenant_label,
         &config.region_label,
-    );
+    )
+    .with_region_health(cluster.routes());
 
     // Every port serves every endpoint; the OTLP ones exist because clients default to them.
     let mut listeners = Vec::new();
@@ -170,6 +182,7 @@ pub async fn run(
     let state = Arc::new(AppState {
         config: config.clone(),
         pipeline,
+        cluster,
         metrics: metrics.clone(),
         draining: AtomicBool::new(false),
         policy: arc_swap::ArcSwap::new(config.policy()),
@@ -227,6 +240,9 @@ pub async fn run(
     for t in sink_threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
+    // Last: the node stays in the fleet's gossip until its sinks are done.
+    cluster_stop.cancel();
+    probing.join().await;
     info!("shutdown complete");
     Ok(())
 }

@@ -30,6 +30,25 @@ impl Health {
     pub fn usable(self) -> bool {
         self != Health::Down
     }
+
+    /// `up`, `degraded` or `down`, as gossiped and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Degraded => "degraded",
+            Health::Down => "down",
+        }
+    }
+
+    /// The inverse of [`Health::as_str`].
+    pub fn parse(s: &str) -> Option<Health> {
+        match s {
+            "up" => Some(Health::Up),
+            "degraded" => Some(Health::Degraded),
+            "down" => Some(Health::Down),
+            _ => None,
+        }
+    }
 }
 
 /// Thresholds of the state machine (`cluster.health` in the config, once probes run).

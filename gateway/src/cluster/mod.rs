@@ -1,16 +1,19 @@
-//! The fleet's view of its upstreams (issue 8, in progress): each upstream's health from this
-//! node's probes ([`health`]), the rule that combines it with the peers' gossiped
-//! observations ([`fleet_health`]), and the route table that picks, for a region, the first
-//! usable upstream in the configured order ([`RouteTable`]).
+//! The fleet's view of its upstreams: each upstream's health from this node's probes
+//! ([`health`], [`probe`]), the rule that combines it with the peers' gossiped observations
+//! ([`fleet_health`], [`gossip`]), and the route that picks, for a region, the first usable
+//! upstream in the configured order ([`RouteTable`], [`runtime::RegionRoute`]).
 //!
-//! Residency is not decided here and cannot be violated here: the pipeline hands over regions
-//! already taken from the tenant's allowed regions, in policy order, and a route only ever
-//! names an upstream configured for the region it was asked about (property-tested below).
-//!
-//! Pure so far: probes, gossip (chitchat) and the wiring into the sinks come next; nothing
-//! calls this module yet.
+//! Residency is not decided here and cannot be violated here: a record reaches a sink of the
+//! region its tenant's policy chose, and a route only ever names an upstream configured for
+//! the region it was asked about (property-tested below). Failover happens at delivery,
+//! inside the region: while a region has no usable upstream its write-ahead log holds the
+//! data.
 
+pub mod gossip;
 pub mod health;
+pub mod probe;
+pub mod runtime;
+pub mod status;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use std::time::Duration;
 use residency_rules::RegionId;
 
 pub use health::{Health, HealthPolicy, Probe, Transition, UpstreamHealth};
+pub use runtime::{Cluster, RegionRoute, View};
 
 /// An upstream cluster (a Kafka cluster, an object store, a remote-write endpoint) by its
 /// configured name, e.g. `eu-primary`.

@@ -52,6 +52,9 @@ pub struct ConfigFile {
     /// When a request counts as kept, and the write-ahead log.
     #[serde(default)]
     pub durability: DurabilityFile,
+    /// Upstream health probes and gossip with the other gateway nodes.
+    #[serde(default)]
+    pub cluster: Option<super::cluster::ClusterFile>,
 }
 
 /// `durability:`
@@ -511,8 +514,18 @@ const fn default_null_partitions() -> u32 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaFile {
-    /// Bootstrap brokers, `host:port[,host:port...]`.
-    pub brokers: String,
+    /// Bootstrap brokers, `host:port[,host:port...]`: the region's one Kafka cluster (named
+    /// `kafka-<region>`). Give either this or `upstreams`.
+    #[serde(default)]
+    pub brokers: Option<String>,
+    /// The region's Kafka clusters in failover order, primary first: traffic goes to the
+    /// first one the fleet sees usable (see `cluster:`), and never to another region's.
+    #[serde(default)]
+    pub upstreams: Vec<KafkaUpstreamFile>,
+    /// Topic the health probes produce to; it must exist on every cluster (one partition
+    /// is enough). Without it probes check metadata only. Default `traceo-health`.
+    #[serde(default = "default_health_topic")]
+    pub health_topic: String,
     /// Topic name template: `{region}` and `{tenant}` are replaced. Default `metrics.{region}`.
     #[serde(default = "default_topic")]
     pub topic: String,
@@ -540,6 +553,20 @@ pub struct KafkaFile {
     /// with a setting the ack guarantee depends on.
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// `regions[].sinks.kafka.upstreams[]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaUpstreamFile {
+    /// Name, unique over all regions (it is how nodes gossip about it), e.g. `eu-primary`.
+    pub name: String,
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+}
+
+fn default_health_topic() -> String {
+    "traceo-health".into()
 }
 
 /// `regions[].sinks.kafka.format`
@@ -577,6 +604,69 @@ const fn default_message_bytes() -> usize {
 }
 const fn default_delivery_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
+}
+
+/// Whether `topic` is a name Kafka accepts.
+fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 249
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A Kafka sink's clusters from `brokers` or `upstreams` (exactly one of them), with names
+/// unique over the whole file (`seen`).
+fn kafka_upstreams(
+    prefix: &str,
+    region: &str,
+    brokers: Option<String>,
+    upstreams: Vec<KafkaUpstreamFile>,
+    seen: &mut HashSet<String>,
+    problems: &mut Vec<String>,
+) -> Vec<super::KafkaUpstream> {
+    let list: Vec<(String, String, String)> = match (brokers, upstreams.is_empty()) {
+        (Some(b), true) => vec![(format!("kafka-{region}"), b, format!("{prefix}.brokers"))],
+        (None, false) => upstreams
+            .into_iter()
+            .enumerate()
+            .map(|(j, u)| (u.name, u.brokers, format!("{prefix}.upstreams[{j}]")))
+            .collect(),
+        (Some(_), false) => {
+            problems.push(format!(
+                "{prefix}: give either brokers (one cluster) or upstreams (several), not both"
+            ));
+            return Vec::new();
+        }
+        (None, true) => {
+            problems.push(format!(
+                "{prefix}.brokers: missing (or list the region's clusters in upstreams)"
+            ));
+            return Vec::new();
+        }
+    };
+    list.into_iter()
+        .map(|(name, brokers, field)| {
+            if brokers.trim().is_empty() {
+                let f = if field.ends_with(".brokers") { field.clone() } else { format!("{field}.brokers") };
+                problems.push(format!("{f}: must not be empty"));
+            }
+            let name_ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+            if !name_ok {
+                problems.push(format!(
+                    "{field}.name: {name:?} must be ASCII letters, digits, '_' or '-'"
+                ));
+            } else if !seen.insert(name.clone()) {
+                problems.push(format!(
+                    "{field}.name: {name:?} is already used; upstream names are unique over all regions"
+                ));
+            }
+            super::KafkaUpstream { name, brokers }
+        })
+        .collect()
 }
 
 /// Settings the acknowledgement guarantee rests on: `properties` may not override them.
@@ -761,6 +851,7 @@ impl ConfigFile {
         let otlp = self.otlp.validate(http_addr, &mut problems);
         let shards = self.pipeline.validate(&mut problems);
         let durability = self.durability.validate(&mut problems);
+        let cluster = self.cluster.unwrap_or_default().validate(&mut problems);
 
         let l = &self.limits;
         for (field, v) in [
@@ -813,6 +904,7 @@ impl ConfigFile {
         }
         let mut regions = Vec::new();
         let mut region_ids = HashSet::new();
+        let mut upstream_names = HashSet::new();
         for (i, r) in self.regions.into_iter().enumerate() {
             let id = match RegionId::parse(&r.id) {
                 Ok(id) => id,
@@ -847,16 +939,15 @@ impl ConfigFile {
             });
             let kafka = r.sinks.kafka.map(|k| {
                 let prefix = format!("regions[{i}].sinks.kafka");
-                if k.brokers.trim().is_empty() {
-                    problems.push(format!("{prefix}.brokers: must not be empty"));
+                let upstreams = kafka_upstreams(&prefix, id.as_str(), k.brokers, k.upstreams, &mut upstream_names, &mut problems);
+                if !valid_topic(&k.health_topic) {
+                    problems.push(format!(
+                        "{prefix}.health_topic: {:?} is not a valid topic name (ASCII letters, digits, '.', '_', '-')",
+                        k.health_topic
+                    ));
                 }
                 let sample = k.topic.replace("{region}", "r").replace("{tenant}", "t");
-                if sample.is_empty()
-                    || sample.len() > 249
-                    || !sample
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-                {
+                if !valid_topic(&sample) {
                     problems.push(format!(
                         "{prefix}.topic: {:?} does not make valid topic names (ASCII letters, digits, '.', '_', '-'; placeholders {{region}} and {{tenant}})",
                         k.topic
@@ -882,7 +973,8 @@ impl ConfigFile {
                     }
                 }
                 KafkaSinkConfig {
-                    brokers: k.brokers,
+                    upstreams,
+                    health_topic: k.health_topic,
                     topic: k.topic,
                     compression: k.compression,
                     format: k.format,
@@ -1152,6 +1244,7 @@ impl ConfigFile {
                 otlp,
                 shards,
                 durability,
+                cluster,
             }),
             _ => Err(problems),
         }

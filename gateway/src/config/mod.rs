@@ -5,9 +5,11 @@
 //! [`ConfigFile::validate`] checks meaning and collects *every* problem, each naming the file,
 //! the field path and the bad value, before failing once.
 
+mod cluster;
 mod duration;
 mod file;
 
+pub use cluster::{ClusterFile, ClusterSettings, GossipSettings};
 pub use duration::HumanDuration;
 pub use file::*;
 
@@ -162,8 +164,10 @@ pub struct NullSinkConfig {
 /// The Kafka sink of one region (see `KafkaFile` for the meaning of each field).
 #[derive(Debug, Clone)]
 pub struct KafkaSinkConfig {
-    /// Bootstrap brokers.
-    pub brokers: String,
+    /// The region's clusters in failover order (one when the file gave `brokers`).
+    pub upstreams: Vec<KafkaUpstream>,
+    /// Topic the health probes produce to.
+    pub health_topic: String,
     /// Topic template.
     pub topic: String,
     /// Compression codec.
@@ -180,6 +184,15 @@ pub struct KafkaSinkConfig {
     pub queue_capacity: usize,
     /// Extra librdkafka settings.
     pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// One Kafka cluster of a region.
+#[derive(Debug, Clone)]
+pub struct KafkaUpstream {
+    /// Unique over all regions.
+    pub name: String,
+    /// Bootstrap brokers.
+    pub brokers: String,
 }
 
 /// The validated runtime configuration.
@@ -214,6 +227,8 @@ pub struct Config {
     pub shards: usize,
     /// When a request is acknowledged, and the write-ahead log.
     pub durability: DurabilitySettings,
+    /// Probes and gossip.
+    pub cluster: ClusterSettings,
 }
 
 /// `durability:` validated.

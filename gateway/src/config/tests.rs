@@ -329,3 +329,75 @@ fn pipeline_shards_default_to_the_cores_and_are_checked() {
         assert!(err.contains("pipeline.shards: "), "{err}");
     }
 }
+
+#[test]
+fn kafka_upstreams_and_cluster_settings_are_checked() {
+    let yaml = r#"
+auth: { mode: off, default_region: eu }
+cluster:
+  node_id: "gw 1"
+  gossip_listen: "0.0.0.0:7946"
+  seeds: ["gw-2:7946", "no-port"]
+  gossip_interval: 1s
+  dead_after: 1s
+  probe_interval: 2s
+  fresh: 1s
+  fail_after: 0
+regions:
+  - id: eu
+    sinks:
+      kafka:
+        brokers: "b:9092"
+        upstreams: [{ name: eu-primary, brokers: "p:9092" }]
+  - id: us
+    sinks:
+      kafka:
+        health_topic: "bad/topic"
+        upstreams:
+          - { name: us-primary, brokers: "p:9092" }
+          - { name: us-primary, brokers: "s:9092" }
+          - { name: "us secondary", brokers: "" }
+  - id: ap
+    sinks:
+      kafka: {}
+"#;
+    let err = Config::from_yaml("g.yaml", yaml).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "g.yaml: invalid configuration:
+  - cluster.node_id: \"gw 1\" must be non-empty without spaces
+  - cluster.dead_after: 1s must be at least two gossip intervals (2s)
+  - cluster.fresh: 1s is shorter than probe_interval (2s): every peer observation would be stale
+  - cluster.fail_after: must be at least 1
+  - cluster.gossip_advertise: required when gossip_listen (0.0.0.0:7946) does not name an IP peers can reach
+  - regions[0].sinks.kafka: give either brokers (one cluster) or upstreams (several), not both
+  - regions[1].sinks.kafka.upstreams[1].name: \"us-primary\" is already used; upstream names are unique over all regions
+  - regions[1].sinks.kafka.upstreams[2].brokers: must not be empty
+  - regions[1].sinks.kafka.upstreams[2].name: \"us secondary\" must be ASCII letters, digits, '_' or '-'
+  - regions[1].sinks.kafka.health_topic: \"bad/topic\" is not a valid topic name (ASCII letters, digits, '.', '_', '-')
+  - regions[2].sinks.kafka.brokers: missing (or list the region's clusters in upstreams)"
+    );
+}
+
+#[test]
+fn a_single_kafka_cluster_is_an_upstream_named_after_its_region() {
+    let yaml = r#"
+auth: { mode: off, default_region: eu }
+regions:
+  - id: eu
+    sinks: { kafka: { brokers: "b:9092" } }
+"#;
+    let c = Config::from_yaml("g.yaml", yaml).unwrap();
+    let k = c.regions[0].kafka.as_ref().unwrap();
+    assert_eq!(k.upstreams.len(), 1);
+    assert_eq!(k.upstreams[0].name, "kafka-eu");
+    assert_eq!(k.upstreams[0].brokers, "b:9092");
+    assert_eq!(k.health_topic, "traceo-health");
+    // No `cluster:` section: probes on their defaults, gossip off.
+    assert!(c.cluster.gossip.is_none());
+    assert_eq!(c.cluster.health.fail_after, 3);
+    assert_eq!(
+        c.cluster.health.hold_down,
+        std::time::Duration::from_secs(30)
+    );
+}

@@ -35,6 +35,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Routes batches to sinks.
     pub pipeline: Pipeline,
+    /// Upstream health, gossip and routes (`/api/v1/status`).
+    pub cluster: Arc<crate::cluster::Cluster>,
     /// Renders `/metrics`; `None` when no recorder is installed (library tests).
     pub metrics: Option<PrometheusHandle>,
     /// Set on SIGTERM: readiness fails so load balancers drain this node.
@@ -126,6 +128,7 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>
         (&Method::POST, "/v1/metrics") => otlp::http_export(req, state).await,
         (_, "/v1/metrics") => ApiError::MethodNotAllowed("POST").into_response(),
         (&Method::GET | &Method::HEAD, "/-/healthy") => text(StatusCode::OK, "OK\n"),
+        (&Method::GET, "/api/v1/status") => status(req.uri().query(), state),
         (&Method::GET | &Method::HEAD, "/-/ready") => {
             if state.draining.load(Ordering::Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down\n")
@@ -152,11 +155,33 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>
                 .body(Full::new(Bytes::from(body)))
                 .expect("static response is valid")
         }
-        (_, "/-/healthy" | "/-/ready" | "/metrics") => {
+        (_, "/-/healthy" | "/-/ready" | "/metrics" | "/api/v1/status") => {
             ApiError::MethodNotAllowed("GET").into_response()
         }
         _ => ApiError::NotFound.into_response(),
     }
+}
+
+/// `GET /api/v1/status`: members, upstream health (this node's and each peer's), routes and
+/// the last failovers; JSON, or text with `?format=text`.
+fn status(query: Option<&str>, state: &AppState) -> Response<Full<Bytes>> {
+    let view = state.cluster.view();
+    let as_text = query.is_some_and(|q| q.split('&').any(|kv| kv == "format=text"));
+    let (body, content_type) = if as_text {
+        (
+            crate::cluster::status::render_text(&view),
+            "text/plain; charset=utf-8",
+        )
+    } else {
+        (
+            serde_json::to_string_pretty(&*view).unwrap_or_default(),
+            "application/json",
+        )
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response is valid")
 }
 
 /// The remote-write message a request carries, from its `Content-Type`.

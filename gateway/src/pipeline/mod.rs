@@ -16,6 +16,7 @@ use protocols::remote_write::v1::{encode_metadata, encode_series_with_labels, Ex
 use protocols::{Batch, SeriesRef};
 use residency_rules::{EditOp, LabelEdit, RegionId, RegionSet, TenantId, TenantView};
 
+use crate::cluster::RegionRoute;
 use crate::sinks::{SinkError, SinkHandle};
 use crate::wal::writer::{AppendError, WalHandle};
 
@@ -426,6 +427,8 @@ pub enum SubmitError {
 #[derive(Clone)]
 pub struct Pipeline {
     routes: Arc<HashMap<RegionId, Vec<SinkHandle>>>,
+    /// Each region's upstream route, where the region has upstreams the fleet watches.
+    health: Arc<HashMap<RegionId, Arc<RegionRoute>>>,
     durability: Durability,
     tenant_label: Arc<str>,
     region_label: Arc<str>,
@@ -445,10 +448,21 @@ impl Pipeline {
         }
         Self {
             routes: Arc::new(routes),
+            health: Arc::default(),
             durability,
             tenant_label: tenant_label.into(),
             region_label: region_label.into(),
         }
+    }
+
+    /// Lets region choice skip regions whose every watched upstream is down (see
+    /// [`Pipeline::resolve`]).
+    pub fn with_region_health(
+        mut self,
+        health: impl IntoIterator<Item = (RegionId, Arc<RegionRoute>)>,
+    ) -> Self {
+        self.health = Arc::new(health.into_iter().collect());
+        self
     }
 
     /// Why the gateway cannot keep what it is sent right now, if it cannot: a sink stopped,
@@ -480,9 +494,19 @@ impl Pipeline {
     }
 
     /// The region a set resolves to: the first of the tenant's allowed regions, in failover
-    /// order, that has sinks here.
+    /// order, that has sinks here and an upstream the fleet sees usable (a region without
+    /// watched upstreams counts as usable); when every such region is down, the first with
+    /// sinks, whose write-ahead log keeps the data until an upstream is back. Only
+    /// [`TenantView::route`] yields candidates, so the answer is always an allowed region.
     fn resolve<'v>(&self, view: &TenantView<'v>, set: RegionSet) -> Option<&'v RegionId> {
-        view.route(set).find(|r| self.serves(r))
+        let mut first = None;
+        for r in view.route(set).filter(|r| self.serves(r)) {
+            if self.health.get(r).is_none_or(|h| h.any_usable()) {
+                return Some(r);
+            }
+            first.get_or_insert(r);
+        }
+        first
     }
 
     /// Hands each group of `plan` to every sink of its region and waits until all made it
@@ -629,6 +653,56 @@ mod tests {
             &DecodeLimits::default(),
         )
         .unwrap()
+    }
+
+    /// Region choice follows the fleet's view of upstream health inside the tenant's
+    /// allowed regions, in their order, and never leaves them: whatever is down, the answer
+    /// is an allowed region with sinks.
+    #[test]
+    fn region_choice_skips_a_down_region_but_never_leaves_the_allowed_ones() {
+        let policy = residency_rules::load(
+            r#"
+regions: [{ id: eu-west, jurisdiction: EU }, { id: eu-central, jurisdiction: EU }, { id: us-east, jurisdiction: US }]
+tenants: [{ id: acme, home: eu-west, allowed: [eu-west, eu-central] }]
+"#,
+        )
+        .unwrap();
+        let region = |s: &str| RegionId::parse(s).unwrap();
+        let handle = |r: &str| {
+            let (tx, _rx) = tokio::sync::mpsc::channel(1);
+            SinkHandle::new(format!("null/{r}"), region(r), vec![tx], false)
+        };
+        let routes: Vec<(RegionId, Arc<RegionRoute>)> = ["eu-west", "eu-central", "us-east"]
+            .iter()
+            .map(|r| {
+                (
+                    region(r),
+                    RegionRoute::fixed(region(r), &format!("{r}-kafka")),
+                )
+            })
+            .collect();
+        let pipeline = Pipeline::new(
+            ["eu-west", "eu-central", "us-east"].map(handle),
+            Durability::None,
+            "tenant",
+            "region",
+        )
+        .with_region_health(routes.clone());
+        let tenant = TenantId::parse("acme").unwrap();
+        let view = policy.tenant(&tenant).unwrap();
+        let all = view.allowed();
+        let health = |r: usize| &routes[r].1;
+        let pick = || pipeline.resolve(&view, all).map(|r| r.as_str().to_string());
+
+        assert_eq!(pick().as_deref(), Some("eu-west"));
+        health(0).set_usable_for_test(0, false);
+        assert_eq!(pick().as_deref(), Some("eu-central"));
+        // Both allowed regions down, us-east healthy: still an allowed region (the first),
+        // where the log holds the data.
+        health(1).set_usable_for_test(0, false);
+        assert_eq!(pick().as_deref(), Some("eu-west"));
+        health(0).set_usable_for_test(0, true);
+        assert_eq!(pick().as_deref(), Some("eu-west"));
     }
 
     fn tags() -> Vec<(String, String)> {

@@ -96,6 +96,9 @@ impl Drop for Ack {
 
 /// The loop of a sink that runs on its own thread: takes requests until `cancel` fires, then
 /// still takes what was already queued (its clients are waiting for it), and returns.
+/// How often a worker waiting for requests calls [`ShardWorker::idle`] anyway.
+const IDLE_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
 pub(crate) fn drain_on_thread<W: ShardWorker>(
     mut rx: mpsc::Receiver<SinkRequest>,
     cancel: &tokio_util::sync::CancellationToken,
@@ -113,16 +116,20 @@ pub(crate) fn drain_on_thread<W: ShardWorker>(
             Err(mpsc::error::TryRecvError::Empty) => worker.idle(),
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         }
-        let Some(req) = runtime.block_on(async {
+        // Waking now and then lets an idle worker notice changes (a route that moved).
+        let next = runtime.block_on(async {
             tokio::select! {
                 biased;
-                req = rx.recv() => req,
+                req = rx.recv() => req.map(Some),
                 _ = cancel.cancelled() => None,
+                _ = tokio::time::sleep(IDLE_TICK) => Some(None),
             }
-        }) else {
-            break;
-        };
-        worker.accept(req);
+        });
+        match next {
+            Some(Some(req)) => worker.accept(req),
+            Some(None) => {}
+            None => break,
+        }
     }
     rx.close();
     while let Ok(req) = rx.try_recv() {

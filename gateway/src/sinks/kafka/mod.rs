@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
+};
 use rdkafka::ClientContext;
 use residency_rules::RegionId;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +34,7 @@ use tracing::{error, info, warn};
 
 use super::frame::Framing;
 use super::{spawn_shards, Ack, ShardWorker, SinkError, SinkHandle, SinkRequest};
+use crate::cluster::RegionRoute;
 use crate::config::{KafkaCompression, KafkaFormat, KafkaSinkConfig};
 
 /// `content-type` header of remote-write 1.0 messages.
@@ -73,6 +76,10 @@ struct Context {
     /// Set when a delivery failed in a way only a new producer id cures.
     renew: Arc<AtomicBool>,
     metrics: SinkMetrics,
+    /// The region's route and this producer's upstream in it: the first delivery after a
+    /// switch ends the failover.
+    route: Arc<RegionRoute>,
+    upstream: usize,
 }
 
 /// Metric handles registered once per sink: looking them up (and allocating their labels)
@@ -126,6 +133,7 @@ impl ProducerContext for Context {
         match result {
             Ok(_) => {
                 self.metrics.delivered.increment(1);
+                self.route.delivered(self.upstream);
                 self.metrics
                     .delivery_seconds
                     .record(delivery.started.elapsed().as_secs_f64());
@@ -145,10 +153,12 @@ impl ProducerContext for Context {
     }
 }
 
-/// Builds the librdkafka configuration of a sink.
-fn client_config(cfg: &KafkaSinkConfig) -> ClientConfig {
+/// Builds the librdkafka configuration of a sink's producer for one of its clusters.
+fn client_config(cfg: &KafkaSinkConfig, brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers)
+    c.set("bootstrap.servers", brokers)
+        // A cluster that comes back is reconnected to within a second (default: up to 10 s).
+        .set("reconnect.backoff.max.ms", "1000")
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set(
@@ -177,39 +187,39 @@ fn client_config(cfg: &KafkaSinkConfig) -> ClientConfig {
     c
 }
 
-/// Starts the Kafka sink of `region` as `shards` workers, each with its own producer (so
-/// no lock is shared between them); returns its handle and the threads to join on stop.
+/// Starts the Kafka sink of `region` as `shards` workers, each with its own producer per
+/// cluster of the region (so no lock is shared between them); `route` says which cluster
+/// takes traffic now. Returns its handle and the threads to join on stop.
 pub fn spawn(
     region: RegionId,
     cfg: KafkaSinkConfig,
     shards: usize,
     cancel: CancellationToken,
+    route: Arc<RegionRoute>,
 ) -> Result<(SinkHandle, Vec<JoinHandle<()>>), StartError> {
     let name = format!("kafka/{region}");
     let sink_metrics = SinkMetrics::new(&name);
     let mut workers = Vec::new();
     for _ in 0..shards.max(1) {
-        let renew = Arc::new(AtomicBool::new(false));
-        let producer: ThreadedProducer<Context> = client_config(&cfg)
-            .create_with_context(Context {
-                sink: name.clone(),
-                renew: renew.clone(),
-                metrics: sink_metrics.clone(),
-            })
-            .map_err(|source| StartError::Client {
-                region: region.clone(),
-                source,
-            })?;
+        let mut conns = Vec::new();
+        for (i, upstream) in cfg.upstreams.iter().enumerate() {
+            let conn = Conn::new(&name, &cfg, &upstream.brokers, &sink_metrics, &route, i)
+                .map_err(|source| StartError::Client {
+                    region: region.clone(),
+                    source,
+                })?;
+            conns.push(conn);
+        }
         workers.push(KafkaWorker {
             framing: Framing::new(cfg.format, cfg.message_bytes),
             sink: KafkaSink {
                 name: name.clone(),
                 region: region.clone(),
                 cfg: cfg.clone(),
-                producer,
-                renew,
                 metrics: sink_metrics.clone(),
-                partitions: HashMap::new(),
+                active: route.current(),
+                route: route.clone(),
+                conns,
             },
         });
     }
@@ -220,7 +230,7 @@ pub fn spawn(
         handle = handle.forwarding_v1();
     }
     let started = (handle, threads);
-    info!(sink = %name, shards, "kafka sink started");
+    info!(sink = %name, shards, upstreams = ?route.upstreams(), "kafka sink started");
     Ok(started)
 }
 
@@ -230,16 +240,72 @@ struct KafkaWorker {
     sink: KafkaSink,
 }
 
-/// A producer with its metadata cache.
+/// A worker's producers, one per cluster of the region, and the one in use.
 struct KafkaSink {
     name: String,
     region: RegionId,
     cfg: KafkaSinkConfig,
+    metrics: SinkMetrics,
+    route: Arc<RegionRoute>,
+    /// Index of the cluster this worker produces to.
+    active: usize,
+    conns: Vec<Conn>,
+}
+
+/// A producer to one cluster, with its metadata cache.
+struct Conn {
+    brokers: String,
+    upstream: usize,
     producer: ThreadedProducer<Context>,
     renew: Arc<AtomicBool>,
-    metrics: SinkMetrics,
     /// Partition count per topic, with when it was fetched.
     partitions: HashMap<String, (i32, Instant)>,
+    /// `traffic_routing_requests_total` of this region and cluster.
+    routed: metrics::Counter,
+}
+
+impl Conn {
+    fn new(
+        sink: &str,
+        cfg: &KafkaSinkConfig,
+        brokers: &str,
+        metrics: &SinkMetrics,
+        route: &Arc<RegionRoute>,
+        upstream: usize,
+    ) -> Result<Conn, KafkaError> {
+        let renew = Arc::new(AtomicBool::new(false));
+        let producer = Self::producer(sink, cfg, brokers, metrics, route, upstream, &renew)?;
+        Ok(Conn {
+            brokers: brokers.to_string(),
+            upstream,
+            producer,
+            renew,
+            partitions: HashMap::new(),
+            routed: metrics::counter!(
+                "traffic_routing_requests_total",
+                "region" => route.region().to_string(),
+                "upstream" => route.name(upstream).to_string()
+            ),
+        })
+    }
+
+    fn producer(
+        sink: &str,
+        cfg: &KafkaSinkConfig,
+        brokers: &str,
+        metrics: &SinkMetrics,
+        route: &Arc<RegionRoute>,
+        upstream: usize,
+        renew: &Arc<AtomicBool>,
+    ) -> Result<ThreadedProducer<Context>, KafkaError> {
+        client_config(cfg, brokers).create_with_context(Context {
+            sink: sink.to_string(),
+            renew: renew.clone(),
+            metrics: metrics.clone(),
+            route: route.clone(),
+            upstream,
+        })
+    }
 }
 
 /// How long a topic's partition count is trusted before it is fetched again.
@@ -248,6 +314,7 @@ const METADATA_TTL: Duration = Duration::from_secs(60);
 impl ShardWorker for KafkaWorker {
     fn accept(&mut self, req: SinkRequest) {
         let sink = &mut self.sink;
+        sink.follow_route();
         sink.renew_if_broken();
         let topic = sink.topic_for(req.batch.tenant.as_str());
         let partitions = match sink.partition_count(&topic) {
@@ -258,6 +325,7 @@ impl ShardWorker for KafkaWorker {
                 return;
             }
         };
+        sink.conns[sink.active].routed.increment(1);
         let framed = self.framing.frame(&req, partitions as u32, |p, payload| {
             sink.produce(&topic, p, payload, &req)
         });
@@ -267,13 +335,19 @@ impl ShardWorker for KafkaWorker {
         }
     }
 
+    fn idle(&mut self) {
+        self.sink.follow_route();
+    }
+
     /// Shutting down, the queued requests were still produced (their clients wait for them);
     /// wait for their deliveries.
     fn stop(self) {
         let sink = self.sink;
         let timeout = sink.cfg.delivery_timeout + Duration::from_secs(1);
-        if let Err(e) = sink.producer.flush(timeout) {
-            error!(sink = %sink.name, error = %e, "kafka flush at shutdown failed; unflushed requests are reported failed");
+        for conn in &sink.conns {
+            if let Err(e) = conn.producer.flush(timeout) {
+                error!(sink = %sink.name, brokers = %conn.brokers, error = %e, "kafka flush at shutdown failed; unflushed requests are reported failed");
+            }
         }
         info!(sink = %sink.name, "kafka sink worker stopped");
     }
@@ -287,25 +361,57 @@ impl KafkaSink {
             .replace("{tenant}", tenant)
     }
 
+    /// Moves to the cluster the region's route names now. Leaving a cluster the fleet sees
+    /// down, what is still queued or in flight there is purged: those requests fail at once
+    /// and the write-ahead log sends them again, to the new route, instead of waiting out
+    /// `delivery_timeout` on a cluster that is gone. Leaving a usable one (failing back),
+    /// its messages are left to finish.
+    fn follow_route(&mut self) {
+        let want = self.route.current();
+        if want == self.active || want >= self.conns.len() {
+            return;
+        }
+        let old = self.active;
+        if !self.route.usable(old) {
+            self.conns[old]
+                .producer
+                .purge(PurgeConfig::default().queue().inflight());
+        }
+        info!(sink = %self.name, from = self.route.name(old), to = self.route.name(want), "producing to another cluster of the region");
+        self.active = want;
+    }
+
     fn partition_count(&mut self, topic: &str) -> Result<i32, SinkError> {
-        if let Some((n, at)) = self.partitions.get(topic) {
+        let conn = &mut self.conns[self.active];
+        if let Some((n, at)) = conn.partitions.get(topic) {
             if at.elapsed() < METADATA_TTL {
                 return Ok(*n);
             }
         }
-        let md = self
+        let upstream = self.route.name(self.active);
+        let md = conn
             .producer
             .client()
             .fetch_metadata(Some(topic), self.cfg.delivery_timeout)
-            .map_err(|e| SinkError(format!("{}: metadata of topic {topic}: {e}", self.name)))?;
+            .map_err(|e| {
+                SinkError(format!(
+                    "{} ({upstream}): metadata of topic {topic}: {e}",
+                    self.name
+                ))
+            })?;
         let t = md
             .topics()
             .iter()
             .find(|t| t.name() == topic)
-            .ok_or_else(|| SinkError(format!("{}: topic {topic} not in metadata", self.name)))?;
+            .ok_or_else(|| {
+                SinkError(format!(
+                    "{} ({upstream}): topic {topic} not in metadata",
+                    self.name
+                ))
+            })?;
         if let Some(e) = t.error() {
             return Err(SinkError(format!(
-                "{}: topic {topic}: {:?} (create it, or enable auto-creation on the broker)",
+                "{} ({upstream}): topic {topic}: {:?} (create it, or enable auto-creation on the broker)",
                 self.name,
                 RDKafkaErrorCode::from(e)
             )));
@@ -313,11 +419,11 @@ impl KafkaSink {
         let n = t.partitions().len() as i32;
         if n == 0 {
             return Err(SinkError(format!(
-                "{}: topic {topic} has no partitions",
+                "{} ({upstream}): topic {topic} has no partitions",
                 self.name
             )));
         }
-        self.partitions
+        conn.partitions
             .insert(topic.to_string(), (n, Instant::now()));
         Ok(n)
     }
@@ -326,23 +432,28 @@ impl KafkaSink {
     /// accepts (see [`needs_new_producer`]): its pending messages fail (their requests are
     /// answered 503 and retried by their clients), and a fresh producer takes new ones.
     fn renew_if_broken(&mut self) {
-        let fatal = self.producer.client().fatal_error();
-        let fenced = self.renew.swap(false, Ordering::Relaxed);
+        let conn = &mut self.conns[self.active];
+        let fatal = conn.producer.client().fatal_error();
+        let fenced = conn.renew.swap(false, Ordering::Relaxed);
         if fatal.is_none() && !fenced {
             return;
         }
-        error!(sink = %self.name, ?fatal, fenced, "kafka producer unusable; replacing it");
+        error!(sink = %self.name, upstream = self.route.name(conn.upstream), ?fatal, fenced, "kafka producer unusable; replacing it");
         metrics::counter!("traceo_kafka_producer_restarts_total", "sink" => self.name.clone())
             .increment(1);
-        match client_config(&self.cfg).create_with_context(Context {
-            sink: self.name.clone(),
-            renew: self.renew.clone(),
-            metrics: self.metrics.clone(),
-        }) {
+        match Conn::producer(
+            &self.name,
+            &self.cfg,
+            &conn.brokers,
+            &self.metrics,
+            &self.route,
+            conn.upstream,
+            &conn.renew,
+        ) {
             Ok(p) => {
                 // Dropping the old one purges and fails what it still held.
-                self.producer = p;
-                self.partitions.clear();
+                conn.producer = p;
+                conn.partitions.clear();
             }
             Err(e) => error!(sink = %self.name, error = %e, "cannot recreate the kafka producer"),
         }
@@ -386,7 +497,7 @@ impl KafkaSink {
         .headers(headers);
         let deadline = Instant::now() + self.cfg.delivery_timeout;
         loop {
-            match self.producer.send(record) {
+            match self.conns[self.active].producer.send(record) {
                 Ok(()) => return true,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     if Instant::now() >= deadline {
