@@ -2,7 +2,9 @@
 //! it acknowledged by all in-sync replicas, each within the probe timeout. A broker that
 //! answers metadata but cannot take a write (disk full, no leader) fails the probe.
 //!
-//! One thread per upstream with its own small librdkafka producer (not the sink's: a probe
+//! Object stores (the Parquet sinks' roots): a put and a delete of a small probe object.
+//!
+//! One thread per upstream; Kafka probes use their own small librdkafka producer (not the sink's: a probe
 //! must not queue behind a full delivery queue, nor be idempotent, whose epoch handling
 //! would tie probe failures to the data path).
 
@@ -64,65 +66,142 @@ impl ProducerContext for ProbeContext {
     }
 }
 
-/// Starts the probe thread of one Kafka upstream; it sends a result every `interval` until
-/// `stop` is set or the receiver is gone.
-pub fn spawn_kafka(
-    target: KafkaProbeTarget,
-    node_id: String,
-    interval: Duration,
-    timeout: Duration,
-    results: mpsc::Sender<ProbeResult>,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("probe-{}", target.name))
-        .spawn(move || {
-            let mut c = ClientConfig::new();
-            for (k, v) in &target.properties {
-                c.set(k, v);
-            }
-            c.set("bootstrap.servers", &target.brokers)
-                .set("acks", "all")
-                .set("enable.idempotence", "false")
-                .set("linger.ms", "0")
-                .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
-                .set("socket.timeout.ms", timeout.as_millis().max(10).to_string())
-                // Reconnect quickly once the upstream is back, so recovery is seen in seconds.
-                .set("reconnect.backoff.ms", "100")
-                .set("reconnect.backoff.max.ms", "1000");
-            let producer: BaseProducer<ProbeContext> =
-                match c.create_with_context(ProbeContext::default()) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = results.blocking_send(ProbeResult {
-                            upstream: target.upstream,
-                            probe: Probe::Failed,
-                            detail: Some(format!("cannot create the probe client: {e}")),
-                        });
+/// What a probe thread needs besides its target.
+#[derive(Clone)]
+pub struct ProbeLoop {
+    /// This node, written into probe messages and objects.
+    pub node_id: String,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Probe deadline.
+    pub timeout: Duration,
+    /// Where results go.
+    pub results: mpsc::Sender<ProbeResult>,
+    /// Set at shutdown.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl ProbeLoop {
+    /// Runs `probe` every `interval` on a thread named after the upstream until stopped or
+    /// the receiver is gone. `setup` runs first on that thread and builds the probe (a failure
+    /// is reported as a failed probe, every interval, with its reason).
+    fn spawn<P>(
+        self,
+        upstream: usize,
+        name: &str,
+        setup: impl FnOnce() -> Result<P, String> + Send + 'static,
+    ) -> std::io::Result<JoinHandle<()>>
+    where
+        P: FnMut(u64) -> (Probe, Option<String>),
+    {
+        std::thread::Builder::new()
+            .name(format!("probe-{name}"))
+            .spawn(move || {
+                let mut probe = setup();
+                let mut n: u64 = 0;
+                let mut next = Instant::now();
+                while !self.stop.load(Ordering::Relaxed) {
+                    let now = Instant::now();
+                    if now < next {
+                        std::thread::sleep((next - now).min(Duration::from_millis(100)));
+                        continue;
+                    }
+                    next = now + self.interval;
+                    n += 1;
+                    let (probe, detail) = match &mut probe {
+                        Ok(p) => p(n),
+                        Err(e) => (Probe::Failed, Some(e.clone())),
+                    };
+                    let sent = self.results.blocking_send(ProbeResult {
+                        upstream,
+                        probe,
+                        detail,
+                    });
+                    if sent.is_err() {
                         return;
                     }
-                };
-            let mut n: u64 = 0;
-            let mut next = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                let now = Instant::now();
-                if now < next {
-                    std::thread::sleep((next - now).min(Duration::from_millis(100)));
-                    continue;
                 }
-                next = now + interval;
-                n += 1;
-                let (probe, detail) = probe_once(&producer, &target, &node_id, n, timeout);
-                let sent = results.blocking_send(ProbeResult {
-                    upstream: target.upstream,
-                    probe,
-                    detail,
-                });
-                if sent.is_err() {
-                    return;
-                }
+            })
+    }
+}
+
+/// Starts the probe thread of one Kafka upstream.
+pub fn spawn_kafka(target: KafkaProbeTarget, l: ProbeLoop) -> std::io::Result<JoinHandle<()>> {
+    let (upstream, name) = (target.upstream, target.name.clone());
+    let (node_id, timeout) = (l.node_id.clone(), l.timeout);
+    l.spawn(upstream, &name, move || {
+        let mut c = ClientConfig::new();
+        for (k, v) in &target.properties {
+            c.set(k, v);
+        }
+        c.set("bootstrap.servers", &target.brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "false")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
+            .set("socket.timeout.ms", timeout.as_millis().max(10).to_string())
+            // Reconnect quickly once the upstream is back, so recovery is seen in seconds.
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "1000");
+        let producer: BaseProducer<ProbeContext> =
+            c.create_with_context(ProbeContext::default())
+                .map_err(|e| format!("cannot create the probe client: {e}"))?;
+        Ok(move |n| probe_once(&producer, &target, &node_id, n, timeout))
+    })
+}
+
+/// What an object-store probe needs.
+#[derive(Debug, Clone)]
+pub struct ObjectStoreProbeTarget {
+    /// Index of the upstream.
+    pub upstream: usize,
+    /// Upstream name, for logs.
+    pub name: String,
+    /// Root of the store (the Parquet sink's `path`).
+    pub root: std::path::PathBuf,
+}
+
+/// Starts the probe thread of one object store: each probe puts a small object under
+/// `_traceo_probe/` and deletes it, both within the timeout (a hung mount fails the probe
+/// instead of hanging it).
+pub fn spawn_object_store(
+    target: ObjectStoreProbeTarget,
+    l: ProbeLoop,
+) -> std::io::Result<JoinHandle<()>> {
+    use object_store::{ObjectStoreExt, PutPayload};
+    let (node_id, timeout) = (l.node_id.clone(), l.timeout);
+    l.spawn(target.upstream, &target.name.clone(), move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("cannot start the probe runtime: {e}"))?;
+        let root = std::fs::canonicalize(&target.root)
+            .map_err(|e| format!("object store at {}: {e}", target.root.display()))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
+            .map_err(|e| format!("object store at {}: {e}", root.display()))?;
+        let path = object_store::path::Path::from(format!("_traceo_probe/{node_id}"));
+        Ok(move |n: u64| {
+            let started = Instant::now();
+            let io = async {
+                store
+                    .put(&path, PutPayload::from(format!("{node_id} {n}")))
+                    .await
+                    .map_err(|e| format!("put {path}: {e}"))?;
+                store
+                    .delete(&path)
+                    .await
+                    .map_err(|e| format!("delete {path}: {e}"))
+            };
+            match runtime.block_on(async { tokio::time::timeout(timeout, io).await }) {
+                Ok(Ok(())) => (Probe::Ok(started.elapsed()), None),
+                Ok(Err(e)) => (Probe::Failed, Some(e)),
+                Err(_) => (
+                    Probe::Failed,
+                    Some(format!("put and delete not done within {timeout:?}")),
+                ),
             }
         })
+    })
 }
 
 /// One probe: metadata, then a produce awaited up to the deadline.
@@ -193,5 +272,54 @@ fn probe_once(
             }
             None => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_result(root: std::path::PathBuf) -> ProbeResult {
+        let (tx, mut rx) = mpsc::channel(4);
+        let stop = Arc::new(AtomicBool::new(false));
+        let t = spawn_object_store(
+            ObjectStoreProbeTarget {
+                upstream: 7,
+                name: "parquet-test".into(),
+                root,
+            },
+            ProbeLoop {
+                node_id: "node-1".into(),
+                interval: Duration::from_millis(50),
+                timeout: Duration::from_secs(5),
+                results: tx,
+                stop: stop.clone(),
+            },
+        )
+        .unwrap();
+        let r = rx.blocking_recv().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        drop(rx);
+        t.join().unwrap();
+        r
+    }
+
+    #[test]
+    fn an_object_store_probe_puts_and_deletes_and_fails_on_a_missing_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = first_result(dir.path().to_path_buf());
+        assert_eq!(ok.upstream, 7);
+        assert!(matches!(ok.probe, Probe::Ok(_)), "{ok:?}");
+        assert_eq!(ok.detail, None);
+        // The probe object is gone again.
+        let left = std::fs::read_dir(dir.path().join("_traceo_probe"))
+            .unwrap()
+            .count();
+        assert_eq!(left, 0);
+
+        let bad = first_result(dir.path().join("missing"));
+        assert_eq!(bad.probe, Probe::Failed);
+        let detail = bad.detail.unwrap();
+        assert!(detail.contains("missing"), "{detail}");
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::gossip::{self, Gossip, Member, PeerView};
-use super::probe::{self, KafkaProbeTarget, ProbeResult};
+use super::probe::{self, KafkaProbeTarget, ObjectStoreProbeTarget, ProbeLoop, ProbeResult};
 use super::{fleet_health, Health, PeerObservation, Probe, RouteTable, UpstreamHealth, UpstreamId};
 use crate::config::{ClusterSettings, Config};
 
@@ -37,7 +37,7 @@ pub struct Upstream {
     pub id: String,
     /// Its region.
     pub region: String,
-    /// `kafka`.
+    /// `kafka` or `object_store`.
     pub kind: &'static str,
 }
 
@@ -181,6 +181,7 @@ pub struct Cluster {
     settings: ClusterSettings,
     upstreams: Vec<Upstream>,
     probes: Vec<KafkaProbeTarget>,
+    stores: Vec<ObjectStoreProbeTarget>,
     routes: HashMap<RegionId, Arc<RegionRoute>>,
     table: RouteTable,
     view: ArcSwap<View>,
@@ -191,8 +192,23 @@ impl Cluster {
     pub fn new(config: &Config) -> Arc<Cluster> {
         let mut upstreams = Vec::new();
         let mut probes = Vec::new();
+        let mut stores = Vec::new();
         let mut routes = HashMap::new();
         for region in &config.regions {
+            // An object store is watched and shown; a region has one, so it has no route.
+            if let Some(p) = &region.parquet {
+                let name = format!("parquet-{}", region.id);
+                stores.push(ObjectStoreProbeTarget {
+                    upstream: upstreams.len(),
+                    name: name.clone(),
+                    root: p.path.clone(),
+                });
+                upstreams.push(Upstream {
+                    id: name,
+                    region: region.id.as_str().to_string(),
+                    kind: "object_store",
+                });
+            }
             let Some(k) = &region.kafka else { continue };
             for u in &k.upstreams {
                 probes.push(KafkaProbeTarget {
@@ -232,6 +248,7 @@ impl Cluster {
             settings: config.cluster.clone(),
             upstreams,
             probes,
+            stores,
             routes,
             table,
             view: ArcSwap::new(Arc::new(view)),
@@ -269,24 +286,35 @@ impl Cluster {
             }
             None => None,
         };
-        let (tx, rx) = mpsc::channel(64 + self.probes.len());
+        let (tx, rx) = mpsc::channel(64 + self.upstreams.len());
         let stop_probes = Arc::new(AtomicBool::new(false));
+        let probe_loop = ProbeLoop {
+            node_id: self.settings.node_id.clone(),
+            interval: self.settings.probe_interval,
+            timeout: self.settings.probe_timeout,
+            results: tx.clone(),
+            stop: stop_probes.clone(),
+        };
         let mut threads = Vec::new();
-        for target in &self.probes {
-            match probe::spawn_kafka(
-                target.clone(),
-                self.settings.node_id.clone(),
-                self.settings.probe_interval,
-                self.settings.probe_timeout,
-                tx.clone(),
-                stop_probes.clone(),
-            ) {
+        let kafka = self.probes.iter().map(|t| {
+            (
+                t.name.clone(),
+                probe::spawn_kafka(t.clone(), probe_loop.clone()),
+            )
+        });
+        let stores = self.stores.iter().map(|t| {
+            let started = probe::spawn_object_store(t.clone(), probe_loop.clone());
+            (t.name.clone(), started)
+        });
+        for (name, started) in kafka.chain(stores).collect::<Vec<_>>() {
+            match started {
                 Ok(t) => threads.push(t),
                 Err(e) => {
-                    warn!(upstream = %target.name, error = %e, "cannot start the probe thread; the upstream stays in its last state")
+                    warn!(upstream = %name, error = %e, "cannot start the probe thread; the upstream stays in its last state")
                 }
             }
         }
+        drop(probe_loop);
         drop(tx);
         let control = tokio::spawn(control_loop(self.clone(), rx, gossip, stop));
         Ok(Running {

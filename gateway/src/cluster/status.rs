@@ -24,7 +24,7 @@ pub fn render_text(view: &View) -> String {
     let _ = writeln!(out, "\nupstreams:");
     let _ = writeln!(
         out,
-        "  {:<20} {:<12} {:<6} {:<9} {:<9} peers",
+        "  {:<20} {:<12} {:<12} {:<9} {:<9} peers",
         "upstream", "region", "kind", "local", "fleet"
     );
     for u in &view.upstreams {
@@ -35,7 +35,7 @@ pub fn render_text(view: &View) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "  {:<20} {:<12} {:<6} {:<9} {:<9} {}",
+            "  {:<20} {:<12} {:<12} {:<9} {:<9} {}",
             u.id,
             u.region,
             u.kind,
