@@ -894,6 +894,16 @@ fn eu_primary_outage_moves_eu_traffic_to_the_eu_secondary_on_every_node_and_back
             n.name
         );
         let page = metrics_now(n);
+        // Reported, not asserted: each switch to the first confirmed delivery on the new
+        // cluster, and the probe time from the first failure to "down".
+        let stat = |name: &str, labels: &[(&str, &str)]| metric_with(&page, name, labels);
+        println!(
+            "{}: route switch to first delivery: {} switches, {:.3} s in total; detection by own probes: {:.3} s",
+            n.name,
+            stat("failover_seconds_count", &[("region", "eu")]).unwrap_or(0.0),
+            stat("failover_seconds_sum", &[("region", "eu")]).unwrap_or(0.0),
+            stat("upstream_detection_seconds_sum", &[("upstream", "eu-primary")]).unwrap_or(0.0),
+        );
         let events = |from, to| {
             metric_with(
                 &page,
