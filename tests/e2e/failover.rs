@@ -526,6 +526,16 @@ struct Site<'a> {
     broker: &'a Broker,
 }
 
+/// The site of `upstream`, named `<region>-<role>`.
+fn site<'a>(upstream: &'static str, broker: &'a Broker) -> Site<'a> {
+    let region = upstream.split('-').next().unwrap_or(upstream);
+    Site {
+        upstream,
+        region,
+        broker,
+    }
+}
+
 /// What each site holds in each of `topics`, keyed by (upstream, topic), read in parallel
 /// (each read ends after 3 s without a message).
 fn read_back(
@@ -666,26 +676,10 @@ fn eu_primary_outage_moves_eu_traffic_to_the_eu_secondary_on_every_node_and_back
     let us_primary = Broker::start(dir, "us-primary");
     let us_secondary = Broker::start(dir, "us-secondary");
     let sites = [
-        Site {
-            upstream: "eu-primary",
-            region: "eu",
-            broker: &eu_primary,
-        },
-        Site {
-            upstream: "eu-secondary",
-            region: "eu",
-            broker: &eu_secondary,
-        },
-        Site {
-            upstream: "us-primary",
-            region: "us",
-            broker: &us_primary,
-        },
-        Site {
-            upstream: "us-secondary",
-            region: "us",
-            broker: &us_secondary,
-        },
+        site("eu-primary", &eu_primary),
+        site("eu-secondary", &eu_secondary),
+        site("us-primary", &us_primary),
+        site("us-secondary", &us_secondary),
     ];
     for s in &sites {
         // Both regions' topics on every broker: a sample sent to the other region's broker
@@ -1074,16 +1068,8 @@ fn a_node_that_alone_cannot_reach_an_upstream_fails_over_alone_and_a_killed_node
     us_primary.create_topic(US_TOPIC, 2);
     us_primary.create_topic(HEALTH_TOPIC, 1);
     let sites = [
-        Site {
-            upstream: "eu-primary",
-            region: "eu",
-            broker: &eu_primary,
-        },
-        Site {
-            upstream: "eu-secondary",
-            region: "eu",
-            broker: &eu_secondary,
-        },
+        site("eu-primary", &eu_primary),
+        site("eu-secondary", &eu_secondary),
     ];
     // gw-c's `eu-primary` is an address nobody listens on: gw-c alone cannot reach it,
     // while gw-a and gw-b reach the real broker under the same upstream name.
