@@ -83,7 +83,6 @@ impl Default for ClusterFile {
     }
 }
 
-#[allow(clippy::unnecessary_wraps)]
 fn default_gossip_listen() -> Option<String> {
     Some("0.0.0.0:7946".into())
 }
