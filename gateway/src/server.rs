@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::cluster::{Cluster, RegionRoute};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::listen::{serve, AppState};
 use std::collections::HashMap;
@@ -85,7 +85,7 @@ pub async fn run(
         if let Some(k) = &region.kafka {
             let route = cluster
                 .route(&region.id)
-                .unwrap_or_else(|| RegionRoute::fixed(id(), "kafka"));
+                .expect("Cluster::new gives every region with a Kafka sink its route");
             threaded.push(sinks::kafka::spawn(
                 id(),
                 k.clone(),

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use traceo_e2e::{
-    free_port, get, http, now_ms, remote_write_body, tail_json, wait_for, Broker, Gateway,
+    free_port, get, http, now_ms, remote_write_body, tail_json, try_post_with, wait_for, Broker,
+    Gateway, REMOTE_WRITE_V1_HEADERS,
 };
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
@@ -413,18 +414,13 @@ fn post_probe(
     let refs: Vec<&[(&str, &str)]> = series.iter().map(|x| x.as_slice()).collect();
     let body = remote_write_body(&refs, now_ms());
     let sent = Instant::now();
-    let (status, text) = match agent
-        .post(url)
-        .header("content-type", "application/x-protobuf")
-        .header("content-encoding", "snappy")
-        .header("x-prometheus-remote-write-version", "0.1.0")
-        .header("authorization", tenant.authorization)
-        .send(body.as_slice())
-    {
-        Ok(mut resp) => (
-            resp.status().as_u16(),
-            resp.body_mut().read_to_string().unwrap_or_default(),
-        ),
+    let headers = [
+        &REMOTE_WRITE_V1_HEADERS[..],
+        &[("authorization", tenant.authorization)],
+    ]
+    .concat();
+    let (status, text) = match try_post_with(agent, url, &body, &headers) {
+        Ok(a) => (a.status, a.body),
         Err(e) => (0, e.to_string()),
     };
     Post {

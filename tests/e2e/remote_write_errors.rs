@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full};
 use prost::Message;
 use protocols::remote_write::v1::reference as pb;
 use protocols::snappy;
-use traceo_e2e::{get, post_with, Answer, Gateway};
+use traceo_e2e::{get, post_with, Answer, Gateway, REMOTE_WRITE_V2_HEADERS};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
 
@@ -414,15 +414,7 @@ fn remote_write_v2_is_stored_and_answered_with_written_counts() {
     let a = post(
         &gw,
         &snappy::compress(&v2_request()),
-        &[
-            (
-                "content-type",
-                "application/x-protobuf;proto=io.prometheus.write.v2.Request",
-            ),
-            ("content-encoding", "snappy"),
-            ("x-prometheus-remote-write-version", "2.0.0"),
-            ("authorization", AUTH),
-        ],
+        &[&REMOTE_WRITE_V2_HEADERS[..], &[("authorization", AUTH)]].concat(),
     );
     assert_eq!(a.status, 204, "{}", a.body);
     let header = |name: &str| a.header(name);

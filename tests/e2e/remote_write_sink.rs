@@ -18,6 +18,7 @@ use prost::Message;
 use protocols::remote_write::v2::reference as v2;
 use traceo_e2e::{
     now_ms, post_remote_write, post_with, remote_write_body, wait_for, Gateway, PrometheusBackend,
+    REMOTE_WRITE_V2_HEADERS,
 };
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
@@ -63,19 +64,8 @@ fn v2_body(metric: &str, job: &str, value: f64, ts: i64) -> Vec<u8> {
 }
 
 fn post_v2(gw: &Gateway, body: &[u8], tenant: &str) -> (u16, String) {
-    let a = post_with(
-        &gw.url("/api/v1/write"),
-        body,
-        &[
-            (
-                "content-type",
-                "application/x-protobuf;proto=io.prometheus.write.v2.Request",
-            ),
-            ("content-encoding", "snappy"),
-            ("x-prometheus-remote-write-version", "2.0.0"),
-            ("x-scope-orgid", tenant),
-        ],
-    );
+    let headers = [&REMOTE_WRITE_V2_HEADERS[..], &[("x-scope-orgid", tenant)]].concat();
+    let a = post_with(&gw.url("/api/v1/write"), body, &headers);
     (a.status, a.body)
 }
 

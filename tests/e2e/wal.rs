@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use traceo_e2e::{
     get, now_ms, post_with, read_rows, remote_write_body, tail_json, wait_for, Broker, Gateway,
-    Proc,
+    Proc, REMOTE_WRITE_V1_HEADERS,
 };
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
@@ -229,16 +229,8 @@ fn ready(gw: &Gateway) -> (u16, String) {
 /// `Retry-After` header.
 fn post_one(gw: &Gateway, tenant: &str, ts: i64) -> (u16, Option<String>) {
     let body = remote_write_body(&[&[("__name__", "probe"), ("n", &ts.to_string())]], ts);
-    let a = post_with(
-        &gw.url("/api/v1/write"),
-        &body,
-        &[
-            ("content-type", "application/x-protobuf"),
-            ("content-encoding", "snappy"),
-            ("x-prometheus-remote-write-version", "0.1.0"),
-            ("x-scope-orgid", tenant),
-        ],
-    );
+    let headers = [&REMOTE_WRITE_V1_HEADERS[..], &[("x-scope-orgid", tenant)]].concat();
+    let a = post_with(&gw.url("/api/v1/write"), &body, &headers);
     let retry_after = a.header("retry-after").map(str::to_string);
     (a.status, retry_after)
 }

@@ -377,11 +377,22 @@ impl Answer {
 
 /// POSTs `body` to `url` with exactly `headers`; panics only if nothing answered.
 pub fn post_with(url: &str, body: &[u8], headers: &[(&str, &str)]) -> Answer {
-    let mut req = http().post(url);
+    try_post_with(&http(), url, body, headers).expect("gateway answers")
+}
+
+/// [`post_with`] through `agent`, with a transport error returned instead of a panic (for
+/// load threads that count failures).
+pub fn try_post_with(
+    agent: &ureq::Agent,
+    url: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> Result<Answer, ureq::Error> {
+    let mut req = agent.post(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let mut resp = req.send(body).expect("gateway answers");
+    let mut resp = req.send(body)?;
     let status = resp.status().as_u16();
     let headers = resp
         .headers()
@@ -389,22 +400,34 @@ pub fn post_with(url: &str, body: &[u8], headers: &[(&str, &str)]) -> Answer {
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
         .collect();
     let body = resp.body_mut().read_to_string().unwrap_or_default();
-    Answer {
+    Ok(Answer {
         status,
         body,
         headers,
-    }
+    })
 }
 
-/// POSTs a remote-write 1.0 body with the protobuf and snappy headers plus `headers`; returns
+/// The headers of a remote-write 1.0 request.
+pub const REMOTE_WRITE_V1_HEADERS: [(&str, &str); 3] = [
+    ("content-type", "application/x-protobuf"),
+    ("content-encoding", "snappy"),
+    ("x-prometheus-remote-write-version", "0.1.0"),
+];
+
+/// The headers of a remote-write 2.0 request.
+pub const REMOTE_WRITE_V2_HEADERS: [(&str, &str); 3] = [
+    (
+        "content-type",
+        "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+    ),
+    ("content-encoding", "snappy"),
+    ("x-prometheus-remote-write-version", "2.0.0"),
+];
+
+/// POSTs a remote-write 1.0 body with [`REMOTE_WRITE_V1_HEADERS`] plus `headers`; returns
 /// the status and the response body.
 pub fn post_remote_write(url: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
-    let mut all = vec![
-        ("content-type", "application/x-protobuf"),
-        ("content-encoding", "snappy"),
-        ("x-prometheus-remote-write-version", "0.1.0"),
-    ];
-    all.extend_from_slice(headers);
+    let all = [&REMOTE_WRITE_V1_HEADERS[..], headers].concat();
     let a = post_with(url, body, &all);
     (a.status, a.body)
 }

@@ -69,7 +69,8 @@ impl RegionRoute {
         }
     }
 
-    /// A route that never moves: one upstream (tests, sinks without failover).
+    /// A route that never moves: one upstream.
+    #[cfg(test)]
     pub fn fixed(region: RegionId, upstream: &str) -> Arc<Self> {
         Arc::new(Self::new(region, vec![upstream.to_string()]))
     }
@@ -436,11 +437,8 @@ async fn control_loop(
             }
         }
         decide(&cluster, &local, &peers, &mut failovers);
-        members_gauge.set(if gossip.is_some() {
-            peers.members.len().max(1)
-        } else {
-            1
-        } as f64);
+        // Without gossip `members` stays empty: the node alone.
+        members_gauge.set(peers.members.len().max(1) as f64);
     }
     if let Some(g) = gossip {
         g.shutdown().await;

@@ -625,13 +625,21 @@ fn kafka_upstreams(
     seen: &mut HashSet<String>,
     problems: &mut Vec<String>,
 ) -> Vec<super::KafkaUpstream> {
-    let list: Vec<(String, String, String)> = match (brokers, upstreams.is_empty()) {
-        (Some(b), true) => vec![(format!("kafka-{region}"), b, format!("{prefix}.brokers"))],
-        (None, false) => upstreams
-            .into_iter()
-            .enumerate()
-            .map(|(j, u)| (u.name, u.brokers, format!("{prefix}.upstreams[{j}]")))
-            .collect(),
+    let must_have_brokers = |field: &str, brokers: &str, problems: &mut Vec<String>| {
+        if brokers.trim().is_empty() {
+            problems.push(format!("{field}: must not be empty"));
+        }
+    };
+    let list = match (brokers, upstreams.is_empty()) {
+        (Some(brokers), true) => {
+            must_have_brokers(&format!("{prefix}.brokers"), &brokers, problems);
+            // The implied name is as unique as region ids are; recorded so that no
+            // `upstreams[].name` elsewhere takes it.
+            let name = format!("kafka-{region}");
+            seen.insert(name.clone());
+            return vec![super::KafkaUpstream { name, brokers }];
+        }
+        (None, false) => upstreams,
         (Some(_), false) => {
             problems.push(format!(
                 "{prefix}: give either brokers (one cluster) or upstreams (several), not both"
@@ -645,28 +653,26 @@ fn kafka_upstreams(
             return Vec::new();
         }
     };
-    list.into_iter()
-        .map(|(name, brokers, field)| {
-            if brokers.trim().is_empty() {
-                let f = if field.ends_with(".brokers") { field.clone() } else { format!("{field}.brokers") };
-                problems.push(format!("{f}: must not be empty"));
-            }
-            let name_ok = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
-            if !name_ok {
-                problems.push(format!(
-                    "{field}.name: {name:?} must be ASCII letters, digits, '_' or '-'"
-                ));
-            } else if !seen.insert(name.clone()) {
-                problems.push(format!(
-                    "{field}.name: {name:?} is already used; upstream names are unique over all regions"
-                ));
-            }
-            super::KafkaUpstream { name, brokers }
-        })
-        .collect()
+    let mut out = Vec::with_capacity(list.len());
+    for (j, KafkaUpstreamFile { name, brokers }) in list.into_iter().enumerate() {
+        let field = format!("{prefix}.upstreams[{j}]");
+        must_have_brokers(&format!("{field}.brokers"), &brokers, problems);
+        let name_ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+        if !name_ok {
+            problems.push(format!(
+                "{field}.name: {name:?} must be ASCII letters, digits, '_' or '-'"
+            ));
+        } else if !seen.insert(name.clone()) {
+            problems.push(format!(
+                "{field}.name: {name:?} is already used; upstream names are unique over all regions"
+            ));
+        }
+        out.push(super::KafkaUpstream { name, brokers });
+    }
+    out
 }
 
 /// Settings the acknowledgement guarantee rests on: `properties` may not override them.

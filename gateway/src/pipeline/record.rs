@@ -306,23 +306,17 @@ mod tests {
         assert_eq!(back.share.tenant, original.tenant);
         assert_eq!(back.share.hashes, original.hashes);
         assert_eq!(back.share.batch.metadata_count(), 1);
-        let before: Vec<Vec<(String, String)>> = original
-            .series()
-            .map(|(_, l)| {
-                l.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect()
-            })
-            .collect();
-        let after: Vec<Vec<(String, String)>> = back
-            .share
-            .series()
-            .map(|(_, l)| {
-                l.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect()
-            })
-            .collect();
+        let owned = |share: &TaggedBatch| -> Vec<Vec<(String, String)>> {
+            share
+                .series()
+                .map(|(_, l)| {
+                    l.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect()
+                })
+                .collect()
+        };
+        let (before, after) = (owned(&original), owned(&back.share));
         assert_eq!(before, after, "stored labels, tags included, survive");
         assert!(after[0].contains(&("tenant".into(), "acme".into())));
         let samples: Vec<f64> = back
