@@ -21,6 +21,11 @@ const LIMITS: DecodeLimits = DecodeLimits {
     max_labels_per_series: 16,
     max_label_name_bytes: 64,
     max_label_value_bytes: 256,
+    max_samples: 256,
+    max_histograms: 32,
+    max_histogram_buckets: 512,
+    max_exemplars: 32,
+    max_attributes: 256,
 };
 
 fuzz_target!(|data: &[u8]| {

@@ -13,6 +13,11 @@ fuzz_target!(|data: &[u8]| {
         max_labels_per_series: 16,
         max_label_name_bytes: 64,
         max_label_value_bytes: 256,
+        max_samples: 256,
+        max_histograms: 32,
+        max_histogram_buckets: 512,
+        max_exemplars: 32,
+        max_attributes: 256,
     };
     if let Ok(batch) = protocols::remote_write::v1::decode(data, &limits) {
         // Whatever decodes must re-encode and decode to the same series count.

@@ -17,6 +17,11 @@ fuzz_target!(|data: &[u8]| {
         max_labels_per_series: 16,
         max_label_name_bytes: 64,
         max_label_value_bytes: 256,
+        max_samples: 256,
+        max_histograms: 32,
+        max_histogram_buckets: 512,
+        max_exemplars: 32,
+        max_attributes: 256,
     };
     let Ok(batch) = v2::decode_message(Bytes::copy_from_slice(data), &limits) else {
         return;

@@ -6,9 +6,39 @@
 //! it unchanged. Every limit of [`DecodeLimits`] that applies to a decoded request applies to a
 //! built one too.
 
+use crate::error::Element;
+use crate::limits::too_many;
 use crate::model::{ExemplarEntry, Label, MetadataEntry, SeriesEntry, Span};
 use crate::text::{str_at, StrRange};
 use crate::{Batch, DecodeError, DecodeLimits, Histogram, MetricType, Sample};
+
+/// What a builder holds, per limited kind. Translation builds one batch per tenant and shares
+/// the request's limits among them by telling each what the others hold
+/// ([`BatchBuilder::share_limits`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub(crate) series: usize,
+    pub(crate) metadata: usize,
+    pub(crate) samples: usize,
+    pub(crate) histograms: usize,
+    pub(crate) exemplars: usize,
+    pub(crate) bytes: usize,
+}
+
+impl Usage {
+    /// `self + other - minus`, per kind.
+    pub(crate) fn plus_minus(self, other: Usage, minus: Usage) -> Usage {
+        let f = |a: usize, b: usize, c: usize| a.saturating_add(b).saturating_sub(c);
+        Usage {
+            series: f(self.series, other.series, minus.series),
+            metadata: f(self.metadata, other.metadata, minus.metadata),
+            samples: f(self.samples, other.samples, minus.samples),
+            histograms: f(self.histograms, other.histograms, minus.histograms),
+            exemplars: f(self.exemplars, other.exemplars, minus.exemplars),
+            bytes: f(self.bytes, other.bytes, minus.bytes),
+        }
+    }
+}
 
 /// Accumulates series into a [`Batch`]. Call [`BatchBuilder::label`] for each label of a
 /// series, then exactly one of [`BatchBuilder::finish_series`] (after adding samples,
@@ -17,7 +47,11 @@ use crate::{Batch, DecodeError, DecodeLimits, Histogram, MetricType, Sample};
 pub struct BatchBuilder {
     buf: Vec<u8>,
     batch: Batch,
+    /// The request's limits, as errors name them.
     limits: DecodeLimits,
+    /// What the other batches of the same request already hold (see [`Usage`]); this
+    /// builder may hold the limits less that.
+    elsewhere: Usage,
     /// First label of the open series.
     open_labels: usize,
     open_samples: usize,
@@ -29,9 +63,12 @@ impl BatchBuilder {
     /// An empty builder enforcing `limits`.
     pub fn new(limits: DecodeLimits) -> Self {
         Self {
-            buf: Vec::with_capacity(4096),
+            // Empty, not pre-sized: a request may open a builder per tenant, and an allocation
+            // per builder up front would be memory a body of tiny resources could multiply.
+            buf: Vec::new(),
             batch: Batch::default(),
             limits,
+            elsewhere: Usage::default(),
             open_labels: 0,
             open_samples: 0,
             open_histograms: 0,
@@ -59,17 +96,29 @@ impl BatchBuilder {
         Ok(())
     }
 
-    /// Adds a float sample to the open series.
-    pub fn sample(&mut self, value: f64, timestamp_ms: i64) {
+    /// Adds a float sample to the open series; refused past `max_samples`.
+    pub fn sample(&mut self, value: f64, timestamp_ms: i64) -> Result<(), DecodeError> {
+        let limit = self.limits.max_samples;
+        if self.batch.samples.len() >= limit.saturating_sub(self.elsewhere.samples) {
+            return Err(too_many(Element::Samples, limit));
+        }
         self.batch.samples.push(Sample {
             value,
             timestamp_ms,
         });
+        Ok(())
     }
 
-    /// Adds a native histogram sample to the open series.
-    pub fn histogram(&mut self, histogram: Histogram) {
+    /// Adds a native histogram sample to the open series; refused past `max_histograms`.
+    /// Its buckets are not counted here: they come from a request whose buckets were
+    /// counted when it was decoded.
+    pub fn histogram(&mut self, histogram: Histogram) -> Result<(), DecodeError> {
+        let limit = self.limits.max_histograms;
+        if self.batch.histograms.len() >= limit.saturating_sub(self.elsewhere.histograms) {
+            return Err(too_many(Element::Histograms, limit));
+        }
         self.batch.histograms.push(histogram);
+        Ok(())
     }
 
     /// Adds an exemplar with its own labels (sorted here) to the open series.
@@ -79,6 +128,10 @@ impl BatchBuilder {
         value: f64,
         timestamp_ms: i64,
     ) -> Result<(), DecodeError> {
+        let limit = self.limits.max_exemplars;
+        if self.batch.exemplars.len() >= limit.saturating_sub(self.elsewhere.exemplars) {
+            return Err(too_many(Element::Exemplars, limit));
+        }
         let start = self.batch.exemplar_labels.len();
         for (name, value) in labels {
             if value.is_empty() {
@@ -113,7 +166,7 @@ impl BatchBuilder {
             self.abandon_series();
             return Ok(());
         }
-        if series >= self.limits.max_series {
+        if series >= self.limits.max_series.saturating_sub(self.elsewhere.series) {
             return Err(DecodeError::TooManySeries {
                 limit: self.limits.max_series,
             });
@@ -180,7 +233,12 @@ impl BatchBuilder {
         help: &str,
         unit: &str,
     ) -> Result<(), DecodeError> {
-        if self.batch.metadata.len() >= self.limits.max_series {
+        if self.batch.metadata.len()
+            >= self
+                .limits
+                .max_series
+                .saturating_sub(self.elsewhere.metadata)
+        {
             return Err(DecodeError::TooManySeries {
                 limit: self.limits.max_series,
             });
@@ -201,6 +259,24 @@ impl BatchBuilder {
     /// Number of finished series.
     pub fn series_count(&self) -> usize {
         self.batch.series.len()
+    }
+
+    /// What this builder holds, per limited kind.
+    pub(crate) fn usage(&self) -> Usage {
+        Usage {
+            series: self.batch.series.len(),
+            metadata: self.batch.metadata.len(),
+            samples: self.batch.samples.len(),
+            histograms: self.batch.histograms.len(),
+            exemplars: self.batch.exemplars.len(),
+            bytes: self.buf.len(),
+        }
+    }
+
+    /// Tells the builder what the other batches of the same request hold, so that its limits
+    /// are what is left of the request's.
+    pub(crate) fn share_limits(&mut self, elsewhere: Usage) {
+        self.elsewhere = elsewhere;
     }
 
     /// The limits on one more label (`present` already on the series or exemplar), and room
@@ -238,9 +314,10 @@ impl BatchBuilder {
             .limits
             .max_decompressed_bytes
             .min(u32::MAX as usize / 2);
-        if self.buf.len() > limit {
+        let held = self.buf.len().saturating_add(self.elsewhere.bytes);
+        if held > limit {
             return Err(DecodeError::DecompressedTooLarge {
-                claimed: self.buf.len() as u64,
+                claimed: held as u64,
                 limit,
             });
         }
@@ -250,6 +327,7 @@ impl BatchBuilder {
     /// The finished batch; an open series is discarded.
     pub fn build(mut self) -> Batch {
         self.abandon_series();
+        self.batch.buf_capacity = self.buf.capacity();
         self.batch.buf = bytes::Bytes::from(self.buf);
         self.batch
     }
@@ -265,7 +343,7 @@ mod tests {
         b.label("zone", "eu").unwrap();
         b.label("__name__", "up").unwrap();
         b.label("empty", "").unwrap();
-        b.sample(1.0, 1000);
+        b.sample(1.0, 1000).unwrap();
         b.exemplar([("trace_id", "ab")], 1.0, 1000).unwrap();
         b.finish_series().unwrap();
         b.label("__name__", "no_samples").unwrap();
@@ -288,14 +366,14 @@ mod tests {
         b.label("__name__", "a").unwrap();
         b.label("x", "1").unwrap();
         b.label("x", "2").unwrap();
-        b.sample(1.0, 1);
+        b.sample(1.0, 1).unwrap();
         assert!(matches!(
             b.finish_series(),
             Err(DecodeError::DuplicateLabelName { .. })
         ));
         b.abandon_series();
         b.label("x", "1").unwrap();
-        b.sample(1.0, 1);
+        b.sample(1.0, 1).unwrap();
         assert!(matches!(
             b.finish_series(),
             Err(DecodeError::MissingMetricName { .. })
@@ -312,10 +390,10 @@ mod tests {
             b.label("b", "c"),
             Err(DecodeError::TooManyLabels { .. })
         ));
-        b.sample(1.0, 1);
+        b.sample(1.0, 1).unwrap();
         b.finish_series().unwrap();
         b.label("__name__", "b").unwrap();
-        b.sample(1.0, 1);
+        b.sample(1.0, 1).unwrap();
         assert!(matches!(
             b.finish_series(),
             Err(DecodeError::TooManySeries { .. })

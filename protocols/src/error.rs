@@ -165,16 +165,104 @@ pub enum DecodeError {
         /// Index of the series in the request.
         series: usize,
     },
+    /// More elements of one kind (samples, histograms, buckets, exemplars, attributes) than
+    /// one request may carry. Refused while decoding, before the element is stored, so what a
+    /// request costs in memory follows the limits and not its body: an empty native histogram
+    /// is 2 bytes on the wire and a few hundred decoded.
+    #[error(
+        "request has more than {limit} {} (limit {})",
+        .element.what(),
+        .element.limit_name()
+    )]
+    TooManyElements {
+        /// Which kind of element.
+        element: Element,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// The caller's memory budget could not cover the decode (the gateway's bytes in flight
+    /// across all connections); the request is fine and may be retried later.
+    #[error("the decode memory budget is exhausted after {reserved} bytes; retry later")]
+    BudgetExhausted {
+        /// Bytes the decode had reserved when the next reservation was refused.
+        reserved: usize,
+    },
+}
+
+/// The kinds of element a request may carry a bounded number of (see [`crate::DecodeLimits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Element {
+    /// Float samples (`max_samples`).
+    Samples,
+    /// Native histogram samples (`max_histograms`).
+    Histograms,
+    /// Native histogram bucket spans, bucket deltas or counts and custom bounds; OTLP
+    /// explicit and exponential bucket counts and bounds and summary quantiles
+    /// (`max_histogram_buckets`).
+    HistogramBuckets,
+    /// Exemplars (`max_exemplars`).
+    Exemplars,
+    /// OTLP attributes: key-value entries and nested array and map elements
+    /// (`max_attributes`).
+    Attributes,
+    /// OTLP JSON values (objects, arrays, strings, numbers, literals), bounded by a budget
+    /// derived from the element limits (see `DecodeLimits::worst_case_decoded_bytes`).
+    JsonValues,
+}
+
+impl Element {
+    /// What is counted, in words, for messages.
+    pub fn what(self) -> &'static str {
+        match self {
+            Element::Samples => "float samples",
+            Element::Histograms => "native histograms",
+            Element::HistogramBuckets => "histogram buckets",
+            Element::Exemplars => "exemplars",
+            Element::Attributes => "attributes",
+            Element::JsonValues => "JSON values",
+        }
+    }
+
+    /// The gateway configuration setting that sets the limit (`limits.<name>`), so a client
+    /// or an operator reading the refusal knows what to change.
+    pub fn limit_name(self) -> &'static str {
+        match self {
+            Element::Samples => "max_samples_per_request",
+            Element::Histograms => "max_histograms_per_request",
+            Element::HistogramBuckets => "max_histogram_buckets_per_request",
+            Element::Exemplars => "max_exemplars_per_request",
+            Element::Attributes => "max_attributes_per_request",
+            Element::JsonValues => {
+                "derived from max_samples_per_request and the other per-request element limits"
+            }
+        }
+    }
+
+    /// A short, stable name for metrics (see [`DecodeError::reason`]).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Element::Samples => "too_many_samples",
+            Element::Histograms => "too_many_histograms",
+            Element::HistogramBuckets => "too_many_buckets",
+            Element::Exemplars => "too_many_exemplars",
+            Element::Attributes => "too_many_attributes",
+            Element::JsonValues => "too_many_json_values",
+        }
+    }
 }
 
 impl DecodeError {
     /// True when the error is about size (HTTP 413) rather than content (HTTP 400).
+    /// [`DecodeError::BudgetExhausted`] is not: the request itself is within every limit, the
+    /// gateway is busy (503 with `Retry-After`).
     pub fn is_too_large(&self) -> bool {
         matches!(
             self,
             DecodeError::CompressedTooLarge { .. }
                 | DecodeError::DecompressedTooLarge { .. }
                 | DecodeError::InflatedTooLarge { .. }
+                | DecodeError::TooManyElements { .. }
         )
     }
 
@@ -204,6 +292,8 @@ impl DecodeError {
             DecodeError::InflatedTooLarge { .. } => "decompressed_too_large",
             DecodeError::Protobuf(_) => "invalid_protobuf",
             DecodeError::Json(_) => "invalid_json",
+            DecodeError::TooManyElements { element, .. } => element.reason(),
+            DecodeError::BudgetExhausted { .. } => "memory_budget",
         }
     }
 }

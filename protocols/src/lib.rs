@@ -27,7 +27,7 @@ mod text;
 mod wire;
 
 pub use builder::BatchBuilder;
-pub use error::DecodeError;
+pub use error::{DecodeError, Element};
 pub use hash::label_set_hash;
 pub use limits::DecodeLimits;
 pub use model::{

@@ -231,6 +231,9 @@ impl MetricType {
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub(crate) buf: Bytes,
+    /// Bytes of the allocation behind `buf` when the decoder knows it (a `Bytes` does not
+    /// say); 0 when it is `buf.len()`.
+    pub(crate) buf_capacity: usize,
     pub(crate) series: Vec<SeriesEntry>,
     pub(crate) labels: Vec<Label>,
     pub(crate) samples: Vec<Sample>,
@@ -244,6 +247,7 @@ impl Batch {
     /// Empties the batch, keeping column capacity for reuse.
     pub fn clear(&mut self) {
         self.buf = Bytes::new();
+        self.buf_capacity = 0;
         self.series.clear();
         self.labels.clear();
         self.samples.clear();
@@ -251,6 +255,41 @@ impl Batch {
         self.exemplars.clear();
         self.exemplar_labels.clear();
         self.metadata.clear();
+    }
+
+    /// What this batch keeps allocated, in bytes: its buffer and the capacity of every
+    /// column, histogram buckets included. An estimate from capacities (allocator overhead
+    /// aside), so that a memory budget charged with it covers what the batch really holds; a
+    /// buffer shared with other batches is counted by each. Walks the histograms, so it costs
+    /// one step per native histogram.
+    pub fn heap_bytes(&self) -> usize {
+        fn held<T>(v: &Vec<T>) -> usize {
+            v.capacity().saturating_mul(std::mem::size_of::<T>())
+        }
+        let buckets = self.histograms.iter().fold(0usize, |sum, h| {
+            sum.saturating_add(
+                held(&h.negative_spans)
+                    + held(&h.negative_deltas)
+                    + held(&h.negative_counts)
+                    + held(&h.positive_spans)
+                    + held(&h.positive_deltas)
+                    + held(&h.positive_counts)
+                    + held(&h.custom_values),
+            )
+        });
+        [
+            self.buf.len().max(self.buf_capacity),
+            held(&self.series),
+            held(&self.labels),
+            held(&self.samples),
+            held(&self.histograms),
+            held(&self.exemplars),
+            held(&self.exemplar_labels),
+            held(&self.metadata),
+            buckets,
+        ]
+        .iter()
+        .fold(0usize, |a, b| a.saturating_add(*b))
     }
 
     /// Number of series.

@@ -6,13 +6,11 @@
 
 use crate::{DecodeError, DecodeLimits};
 
-/// Decompresses a snappy block into `out` (cleared first, capacity reused), enforcing the
-/// compressed and decompressed limits.
-pub fn decompress_into(
-    body: &[u8],
-    limits: &DecodeLimits,
-    out: &mut Vec<u8>,
-) -> Result<(), DecodeError> {
+/// The decompressed length a snappy block claims in its header, checked against the limits
+/// (empty body, compressed size, decompressed size) without decompressing anything. A
+/// caller with a memory budget reserves this many bytes before calling [`decompress_into`],
+/// which allocates exactly this much (the block may not decompress to any other length).
+pub fn decompressed_len(body: &[u8], limits: &DecodeLimits) -> Result<usize, DecodeError> {
     if body.is_empty() {
         return Err(DecodeError::EmptyBody);
     }
@@ -29,9 +27,21 @@ pub fn decompress_into(
             limit: limits.max_decompressed_bytes,
         });
     }
+    // Bounded by the limit, itself a `usize`.
+    Ok(claimed as usize)
+}
+
+/// Decompresses a snappy block into `out` (cleared first, capacity reused), enforcing the
+/// compressed and decompressed limits.
+pub fn decompress_into(
+    body: &[u8],
+    limits: &DecodeLimits,
+    out: &mut Vec<u8>,
+) -> Result<(), DecodeError> {
+    let claimed = decompressed_len(body, limits)?;
     out.clear();
     // `claimed` is bounded by the limit above, so this allocation is bounded too.
-    out.resize(claimed as usize, 0);
+    out.resize(claimed, 0);
     let n = snap::raw::Decoder::new()
         .decompress(body, out)
         .map_err(|e| DecodeError::Snappy(e.to_string()))?;
@@ -101,6 +111,31 @@ mod tests {
         };
         let err = decompress(&[1, 2, 3, 4, 5], &limits).unwrap_err();
         assert_eq!(err, DecodeError::CompressedTooLarge { size: 5, limit: 4 });
+    }
+
+    #[test]
+    fn decompressed_len_is_the_header_checked_against_the_limits() {
+        let data = b"abc".repeat(100);
+        let body = compress(&data);
+        assert_eq!(
+            decompressed_len(&body, &DecodeLimits::default()).unwrap(),
+            300
+        );
+        let limits = DecodeLimits {
+            max_decompressed_bytes: 299,
+            ..DecodeLimits::default()
+        };
+        assert_eq!(
+            decompressed_len(&body, &limits).unwrap_err(),
+            DecodeError::DecompressedTooLarge {
+                claimed: 300,
+                limit: 299
+            }
+        );
+        assert_eq!(
+            decompressed_len(&[], &limits).unwrap_err(),
+            DecodeError::EmptyBody
+        );
     }
 
     #[test]

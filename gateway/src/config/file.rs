@@ -886,6 +886,12 @@ impl ConfigFile {
             max_labels_per_series: l.max_labels_per_series,
             max_label_name_bytes: l.max_label_name_bytes,
             max_label_value_bytes: l.max_label_value_bytes,
+            // Protocol defaults until the gateway's own limits section names them.
+            max_samples: DecodeLimits::new_default().max_samples,
+            max_histograms: DecodeLimits::new_default().max_histograms,
+            max_histogram_buckets: DecodeLimits::new_default().max_histogram_buckets,
+            max_exemplars: DecodeLimits::new_default().max_exemplars,
+            max_attributes: DecodeLimits::new_default().max_attributes,
         };
 
         for (field, v) in [

@@ -40,6 +40,13 @@ const RECORD_LIMITS: DecodeLimits = DecodeLimits {
     max_labels_per_series: 4096,
     max_label_name_bytes: 64 * 1024,
     max_label_value_bytes: 1 << 20,
+    // A record holds what a client's request held, already within the client limits; the
+    // record's own size bounds the rest.
+    max_samples: usize::MAX,
+    max_histograms: usize::MAX,
+    max_histogram_buckets: usize::MAX,
+    max_exemplars: usize::MAX,
+    max_attributes: usize::MAX,
 };
 
 /// Why a record could not be read back.

@@ -24,6 +24,7 @@ use super::proto::{
     self, any_value, exemplar, metric, number_data_point, AggregationTemporality, AnyValue,
     ExportMetricsServiceRequest, KeyValue,
 };
+use crate::builder::Usage;
 use crate::{Batch, BatchBuilder, BucketSpan, DecodeError, DecodeLimits, Histogram};
 use crate::{HistogramCount, MetricType, ResetHint};
 
@@ -129,8 +130,9 @@ pub fn translate(
 ) -> Result<Translation, DecodeError> {
     let mut groups: Vec<Group> = Vec::new();
     let mut out = Translation::default();
-    // `max_series` bounds the whole request, whatever the number of tenant groups.
-    let mut series_total = 0usize;
+    // Every limit bounds the whole request, whatever the number of tenant groups: before a
+    // group's builder takes a metric it is told what the other groups hold.
+    let mut total = Usage::default();
     let max_attrs = limits.max_labels_per_series;
     for rm in &request.resource_metrics {
         let empty = Vec::new();
@@ -175,7 +177,10 @@ pub fn translate(
                 }
             }
             for m in &sm.metrics {
-                let before = group.builder.series_count();
+                let before = group.builder.usage();
+                group
+                    .builder
+                    .share_limits(total.plus_minus(Usage::default(), before));
                 let mut cx = MetricCx {
                     b: &mut group.builder,
                     out: &mut out,
@@ -188,12 +193,7 @@ pub fn translate(
                 };
                 cx.metric()?;
                 group.points += cx.points;
-                series_total += group.builder.series_count() - before;
-                if series_total > limits.max_series {
-                    return Err(DecodeError::TooManySeries {
-                        limit: limits.max_series,
-                    });
-                }
+                total = total.plus_minus(group.builder.usage(), before);
             }
         }
         if let (Some(ts), true) = (latest_ms, !resource.info.is_empty()) {
@@ -204,17 +204,14 @@ pub fn translate(
                 Cow::Borrowed("target_info"),
             );
             let b = &mut group.builder;
+            let before = b.usage();
+            b.share_limits(total.plus_minus(Usage::default(), before));
             for (n, v) in info.iter() {
                 b.label(n, v)?;
             }
-            b.sample(1.0, ts);
+            b.sample(1.0, ts)?;
             b.finish_series()?;
-            series_total += 1;
-            if series_total > limits.max_series {
-                return Err(DecodeError::TooManySeries {
-                    limit: limits.max_series,
-                });
-            }
+            total = total.plus_minus(b.usage(), before);
         }
     }
     out.batches = groups
@@ -800,7 +797,7 @@ impl<'r, 'a> MetricCx<'r, 'a> {
         ts: i64,
     ) -> Result<(), DecodeError> {
         self.open_series(labels, name, extra)?;
-        self.b.sample(value, ts);
+        self.b.sample(value, ts)?;
         self.b.finish_series()
     }
 
@@ -892,7 +889,7 @@ impl<'r, 'a> MetricCx<'r, 'a> {
         };
         let labels = self.point_labels(&p.attributes)?;
         self.open_series(&labels, name, None)?;
-        self.b.sample(value, ts);
+        self.b.sample(value, ts)?;
         if with_exemplars {
             self.exemplars(&p.exemplars)?;
         }
@@ -953,7 +950,7 @@ impl<'r, 'a> MetricCx<'r, 'a> {
                     None => ("+Inf".to_string(), p.count),
                 };
                 self.open_series(&labels, &bucket, Some(("le", &le)))?;
-                self.b.sample(v(count as f64), ts);
+                self.b.sample(v(count as f64), ts)?;
                 while let Some((_, e, value)) = exemplars.get(next_exemplar).filter(|x| x.0 == i) {
                     self.exemplar(e, *value)?;
                     next_exemplar += 1;
@@ -1029,7 +1026,7 @@ impl<'r, 'a> MetricCx<'r, 'a> {
         };
         let labels = self.point_labels(&p.attributes)?;
         self.open_series(&labels, name, None)?;
-        self.b.histogram(h);
+        self.b.histogram(h)?;
         self.exemplars(&p.exemplars)?;
         self.b.finish_series()?;
         self.accepted(ts);

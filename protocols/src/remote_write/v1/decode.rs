@@ -2,6 +2,8 @@
 
 use bytes::Bytes;
 
+use crate::error::Element;
+use crate::limits::{too_many, Allowance};
 use crate::model::{
     Batch, BucketSpan, ExemplarEntry, Histogram, HistogramCount, Label, MetadataEntry, MetricType,
     ResetHint, Sample, SeriesEntry, Span,
@@ -13,7 +15,10 @@ use crate::{snappy, DecodeError, DecodeLimits, METRIC_NAME_LABEL};
 /// Decodes a snappy-compressed remote-write 1.0 body.
 pub fn decode(body: &[u8], limits: &DecodeLimits) -> Result<Batch, DecodeError> {
     let buf = snappy::decompress(body, limits)?;
-    decode_message(Bytes::from(buf), limits)
+    let capacity = buf.capacity();
+    let mut batch = decode_message(Bytes::from(buf), limits)?;
+    batch.buf_capacity = capacity;
+    Ok(batch)
 }
 
 /// Decodes an uncompressed `WriteRequest` message.
@@ -40,6 +45,7 @@ pub fn decode_message_into(
     batch.buf = buf;
     // Borrow the buffer separately from the columns so the decoder can push into them.
     let buf = batch.buf.clone();
+    let mut buckets = Allowance::new(Element::HistogramBuckets, limits.max_histogram_buckets);
     let mut r = Reader::new(&buf, 0, buf.len());
     while !r.is_empty() {
         let (field, wt) = r.key()?;
@@ -51,7 +57,7 @@ pub fn decode_message_into(
                         limit: limits.max_series,
                     });
                 }
-                decode_series(&buf, s, e, limits, batch)?;
+                decode_series(&buf, s, e, limits, &mut buckets, batch)?;
             }
             (3, LEN) => {
                 let (s, e) = r.len_delimited("metadata")?;
@@ -153,6 +159,7 @@ fn decode_series(
     start: usize,
     end: usize,
     limits: &DecodeLimits,
+    buckets: &mut Allowance,
     batch: &mut Batch,
 ) -> Result<(), DecodeError> {
     let idx = batch.series.len();
@@ -190,16 +197,25 @@ fn decode_series(
             }
             (2, LEN) => {
                 let (s, e) = r.len_delimited("sample")?;
+                if batch.samples.len() >= limits.max_samples {
+                    return Err(too_many(Element::Samples, limits.max_samples));
+                }
                 batch.samples.push(decode_sample(buf, s, e)?);
             }
             (3, LEN) => {
                 let (s, e) = r.len_delimited("exemplar")?;
+                if batch.exemplars.len() >= limits.max_exemplars {
+                    return Err(too_many(Element::Exemplars, limits.max_exemplars));
+                }
                 let ex = decode_exemplar(buf, s, e, idx, limits, &mut batch.exemplar_labels)?;
                 batch.exemplars.push(ex);
             }
             (4, LEN) => {
                 let (s, e) = r.len_delimited("histogram")?;
-                batch.histograms.push(decode_histogram(buf, s, e)?);
+                if batch.histograms.len() >= limits.max_histograms {
+                    return Err(too_many(Element::Histograms, limits.max_histograms));
+                }
+                batch.histograms.push(decode_histogram(buf, s, e, buckets)?);
             }
             (1..=4, _) => return Err(wire_type("TimeSeries", field, wt)),
             _ => r.skip(wt)?,
@@ -505,33 +521,42 @@ fn decode_span(buf: &[u8], start: usize, end: usize) -> Result<BucketSpan, Decod
 }
 
 /// Reads a repeated sint64, packed (LEN) or not (VARINT); protobuf parsers must accept both.
+/// Each value is a bucket taken from `buckets` before it is stored.
 fn read_sint64s(
     r: &mut Reader<'_>,
     buf: &[u8],
     wt: u8,
+    buckets: &mut Allowance,
     out: &mut Vec<i64>,
 ) -> Result<(), DecodeError> {
     if wt == VARINT {
-        out.push(zigzag64(r.varint()?));
+        let v = zigzag64(r.varint()?);
+        buckets.take(1)?;
+        out.push(v);
         return Ok(());
     }
     let (s, e) = r.len_delimited("packed sint64")?;
     let mut p = Reader::new(buf, s, e);
     while !p.is_empty() {
-        out.push(zigzag64(p.varint()?));
+        let v = zigzag64(p.varint()?);
+        buckets.take(1)?;
+        out.push(v);
     }
     Ok(())
 }
 
-/// Reads a repeated double, packed (LEN) or not (FIXED64).
+/// Reads a repeated double, packed (LEN) or not (FIXED64), taking each from `buckets`.
 fn read_doubles(
     r: &mut Reader<'_>,
     buf: &[u8],
     wt: u8,
+    buckets: &mut Allowance,
     out: &mut Vec<f64>,
 ) -> Result<(), DecodeError> {
     if wt == FIXED64 {
-        out.push(r.f64()?);
+        let v = r.f64()?;
+        buckets.take(1)?;
+        out.push(v);
         return Ok(());
     }
     let (s, e) = r.len_delimited("packed double")?;
@@ -541,6 +566,7 @@ fn read_doubles(
             offset: s,
         });
     }
+    buckets.take((e - s) / 8)?;
     out.extend(
         buf[s..e]
             .chunks_exact(8)
@@ -549,10 +575,13 @@ fn read_doubles(
     Ok(())
 }
 
+/// Decodes one native histogram, taking every span, delta, count and custom bound from
+/// `buckets` (the request's allowance) before storing it.
 pub(crate) fn decode_histogram(
     buf: &[u8],
     start: usize,
     end: usize,
+    buckets: &mut Allowance,
 ) -> Result<Histogram, DecodeError> {
     let mut h = Histogram::default();
     let mut r = Reader::new(buf, start, end);
@@ -568,19 +597,23 @@ pub(crate) fn decode_histogram(
             (7, FIXED64) => h.zero_count = HistogramCount::Float(r.f64()?),
             (8, LEN) => {
                 let (s, e) = r.len_delimited("negative span")?;
-                h.negative_spans.push(decode_span(buf, s, e)?);
+                let span = decode_span(buf, s, e)?;
+                buckets.take(1)?;
+                h.negative_spans.push(span);
             }
-            (9, VARINT | LEN) => read_sint64s(&mut r, buf, wt, &mut h.negative_deltas)?,
-            (10, FIXED64 | LEN) => read_doubles(&mut r, buf, wt, &mut h.negative_counts)?,
+            (9, VARINT | LEN) => read_sint64s(&mut r, buf, wt, buckets, &mut h.negative_deltas)?,
+            (10, FIXED64 | LEN) => read_doubles(&mut r, buf, wt, buckets, &mut h.negative_counts)?,
             (11, LEN) => {
                 let (s, e) = r.len_delimited("positive span")?;
-                h.positive_spans.push(decode_span(buf, s, e)?);
+                let span = decode_span(buf, s, e)?;
+                buckets.take(1)?;
+                h.positive_spans.push(span);
             }
-            (12, VARINT | LEN) => read_sint64s(&mut r, buf, wt, &mut h.positive_deltas)?,
-            (13, FIXED64 | LEN) => read_doubles(&mut r, buf, wt, &mut h.positive_counts)?,
+            (12, VARINT | LEN) => read_sint64s(&mut r, buf, wt, buckets, &mut h.positive_deltas)?,
+            (13, FIXED64 | LEN) => read_doubles(&mut r, buf, wt, buckets, &mut h.positive_counts)?,
             (14, VARINT) => h.reset_hint = ResetHint::from_wire(r.varint()?),
             (15, VARINT) => h.timestamp_ms = r.varint()? as i64,
-            (16, FIXED64 | LEN) => read_doubles(&mut r, buf, wt, &mut h.custom_values)?,
+            (16, FIXED64 | LEN) => read_doubles(&mut r, buf, wt, buckets, &mut h.custom_values)?,
             (1..=16, _) => return Err(wire_type("Histogram", field, wt)),
             _ => r.skip(wt)?,
         }

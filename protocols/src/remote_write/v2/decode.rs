@@ -15,6 +15,8 @@
 
 use bytes::Bytes;
 
+use crate::error::Element;
+use crate::limits::{too_many, Allowance};
 use crate::model::{Batch, ExemplarEntry, Label, MetadataEntry, MetricType, SeriesEntry, Span};
 use crate::remote_write::v1::decode::{
     decode_histogram, decode_sample, sort_and_check, valid_label_name, wire_type,
@@ -26,7 +28,28 @@ use crate::{snappy, DecodeError, DecodeLimits, METRIC_NAME_LABEL};
 /// Decodes a snappy-compressed remote-write 2.0 body.
 pub fn decode(body: &[u8], limits: &DecodeLimits) -> Result<Batch, DecodeError> {
     let buf = snappy::decompress(body, limits)?;
-    decode_message(Bytes::from(buf), limits)
+    let capacity = buf.capacity();
+    let mut batch = decode_message(Bytes::from(buf), limits)?;
+    batch.buf_capacity = capacity;
+    Ok(batch)
+}
+
+/// How many symbols and series a request holds, from a walk over its top-level fields, so
+/// both indexes are allocated once at their exact size: a symbol can be 2 bytes on the wire
+/// and is 8 in the table, and doubling would make that 16.
+fn count_fields(buf: &[u8]) -> Result<(usize, usize), DecodeError> {
+    let (mut symbols, mut series) = (0usize, 0usize);
+    let mut r = Reader::new(buf, 0, buf.len());
+    while !r.is_empty() {
+        let (field, wt) = r.key()?;
+        match (field, wt) {
+            (4, LEN) => symbols += 1,
+            (5, LEN) => series += 1,
+            _ => {}
+        }
+        r.skip(wt)?;
+    }
+    Ok((symbols, series))
 }
 
 /// Decodes an uncompressed `io.prometheus.write.v2.Request`.
@@ -43,8 +66,14 @@ pub fn decode_message(buf: Bytes, limits: &DecodeLimits) -> Result<Batch, Decode
     };
     // First pass: the symbols table (it may follow the series on the wire) and where each
     // series is. Both are bounded by the message size, itself bounded above.
-    let mut symbols: Vec<StrRange> = Vec::new();
-    let mut series: Vec<(usize, usize)> = Vec::new();
+    let (symbol_count, series_count) = count_fields(&buf)?;
+    if series_count > limits.max_series {
+        return Err(DecodeError::TooManySeries {
+            limit: limits.max_series,
+        });
+    }
+    let mut symbols: Vec<StrRange> = Vec::with_capacity(symbol_count);
+    let mut series: Vec<(usize, usize)> = Vec::with_capacity(series_count);
     let mut r = Reader::new(&buf, 0, buf.len());
     while !r.is_empty() {
         let (field, wt) = r.key()?;
@@ -81,8 +110,9 @@ pub fn decode_message(buf: Bytes, limits: &DecodeLimits) -> Result<Batch, Decode
     };
     // Reference lists are gathered into one reused buffer: no allocation per series or label.
     let mut refs = Vec::new();
+    let mut buckets = Allowance::new(Element::HistogramBuckets, limits.max_histogram_buckets);
     for (idx, (s, e)) in series.into_iter().enumerate() {
-        decode_series(&cx, s, e, idx, &mut batch, &mut refs)?;
+        decode_series(&cx, s, e, idx, &mut batch, &mut refs, &mut buckets)?;
     }
     Ok(batch)
 }
@@ -168,24 +198,54 @@ impl Symbols<'_> {
     }
 }
 
-/// Reads a packed or unpacked `repeated uint32` field occurrence into `out`.
-fn read_refs(r: &mut Reader<'_>, wt: u8, out: &mut Vec<u32>) -> Result<(), DecodeError> {
+/// Reads a packed or unpacked `repeated uint32` field occurrence into `out`, which may hold
+/// at most `max` references past `mark`: one pair per allowed label, and one more so that an
+/// odd count is still reported as such. Refused past that, before the buffer grows with
+/// references that could never be used.
+fn read_refs(
+    r: &mut Reader<'_>,
+    wt: u8,
+    (mark, max): (usize, usize),
+    cx: (&DecodeLimits, usize),
+    out: &mut Vec<u32>,
+) -> Result<(), DecodeError> {
     let as_ref = |v: u64| {
         u32::try_from(v).map_err(|_| DecodeError::Malformed {
             what: "symbol reference over 32 bits",
             offset: 0,
         })
     };
+    let full = |out: &Vec<u32>| out.len() - mark >= max;
+    let refused = || DecodeError::TooManyLabels {
+        series: cx.1,
+        limit: cx.0.max_labels_per_series,
+    };
     if wt == VARINT {
-        out.push(as_ref(r.varint()?)?);
+        let v = as_ref(r.varint()?)?;
+        if full(out) {
+            return Err(refused());
+        }
+        out.push(v);
         return Ok(());
     }
     let (s, e) = r.len_delimited("packed references")?;
     let mut p = Reader::new(r.buf(), s, e);
     while !p.is_empty() {
-        out.push(as_ref(p.varint()?)?);
+        let v = as_ref(p.varint()?)?;
+        if full(out) {
+            return Err(refused());
+        }
+        out.push(v);
     }
     Ok(())
+}
+
+/// The most references one label list may hold (see [`read_refs`]).
+fn max_refs(limits: &DecodeLimits) -> usize {
+    limits
+        .max_labels_per_series
+        .saturating_mul(2)
+        .saturating_add(1)
 }
 
 fn decode_series(
@@ -195,8 +255,10 @@ fn decode_series(
     idx: usize,
     batch: &mut Batch,
     refs: &mut Vec<u32>,
+    buckets: &mut Allowance,
 ) -> Result<(), DecodeError> {
     let buf = cx.buf;
+    let limits = cx.limits;
     let labels_start = batch.labels.len();
     let samples_start = batch.samples.len();
     let hist_start = batch.histograms.len();
@@ -207,17 +269,26 @@ fn decode_series(
     while !r.is_empty() {
         let (field, wt) = r.key()?;
         match (field, wt) {
-            (1, VARINT | LEN) => read_refs(&mut r, wt, refs)?,
+            (1, VARINT | LEN) => read_refs(&mut r, wt, (0, max_refs(limits)), (limits, idx), refs)?,
             (2, LEN) => {
                 let (s, e) = r.len_delimited("sample")?;
+                if batch.samples.len() >= limits.max_samples {
+                    return Err(too_many(Element::Samples, limits.max_samples));
+                }
                 batch.samples.push(decode_sample(buf, s, e)?);
             }
             (3, LEN) => {
                 let (s, e) = r.len_delimited("histogram")?;
-                batch.histograms.push(decode_histogram(buf, s, e)?);
+                if batch.histograms.len() >= limits.max_histograms {
+                    return Err(too_many(Element::Histograms, limits.max_histograms));
+                }
+                batch.histograms.push(decode_histogram(buf, s, e, buckets)?);
             }
             (4, LEN) => {
                 let (s, e) = r.len_delimited("exemplar")?;
+                if batch.exemplars.len() >= limits.max_exemplars {
+                    return Err(too_many(Element::Exemplars, limits.max_exemplars));
+                }
                 // Exemplar references go after the series' own in the same buffer.
                 let mark = refs.len();
                 let ex = decode_exemplar(cx, s, e, idx, &mut batch.exemplar_labels, refs)?;
@@ -285,7 +356,13 @@ fn decode_exemplar(
     while !r.is_empty() {
         let (field, wt) = r.key()?;
         match (field, wt) {
-            (1, VARINT | LEN) => read_refs(&mut r, wt, refs)?,
+            (1, VARINT | LEN) => read_refs(
+                &mut r,
+                wt,
+                (mark, max_refs(cx.limits)),
+                (cx.limits, series),
+                refs,
+            )?,
             (2, FIXED64) => ex.value = r.f64()?,
             (3, VARINT) => ex.timestamp_ms = r.varint()? as i64,
             (1..=3, _) => return Err(wire_type("Exemplar", field, wt)),
