@@ -124,17 +124,20 @@ impl DecodeLimits {
     /// The gateway's hostile-client tests derive their RSS bound from it; its in-flight budget
     /// charges the decoded [`crate::Batch::heap_bytes`], which never exceeds it.
     pub fn worst_case_decoded_bytes(&self) -> usize {
-        self.remote_write_bytes().max(self.otlp_bytes())
+        self.worst_case_remote_write_bytes()
+            .max(self.worst_case_otlp_bytes())
     }
 
-    /// The largest of remote-write 1.0 and 2.0 (2.0 adds its symbols table and series index).
-    fn remote_write_bytes(&self) -> usize {
+    /// [`DecodeLimits::worst_case_decoded_bytes`] for remote-write 1.0 and 2.0 only (2.0 adds
+    /// its symbols table and series index to 1.0's buffer and columns): far below the OTLP
+    /// bound, for a caller that knows which protocol it decodes.
+    pub fn worst_case_remote_write_bytes(&self) -> usize {
         let d = self.max_decompressed_bytes;
         let symbols = mul(
             d / MIN_SYMBOL_WIRE_BYTES + 1,
             size_of::<crate::text::StrRange>(),
         );
-        let series_index = slots(self.max_series, size_of::<(usize, usize)>());
+        let series_index = column(self.max_series, size_of::<(usize, usize)>());
         let labels = d / MIN_LABEL_WIRE_BYTES + 1;
         add(&[d, self.batch_bytes(1, labels), symbols, series_index])
     }
@@ -150,19 +153,23 @@ impl DecodeLimits {
         );
         let labels = by_count.min(max_labels);
         add(&[
-            slots(series, size_of::<SeriesEntry>()),
-            slots(series, size_of::<MetadataEntry>()),
-            slots(labels, size_of::<Label>()),
-            slots(self.max_samples, size_of::<Sample>()),
-            slots(self.max_histograms, size_of::<Histogram>()),
+            column(series, size_of::<SeriesEntry>()),
+            column(series, size_of::<MetadataEntry>()),
+            // Series labels and exemplar labels: two columns holding `labels` together.
+            column(labels, size_of::<Label>()),
+            column(0, size_of::<Label>()),
+            column(self.max_samples, size_of::<Sample>()),
+            column(self.max_histograms, size_of::<Histogram>()),
+            // Each histogram's buckets are Vecs of their own.
             slots(self.max_histogram_buckets, size_of::<u64>()),
-            slots(self.max_exemplars, size_of::<ExemplarEntry>()),
+            column(self.max_exemplars, size_of::<ExemplarEntry>()),
         ])
     }
 
-    /// OTLP: the inflated body, the decoded tree (protobuf or JSON, the larger), the
-    /// translated batches with their string buffers, and per-point translation scratch.
-    fn otlp_bytes(&self) -> usize {
+    /// [`DecodeLimits::worst_case_decoded_bytes`] for OTLP only: the inflated body, the
+    /// decoded tree (protobuf, or JSON with the values `serde` buffers for flattened fields),
+    /// the translated batches with their string buffers, and translation scratch.
+    pub fn worst_case_otlp_bytes(&self) -> usize {
         let d = self.max_decompressed_bytes;
         let body = d.saturating_add(crate::otlp::GUNZIP_MAX_STEP);
         let tree = self.otlp_tree_bytes();
@@ -287,8 +294,14 @@ impl Allowance {
     }
 }
 
-/// Heap of `n` elements of `size` bytes held in doubling Vecs, each possibly its own
-/// allocation.
+/// Heap of one column: a Vec of `n` elements of `size` bytes grown by doubling (at most
+/// twice what it holds, and at least 4 slots).
+fn column(n: usize, size: usize) -> usize {
+    add(&[mul(mul(n, size), 2), mul(size, 4), ALLOC_OVERHEAD])
+}
+
+/// Heap of `n` elements of `size` bytes held in many small doubling Vecs (per histogram,
+/// per data point), each possibly its own allocation.
 fn slots(n: usize, size: usize) -> usize {
     mul(
         n,

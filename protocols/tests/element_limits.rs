@@ -589,10 +589,7 @@ fn otlp_json_element_limits_are_refused_before_decoding() {
 
 #[test]
 fn otlp_json_counts_escaped_keys_as_the_keys_they_spell() {
-    let body = format!(
-        r#"{{"resource\u004detrics":[{}]}}"#,
-        ["{}"; 4].join(",")
-    );
+    let body = format!(r#"{{"resource\u004detrics":[{}]}}"#, ["{}"; 4].join(","));
     let limits = DecodeLimits {
         max_series: 3,
         ..SMALL
@@ -802,6 +799,19 @@ fn adversarial_bodies_at_the_limits_stay_within_the_worst_case() {
 fn worst_case_grows_with_the_limits_and_saturates_when_unbounded() {
     let small = TIGHT.worst_case_decoded_bytes();
     let default = DecodeLimits::default().worst_case_decoded_bytes();
+    for (what, l) in [("small", TIGHT), ("default", DecodeLimits::default())] {
+        eprintln!(
+            "{what} limits: worst case {} bytes (remote-write {}, OTLP {})",
+            l.worst_case_decoded_bytes(),
+            l.worst_case_remote_write_bytes(),
+            l.worst_case_otlp_bytes()
+        );
+        assert_eq!(
+            l.worst_case_decoded_bytes(),
+            l.worst_case_remote_write_bytes()
+                .max(l.worst_case_otlp_bytes())
+        );
+    }
     assert!(small < default, "{small} vs {default}");
     let unbounded = DecodeLimits {
         max_compressed_bytes: usize::MAX,
