@@ -8,6 +8,11 @@
 //! sorted, unique, non-empty and within the limits, Prometheus label names under the default
 //! naming, no more accepted plus refused points than the request carries, and a batch that
 //! the Kafka sink's remote-write 1.0 encoder frames into a message its decoder reads back.
+//!
+//! The element pre-scan must count at least what the decoder builds: every request that
+//! decodes holds no more data points, histograms, buckets, exemplars and attributes than the
+//! limits allow, and every translated batch no more samples, histograms and exemplars, and no
+//! more heap than `DecodeLimits::worst_case_decoded_bytes`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -41,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(request) = decoded else {
         return;
     };
+    check_counts(&request);
     let points = data_points(&request);
     let tenant = |naming| TranslateOptions {
         naming,
@@ -62,6 +68,78 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// What the pre-scan bounds, counted on the decoded tree.
+fn check_counts(request: &proto::ExportMetricsServiceRequest) {
+    use proto::metric::Data;
+    fn attributes(kvs: &[proto::KeyValue]) -> usize {
+        kvs.iter()
+            .map(|kv| 1 + kv.value.as_ref().map_or(0, value_elements))
+            .sum()
+    }
+    fn value_elements(v: &proto::AnyValue) -> usize {
+        match &v.value {
+            Some(proto::any_value::Value::ArrayValue(a)) => {
+                a.values.iter().map(|x| 1 + value_elements(x)).sum()
+            }
+            Some(proto::any_value::Value::KvlistValue(l)) => attributes(&l.values),
+            _ => 0,
+        }
+    }
+    let (mut samples, mut histograms, mut buckets, mut exemplars, mut attrs) = (0, 0, 0, 0, 0);
+    let mut exemplar_attrs = |e: &[proto::Exemplar]| {
+        exemplars += e.len();
+        e.iter().map(|x| attributes(&x.filtered_attributes)).sum::<usize>()
+    };
+    assert!(request.resource_metrics.len() <= LIMITS.max_series);
+    for rm in &request.resource_metrics {
+        attrs += rm.resource.as_ref().map_or(0, |r| attributes(&r.attributes));
+        assert!(rm.scope_metrics.len() <= LIMITS.max_series);
+        for sm in &rm.scope_metrics {
+            attrs += sm.scope.as_ref().map_or(0, |s| attributes(&s.attributes));
+            assert!(sm.metrics.len() <= LIMITS.max_series);
+            for m in &sm.metrics {
+                match &m.data {
+                    Some(Data::Gauge(proto::Gauge { data_points }))
+                    | Some(Data::Sum(proto::Sum { data_points, .. })) => {
+                        for p in data_points {
+                            samples += 1;
+                            attrs += attributes(&p.attributes) + exemplar_attrs(&p.exemplars);
+                        }
+                    }
+                    Some(Data::Histogram(h)) => {
+                        for p in &h.data_points {
+                            samples += 1;
+                            buckets += p.bucket_counts.len() + p.explicit_bounds.len();
+                            attrs += attributes(&p.attributes) + exemplar_attrs(&p.exemplars);
+                        }
+                    }
+                    Some(Data::ExponentialHistogram(h)) => {
+                        for p in &h.data_points {
+                            histograms += 1;
+                            buckets += p.positive.as_ref().map_or(0, |b| b.bucket_counts.len())
+                                + p.negative.as_ref().map_or(0, |b| b.bucket_counts.len());
+                            attrs += attributes(&p.attributes) + exemplar_attrs(&p.exemplars);
+                        }
+                    }
+                    Some(Data::Summary(s)) => {
+                        for p in &s.data_points {
+                            samples += 1;
+                            buckets += p.quantile_values.len();
+                            attrs += attributes(&p.attributes);
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+    assert!(samples <= LIMITS.max_samples, "{samples} points decoded");
+    assert!(histograms <= LIMITS.max_histograms, "{histograms} histograms");
+    assert!(buckets <= LIMITS.max_histogram_buckets, "{buckets} buckets");
+    assert!(exemplars <= LIMITS.max_exemplars, "{exemplars} exemplars");
+    assert!(attrs <= LIMITS.max_attributes, "{attrs} attributes");
+}
 
 /// Data points in the request, however translation treats them.
 fn data_points(request: &proto::ExportMetricsServiceRequest) -> u64 {
@@ -103,6 +181,10 @@ fn check(t: &Translation, points: u64, options: &TranslateOptions) {
         );
         let batch = &b.batch;
         assert!(batch.series_count() <= LIMITS.max_series);
+        assert!(batch.sample_count() <= LIMITS.max_samples);
+        assert!(batch.histogram_count() <= LIMITS.max_histograms);
+        assert!(batch.exemplar_count() <= LIMITS.max_exemplars);
+        assert!(batch.heap_bytes() <= LIMITS.worst_case_decoded_bytes());
         // Every accepted point became at least one series.
         assert!(batch.series_count() as u64 >= b.points);
         for s in batch.series() {

@@ -1,5 +1,6 @@
 //! Snappy-compressed remote-write 1.0 bodies, as a client sends them. Small limits so the
-//! fuzzer also reaches every limit check, not only the parser.
+//! fuzzer also reaches every limit check, not only the parser; whatever decodes holds no
+//! more elements than the limits and no more heap than their worst case.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -20,6 +21,10 @@ fuzz_target!(|data: &[u8]| {
         max_attributes: 256,
     };
     if let Ok(batch) = protocols::remote_write::v1::decode(data, &limits) {
+        assert!(batch.sample_count() <= limits.max_samples);
+        assert!(batch.histogram_count() <= limits.max_histograms);
+        assert!(batch.exemplar_count() <= limits.max_exemplars);
+        assert!(batch.heap_bytes() <= limits.worst_case_remote_write_bytes());
         // Whatever decodes must re-encode and decode to the same series count.
         let again = protocols::remote_write::v1::encode_compressed(&batch);
         let back = protocols::remote_write::v1::decode(&again, &DecodeLimits::new_default())

@@ -1,5 +1,6 @@
 //! Uncompressed remote-write 2.0 `Request` messages (the snappy layer is the same as 1.0's
-//! and fuzzed there). Small limits so the fuzzer reaches every limit check. Whatever decodes
+//! and fuzzed there). Small limits so the fuzzer reaches every limit check; whatever decodes
+//! holds no more elements than they allow and no more heap than their worst case. Whatever decodes
 //! must encode as 1.0 and as 2.0 again and decode back to the same series, labels, samples,
 //! histograms and exemplars.
 #![no_main]
@@ -26,6 +27,24 @@ fuzz_target!(|data: &[u8]| {
     let Ok(batch) = v2::decode_message(Bytes::copy_from_slice(data), &limits) else {
         return;
     };
+    assert!(batch.sample_count() <= limits.max_samples);
+    assert!(batch.histogram_count() <= limits.max_histograms);
+    assert!(batch.exemplar_count() <= limits.max_exemplars);
+    let buckets: usize = batch
+        .series()
+        .flat_map(|s| s.histograms().iter())
+        .map(|h| {
+            h.positive_spans.len()
+                + h.negative_spans.len()
+                + h.positive_deltas.len()
+                + h.negative_deltas.len()
+                + h.positive_counts.len()
+                + h.negative_counts.len()
+                + h.custom_values.len()
+        })
+        .sum();
+    assert!(buckets <= limits.max_histogram_buckets);
+    assert!(batch.heap_bytes() <= limits.worst_case_remote_write_bytes());
     let labels = |b: &protocols::Batch| -> Vec<Vec<(String, String)>> {
         b.series()
             .map(|s| {
