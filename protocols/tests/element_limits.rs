@@ -844,3 +844,34 @@ fn heap_bytes_counts_columns_and_histogram_buckets() {
         + 4 * 8;
     assert!(one.heap_bytes() > floor, "{}", one.heap_bytes());
 }
+
+#[test]
+fn otlp_protobuf_scan_walks_past_unknown_groups_as_the_decoder_does() {
+    let points = (0..9).map(|_| number_point(0, 0)).collect();
+    let req = otlp_request(vec![sum(points)]);
+    // Field 15 as an (empty) group, which prost skips as an unknown field.
+    let mut body = vec![0x7b, 0x7c];
+    body.extend(req.encode_to_vec());
+    assert_eq!(
+        otlp::decode(&body, Encoding::Protobuf, &SMALL).unwrap_err(),
+        refused(Element::Samples, 8)
+    );
+    let roomy = DecodeLimits {
+        max_samples: 9,
+        ..SMALL
+    };
+    assert_eq!(
+        otlp::decode(&body, Encoding::Protobuf, &roomy).unwrap(),
+        req
+    );
+}
+
+#[test]
+fn otlp_protobuf_framing_the_scan_cannot_walk_is_refused_as_invalid() {
+    let mut body = otlp_request(vec![sum(vec![number_point(0, 0)])]).encode_to_vec();
+    body.truncate(body.len() - 1);
+    assert!(matches!(
+        otlp::decode(&body, Encoding::Protobuf, &SMALL).unwrap_err(),
+        DecodeError::Protobuf(_)
+    ));
+}

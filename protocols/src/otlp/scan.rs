@@ -8,9 +8,12 @@
 //! limit. What the decoder then allocates is proportional to the limits, not to the body
 //! ([`DecodeLimits::worst_case_decoded_bytes`]).
 //!
-//! The scans only count. A malformed body ends the scan without an error: the decoder reads
-//! the same bytes in the same order and refuses the body at the same place, having allocated
-//! only elements the scan had counted before it.
+//! The scans only count and walk the framing. A protobuf body whose framing the scan cannot
+//! walk (truncated, bad varints, unbalanced groups) is refused as invalid protobuf, since
+//! what was not walked was not counted; field contents (UTF-8, wire types of known fields)
+//! are left to `prost`. A malformed JSON body ends its scan without an error: `serde_json`
+//! reads it in the same order and refuses it at the same place, having built only values the
+//! scan had counted before it.
 
 use crate::error::Element;
 use crate::limits::{too_many, Allowance};
@@ -66,11 +69,13 @@ pub(crate) fn scan_protobuf(buf: &[u8], limits: &DecodeLimits) -> Result<(), Dec
         counts: Counts::new(limits),
     };
     match scan.request() {
+        Ok(()) => Ok(()),
         Err(e @ (DecodeError::TooManyElements { .. } | DecodeError::TooManySeries { .. })) => {
             Err(e)
         }
-        // Malformed: the decoder refuses it at the same byte (see the module docs).
-        _ => Ok(()),
+        // Framing the scan cannot walk is refused here rather than left to `prost`: what it
+        // could not walk it could not count.
+        Err(e) => Err(DecodeError::Protobuf(e.to_string())),
     }
 }
 
@@ -96,6 +101,8 @@ impl Protobuf<'_, '_> {
             if wt == LEN {
                 let (s, e) = r.len_delimited("OTLP field")?;
                 f(self, (field, wt, s, e))?;
+            } else if wt == START_GROUP {
+                skip_group(&mut r, field, 0)?;
             } else {
                 r.skip(wt)?;
                 f(self, (field, wt, 0, 0))?;
@@ -246,6 +253,36 @@ impl Protobuf<'_, '_> {
             }),
             _ => Ok(()),
         })
+    }
+}
+
+/// The deprecated group wire types, which no OTLP field uses.
+const START_GROUP: u8 = 3;
+const END_GROUP: u8 = 4;
+
+/// Skips a group field up to its end, as `prost` skips an unknown one (it allocates nothing
+/// for it). Without this the scan would stop at a group and leave what follows uncounted,
+/// while `prost` decodes on.
+fn skip_group(r: &mut Reader<'_>, field: u32, depth: usize) -> Result<(), DecodeError> {
+    if depth > MAX_DEPTH {
+        return Err(DecodeError::Malformed {
+            what: "groups nested too deep",
+            offset: 0,
+        });
+    }
+    loop {
+        let (f, wt) = r.key()?;
+        match wt {
+            END_GROUP if f == field => return Ok(()),
+            END_GROUP => {
+                return Err(DecodeError::Malformed {
+                    what: "unmatched end of group",
+                    offset: 0,
+                })
+            }
+            START_GROUP => skip_group(r, f, depth + 1)?,
+            _ => r.skip(wt)?,
+        }
     }
 }
 
