@@ -121,8 +121,10 @@ struct Group {
     points: u64,
 }
 
-/// Translates `request` into one [`Batch`] per tenant. Errors are limits (too many series,
-/// labels too long); refused points are counted in the [`Translation`].
+/// Translates `request` into one [`Batch`] per tenant. Errors are limits, each over the whole
+/// request whatever the number of tenants (series, samples, which a histogram or summary
+/// point makes several of, histograms, exemplars, built bytes) or per series (labels);
+/// refused points are counted in the [`Translation`].
 pub fn translate(
     request: &ExportMetricsServiceRequest,
     options: &TranslateOptions,
