@@ -50,12 +50,14 @@ const MIN_SYMBOL_WIRE_BYTES: usize = 2;
 /// metric, data point or value (`Content` pairs of 64 bytes, in doubling Vecs) before the
 /// typed fields are read from the buffer.
 const JSON_BUFFERED_VALUE_BYTES: usize = 64 * VEC_SLOTS_PER_ELEMENT + ALLOC_OVERHEAD;
-/// JSON values the pre-scan allows per element the limits count: a data point as SDKs write
-/// it has about ten fields besides its attributes, an attribute four values (the entry, its
-/// key, the value object and the scalar), a bucket count one.
-pub(crate) const JSON_VALUES_PER_POINT: usize = 16;
-pub(crate) const JSON_VALUES_PER_ATTRIBUTE: usize = 4;
-pub(crate) const JSON_VALUES_PER_BUCKET: usize = 2;
+/// JSON values the pre-scan allows per data point (and per series, histogram and exemplar): a
+/// point as SDKs write it has about ten fields besides its attributes, with room to spare.
+const JSON_VALUES_PER_POINT: usize = 16;
+/// Per attribute: the entry, its key, the value object and the scalar.
+const JSON_VALUES_PER_ATTRIBUTE: usize = 4;
+/// Per bucket: a count or bound is one value, a summary quantile three (the object and its
+/// two numbers).
+const JSON_VALUES_PER_BUCKET: usize = 3;
 
 /// Bounds a decoder enforces before and while it allocates. Every decode entry takes one, so
 /// no caller can forget them; the defaults suit a public ingestion edge.

@@ -619,11 +619,11 @@ fn otlp_json_values_past_the_budget_are_refused_wherever_they_are() {
             vec!["0"; n].join(",")
         )
     };
-    // 16 * 4 + 4 + 2 = 70 values: the object, two arrays, the string, n zeros.
-    assert!(otlp::decode(body(66).as_bytes(), Encoding::Json, &limits).is_ok());
+    // 16 * 4 + 4 + 3 = 71 values: the object, two arrays, the string, n zeros.
+    assert!(otlp::decode(body(67).as_bytes(), Encoding::Json, &limits).is_ok());
     assert_eq!(
-        otlp::decode(body(67).as_bytes(), Encoding::Json, &limits).unwrap_err(),
-        refused(Element::JsonValues, 70)
+        otlp::decode(body(68).as_bytes(), Encoding::Json, &limits).unwrap_err(),
+        refused(Element::JsonValues, 71)
     );
 }
 
