@@ -191,6 +191,7 @@ pub async fn run(
             .as_ref()
             .and_then(|r| http::StatusCode::from_u16(r.unknown_tenant_status).ok())
             .unwrap_or(http::StatusCode::FORBIDDEN),
+        budget: crate::listen::budget::MemoryBudget::new(config.listen.max_inflight_bytes),
     });
     if let Some(settings) = config.residency.clone() {
         tokio::spawn(crate::reload::watch_policy(

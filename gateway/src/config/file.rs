@@ -21,7 +21,7 @@ use super::{
 pub struct ConfigFile {
     /// Listener addresses.
     #[serde(default)]
-    pub listen: ListenFile,
+    pub listen: super::ListenFile,
     /// Per-request decode limits.
     #[serde(default)]
     pub limits: LimitsFile,
@@ -267,26 +267,6 @@ const fn default_policy_poll() -> HumanDuration {
 }
 
 /// `listen:`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenFile {
-    /// HTTP listener (remote-write, health, metrics). Default `0.0.0.0:8080`.
-    #[serde(default = "default_http")]
-    pub http: String,
-}
-
-fn default_http() -> String {
-    "0.0.0.0:8080".to_string()
-}
-
-impl Default for ListenFile {
-    fn default() -> Self {
-        Self {
-            http: default_http(),
-        }
-    }
-}
-
 const DEFAULT_LIMITS: DecodeLimits = DecodeLimits::new_default();
 
 /// `limits:` (defaults in [`DecodeLimits::new_default`]).
@@ -311,6 +291,38 @@ pub struct LimitsFile {
     /// Longest label value, bytes.
     #[serde(default = "default_max_value")]
     pub max_label_value_bytes: usize,
+    /// Most float samples in one request (OTLP: after translation), counted while decoding.
+    #[serde(default = "default_max_samples")]
+    pub max_samples_per_request: usize,
+    /// Most native histogram samples in one request.
+    #[serde(default = "default_max_histograms")]
+    pub max_histograms_per_request: usize,
+    /// Most histogram bucket spans, counts and custom bounds over one request.
+    #[serde(default = "default_max_buckets")]
+    pub max_histogram_buckets_per_request: usize,
+    /// Most exemplars in one request.
+    #[serde(default = "default_max_exemplars")]
+    pub max_exemplars_per_request: usize,
+    /// OTLP: most attributes (and nested attribute values) in one request, counted before
+    /// the body is decoded.
+    #[serde(default = "default_max_attributes")]
+    pub max_attributes_per_request: usize,
+}
+
+const fn default_max_samples() -> usize {
+    DEFAULT_LIMITS.max_samples
+}
+const fn default_max_histograms() -> usize {
+    DEFAULT_LIMITS.max_histograms
+}
+const fn default_max_buckets() -> usize {
+    DEFAULT_LIMITS.max_histogram_buckets
+}
+const fn default_max_exemplars() -> usize {
+    DEFAULT_LIMITS.max_exemplars
+}
+const fn default_max_attributes() -> usize {
+    DEFAULT_LIMITS.max_attributes
 }
 
 const fn default_max_body_bytes() -> usize {
@@ -341,6 +353,11 @@ impl Default for LimitsFile {
             max_labels_per_series: default_max_labels(),
             max_label_name_bytes: default_max_name(),
             max_label_value_bytes: default_max_value(),
+            max_samples_per_request: default_max_samples(),
+            max_histograms_per_request: default_max_histograms(),
+            max_histogram_buckets_per_request: default_max_buckets(),
+            max_exemplars_per_request: default_max_exemplars(),
+            max_attributes_per_request: default_max_attributes(),
         }
     }
 }
@@ -842,17 +859,10 @@ impl ConfigFile {
             }
         });
 
-        let http_addr = self
+        let http_addr = self.listen.http_addr(&mut problems);
+        let listen = self
             .listen
-            .http
-            .parse::<SocketAddr>()
-            .map_err(|e| {
-                problems.push(format!(
-                    "listen.http: {:?} is not an address: {e}",
-                    self.listen.http
-                ))
-            })
-            .ok();
+            .validate(self.limits.max_body_bytes, &mut problems);
 
         let otlp = self.otlp.validate(http_addr, &mut problems);
         let shards = self.pipeline.validate(&mut problems);
@@ -867,6 +877,14 @@ impl ConfigFile {
             ("max_labels_per_series", l.max_labels_per_series),
             ("max_label_name_bytes", l.max_label_name_bytes),
             ("max_label_value_bytes", l.max_label_value_bytes),
+            ("max_samples_per_request", l.max_samples_per_request),
+            ("max_histograms_per_request", l.max_histograms_per_request),
+            (
+                "max_histogram_buckets_per_request",
+                l.max_histogram_buckets_per_request,
+            ),
+            ("max_exemplars_per_request", l.max_exemplars_per_request),
+            ("max_attributes_per_request", l.max_attributes_per_request),
         ] {
             if v == 0 {
                 problems.push(format!("limits.{field}: must be greater than 0"));
@@ -886,12 +904,11 @@ impl ConfigFile {
             max_labels_per_series: l.max_labels_per_series,
             max_label_name_bytes: l.max_label_name_bytes,
             max_label_value_bytes: l.max_label_value_bytes,
-            // Protocol defaults until the gateway's own limits section names them.
-            max_samples: DecodeLimits::new_default().max_samples,
-            max_histograms: DecodeLimits::new_default().max_histograms,
-            max_histogram_buckets: DecodeLimits::new_default().max_histogram_buckets,
-            max_exemplars: DecodeLimits::new_default().max_exemplars,
-            max_attributes: DecodeLimits::new_default().max_attributes,
+            max_samples: l.max_samples_per_request,
+            max_histograms: l.max_histograms_per_request,
+            max_histogram_buckets: l.max_histogram_buckets_per_request,
+            max_exemplars: l.max_exemplars_per_request,
+            max_attributes: l.max_attributes_per_request,
         };
 
         for (field, v) in [
@@ -1118,6 +1135,13 @@ impl ConfigFile {
 
         let mut tenants = HashMap::new();
         let mut bearer_tokens = HashMap::new();
+        let tenants_with_credentials: Vec<(usize, String)> = self
+            .tenants
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.passwords.is_empty() || !t.bearer_tokens.is_empty())
+            .map(|(i, t)| (i, t.id.clone()))
+            .collect();
         for (i, t) in self.tenants.into_iter().enumerate() {
             let id = match TenantId::parse(&t.id) {
                 Ok(id) => id,
@@ -1162,7 +1186,9 @@ impl ConfigFile {
                     problems.push(format!(
                         "tenants[{i}].bearer_tokens[{j}]: must not be empty"
                     ));
-                } else if let Some(other) = bearer_tokens.insert(tok, id.clone()) {
+                } else if let Some(other) =
+                    bearer_tokens.insert(super::SecretDigest::of(&tok), id.clone())
+                {
                     problems.push(format!(
                         "tenants[{i}].bearer_tokens[{j}]: token already identifies tenant {other}"
                     ));
@@ -1171,13 +1197,26 @@ impl ConfigFile {
             let tenant = Tenant {
                 id: id.clone(),
                 region,
-                passwords: t.passwords,
+                passwords: t
+                    .passwords
+                    .iter()
+                    .map(|p| super::SecretDigest::of(p))
+                    .collect(),
             };
             if tenants.insert(id.clone(), tenant).is_some() {
                 problems.push(format!("tenants[{i}].id: tenant {id} is defined twice"));
             }
         }
 
+        if self.auth.mode == AuthMode::Off {
+            // Credentials nobody checks would look like protection and be none: a token
+            // holder's data would land as whatever tenant the request names.
+            for (i, t) in tenants_with_credentials.iter() {
+                problems.push(format!(
+                    "tenants[{i}]: tenant {t} has passwords or bearer_tokens, but auth.mode is off, so they would never be checked; set auth.mode: required or remove them"
+                ));
+            }
+        }
         let auth = match self.auth.mode {
             AuthMode::Off if has_policy => {
                 if self.auth.default_region.is_some() {
@@ -1243,6 +1282,7 @@ impl ConfigFile {
         match (http_addr, auth, policy, problems.is_empty()) {
             (Some(http_addr), Some(auth), Some(policy), true) => Ok(Config {
                 http_addr,
+                listen,
                 limits,
                 auth,
                 tenant_label: self.tags.tenant_label,

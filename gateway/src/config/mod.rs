@@ -8,10 +8,12 @@
 mod cluster;
 mod duration;
 mod file;
+mod listen;
 
 pub use cluster::{ClusterFile, ClusterSettings, GossipSettings};
 pub use duration::HumanDuration;
 pub use file::*;
+pub use listen::{ListenFile, ListenSettings};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -89,8 +91,38 @@ pub struct Tenant {
     pub id: TenantId,
     /// Where its data goes (implicit policy only; with a policy file the policy decides).
     pub region: Option<RegionId>,
-    /// Accepted basic-auth passwords (several, for rotation).
-    pub passwords: Vec<String>,
+    /// Accepted basic-auth passwords (several, for rotation), as digests.
+    pub passwords: Vec<SecretDigest>,
+}
+
+/// A configured secret (password, bearer token) kept only as its BLAKE3 digest.
+///
+/// Comparing digests makes the comparison's time independent of the secret's length and of
+/// where a guess first differs (a guess changes its digest unpredictably), and the plain
+/// secret is not kept in memory, in `Debug` output or in a core dump.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SecretDigest([u8; 32]);
+
+impl SecretDigest {
+    /// The digest of `secret`.
+    pub fn of(secret: &str) -> SecretDigest {
+        SecretDigest(*blake3::hash(secret.as_bytes()).as_bytes())
+    }
+
+    /// Equality in constant time over the 32 bytes.
+    pub fn matches(&self, other: &SecretDigest) -> bool {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for SecretDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretDigest(<redacted>)")
+    }
 }
 
 /// The Parquet sink of one region.
@@ -200,6 +232,8 @@ pub struct KafkaUpstream {
 pub struct Config {
     /// HTTP listen address.
     pub http_addr: std::net::SocketAddr,
+    /// Connection, time and in-flight bounds of every listener.
+    pub listen: ListenSettings,
     /// Decoder limits.
     pub limits: DecodeLimits,
     /// Authentication policy.
@@ -213,7 +247,7 @@ pub struct Config {
     /// Tenants by id.
     pub tenants: HashMap<TenantId, Tenant>,
     /// Bearer tokens to the tenant they identify.
-    pub bearer_tokens: HashMap<String, TenantId>,
+    pub bearer_tokens: HashMap<SecretDigest, TenantId>,
     /// Time between SIGTERM (readiness turns 503) and closing the listeners.
     pub drain_delay: Duration,
     /// The policy file settings; `None` for the implicit policy.

@@ -401,3 +401,58 @@ regions:
         std::time::Duration::from_secs(30)
     );
 }
+
+#[test]
+fn credentials_under_auth_off_are_a_config_error() {
+    let err = Config::from_yaml(
+        "g.yaml",
+        r#"
+auth: { mode: off, default_region: eu }
+regions: [{ id: eu, sinks: { parquet: { path: /tmp/x } } }]
+tenants:
+  - { id: acme, region: eu, passwords: [p] }
+  - { id: plain, region: eu }
+  - { id: globex, region: eu, bearer_tokens: [t] }
+"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(
+            "tenants[0]: tenant acme has passwords or bearer_tokens, but auth.mode is off"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("tenants[2]: tenant globex"), "{err}");
+    assert!(!err.contains("tenants[1]"), "{err}");
+}
+
+#[test]
+fn listener_bounds_are_validated_with_the_field_named() {
+    let err = Config::from_yaml(
+        "g.yaml",
+        r#"
+auth: { mode: off, default_region: eu }
+listen: { max_connections: 0, header_read_timeout: 0s, http2_max_concurrent_streams: 0, max_inflight_bytes: 1000 }
+limits: { max_body_bytes: 2000 }
+regions: [{ id: eu, sinks: { parquet: { path: /tmp/x } } }]
+"#,
+    )
+    .unwrap_err()
+    .to_string();
+    for field in [
+        "listen.max_connections",
+        "listen.header_read_timeout",
+        "listen.http2_max_concurrent_streams",
+        "listen.max_inflight_bytes: 1000 is below limits.max_body_bytes (2000)",
+    ] {
+        assert!(err.contains(field), "{field} missing from {err}");
+    }
+    let ok = Config::from_yaml(
+        "g.yaml",
+        "auth: { mode: off, default_region: eu }\nlisten: { idle_timeout: 5s }\nregions: [{ id: eu, sinks: { parquet: { path: /tmp/x } } }]\n",
+    )
+    .unwrap();
+    assert_eq!(ok.listen.idle_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(ok.listen.max_connections, 4096);
+}

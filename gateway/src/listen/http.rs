@@ -1,33 +1,25 @@
 //! The HTTP listener: HTTP/1.1 and h2c (prior knowledge) on each port, routes, and the
 //! remote-write handler.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use metrics_exporter_prometheus::PrometheusHandle;
 use protocols::remote_write::{CONTENT_TYPE_PROTOBUF, PROTO_V1, PROTO_V2};
 use protocols::Batch;
 use residency_rules::{CompiledPolicy, DenyScope, SeriesDecision, TenantId, TenantView};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
+use super::budget::{MemoryBudget, Reservation};
 use super::{otlp, ApiError, ResponseBody};
 use crate::config::Config;
 use crate::pipeline::{Pipeline, Plan};
 use crate::tenant;
-
-/// How long in-flight requests get to finish once the listener stops accepting.
-const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What request handlers share.
 pub struct AppState {
@@ -45,6 +37,8 @@ pub struct AppState {
     pub policy: arc_swap::ArcSwap<CompiledPolicy>,
     /// Status for a tenant the policy does not know (401 or 403).
     pub unknown_tenant_status: StatusCode,
+    /// Request bytes in flight over every connection (`listen.max_inflight_bytes`).
+    pub budget: Arc<MemoryBudget>,
 }
 
 impl AppState {
@@ -61,48 +55,6 @@ impl AppState {
     }
 }
 
-/// Accepts connections until `stop` fires, then lets in-flight requests finish.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let svc = service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(dispatch(req, &state).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(GRACEFUL_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!("in-flight requests did not finish within {GRACEFUL_TIMEOUT:?}");
-    }
-}
-
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -112,7 +64,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 /// gRPC requests (by content type) go to the OTLP gRPC service, everything else to [`route`].
-async fn dispatch(req: Request<Incoming>, state: &AppState) -> Response<ResponseBody> {
+pub(super) async fn dispatch(req: Request<Incoming>, state: &AppState) -> Response<ResponseBody> {
     if otlp::is_grpc(&req) {
         otlp::grpc_export(req, state).await.map(Either::Right)
     } else {
@@ -200,11 +152,31 @@ impl RwVersion {
     }
 }
 
-/// What a request stored, for the `X-Prometheus-Remote-Write-*-Written` headers.
-struct Written {
-    samples: u64,
-    histograms: u64,
-    exemplars: u64,
+/// What a request stored, for the `X-Prometheus-Remote-Write-*-Written` headers: exactly what
+/// was made durable, so series the policy dropped are not counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Written {
+    pub(super) samples: u64,
+    pub(super) histograms: u64,
+    pub(super) exemplars: u64,
+}
+
+impl Written {
+    fn of(batch: &Batch) -> Written {
+        Written {
+            samples: batch.sample_count() as u64,
+            histograms: batch.histogram_count() as u64,
+            exemplars: batch.exemplar_count() as u64,
+        }
+    }
+
+    fn minus(self, other: Written) -> Written {
+        Written {
+            samples: self.samples.saturating_sub(other.samples),
+            histograms: self.histograms.saturating_sub(other.histograms),
+            exemplars: self.exemplars.saturating_sub(other.exemplars),
+        }
+    }
 }
 
 /// `POST /api/v1/write`: remote-write 1.0 and 2.0. Answers 204 once the data is durable (see
@@ -216,10 +188,7 @@ async fn remote_write(req: Request<Incoming>, state: &AppState) -> Response<Full
     let version = check_content_type(req.headers()).unwrap_or(RwVersion::V1);
     let protocol = version.protocol();
     let result = remote_write_inner(req, state, &mut tenant).await;
-    let tenant_label = tenant
-        .as_ref()
-        .map_or("unknown", |t| t.as_str())
-        .to_string();
+    let tenant_label = crate::telemetry::tenant_label(tenant.as_ref());
     let response = match result {
         Ok(w) => Response::builder()
             .status(StatusCode::NO_CONTENT)
@@ -258,31 +227,47 @@ async fn remote_write_inner(
     let version = check_content_type(headers)?;
     check_content_encoding(headers)?;
     let tenant = tenant::identify(headers, &state.config).map_err(ApiError::Unauthorized)?;
-    *tenant_out = Some(tenant.clone());
     // One policy for the whole request, even if a reload swaps it meanwhile.
     let policy = state.policy.load_full();
     let view = state.tenant_view(&policy, &tenant)?;
+    // Only a tenant that passed authentication and the policy names itself in self-metrics:
+    // ids a client makes up must not become series on `/metrics`.
+    *tenant_out = Some(tenant.clone());
 
     let limits = state.config.limits;
+    let mut reservation = state.budget.reservation();
     let (parts, body) = req.into_parts();
-    let body = read_body(body, &parts.headers, limits.max_compressed_bytes).await?;
+    let body = read_body(
+        body,
+        &parts.headers,
+        limits.max_compressed_bytes,
+        state.config.listen.body_read_timeout,
+        &mut reservation,
+    )
+    .await?;
     let labels = [
         ("protocol", version.protocol().to_string()),
-        ("tenant", tenant.to_string()),
+        ("tenant", crate::telemetry::tenant_label(Some(&tenant))),
     ];
     metrics::counter!("traceo_received_bytes_total", &labels).increment(body.len() as u64);
 
+    // The decompressed buffer is charged before the decoder allocates it (a bad or
+    // oversized header is left to the decoder, which refuses it without allocating), and
+    // the decoded columns once they exist (bounded per request by the element limits).
+    if let Ok(n) = protocols::snappy::decompressed_len(&body, &limits) {
+        reservation.grow(n as u64).map_err(ApiError::OverBudget)?;
+    }
     let batch = match version {
         RwVersion::V1 => protocols::remote_write::v1::decode(&body, &limits),
         RwVersion::V2 => protocols::remote_write::v2::decode(&body, &limits),
     }
     .map_err(ApiError::Decode)?;
-    let written = Written {
-        samples: batch.sample_count() as u64,
-        histograms: batch.histogram_count() as u64,
-        exemplars: batch.exemplar_count() as u64,
-    };
-    let plan = plan(&view, &tenant, &batch)?;
+    drop(body);
+    reservation
+        .grow(batch.heap_bytes() as u64)
+        .map_err(ApiError::OverBudget)?;
+    let (plan, dropped) = plan(&view, &tenant, &batch)?;
+    let written = Written::of(&batch).minus(dropped);
     if !plan.is_empty() {
         state
             .pipeline
@@ -296,12 +281,15 @@ async fn remote_write_inner(
     Ok(written)
 }
 
-/// Reads a request body of at most `limit` bytes; a declared `Content-Length` over the limit
-/// is refused before reading.
+/// Reads a request body of at most `limit` bytes within `timeout`, charging it to
+/// `reservation` as it arrives: a declared `Content-Length` over the limit is refused before
+/// reading, and a declared length is charged whole before the first byte is read.
 pub(super) async fn read_body(
-    body: Incoming,
+    mut body: Incoming,
     headers: &HeaderMap,
     limit: usize,
+    timeout: Duration,
+    reservation: &mut Reservation,
 ) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -310,31 +298,74 @@ pub(super) async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::BodyTooLarge { limit });
     }
-    Ok(Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::BodyTooLarge { limit }
-            } else {
-                ApiError::BodyRead(e.to_string())
+    if let Some(n) = declared {
+        reservation.grow(n).map_err(ApiError::OverBudget)?;
+    }
+    let read = async {
+        // The usual body is one frame: kept as it came, without a copy.
+        let mut first: Option<Bytes> = None;
+        let mut rest: Option<bytes::BytesMut> = None;
+        let mut len = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            len += data.len();
+            if len > limit {
+                return Err(ApiError::BodyTooLarge { limit });
             }
-        })?
-        .to_bytes())
+            reservation
+                .grow_to(len as u64)
+                .map_err(ApiError::OverBudget)?;
+            match (&mut first, &mut rest) {
+                (None, None) => first = Some(data),
+                (Some(f), None) => {
+                    let mut buf = bytes::BytesMut::with_capacity(
+                        declared.map_or(2 * len, |n| n as usize).max(len),
+                    );
+                    buf.extend_from_slice(f);
+                    buf.extend_from_slice(&data);
+                    first = None;
+                    rest = Some(buf);
+                }
+                (_, Some(buf)) => buf.extend_from_slice(&data),
+            }
+        }
+        Ok(match (first, rest) {
+            (_, Some(buf)) => buf.freeze(),
+            (Some(f), None) => f,
+            (None, None) => Bytes::new(),
+        })
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout(timeout))?
 }
 
-/// Residency decisions for every series of `batch`: where each may go and what to edit. A
-/// tenant without label rules skips the per-series loop. A `deny_request` match refuses the
-/// whole request before anything reaches a sink; `deny_series` drops the series (counted).
+/// Counts of what the policy dropped (`deny_series`), for the written counts.
+fn counts_of(series: &protocols::SeriesRef<'_>) -> Written {
+    Written {
+        samples: series.samples().len() as u64,
+        histograms: series.histograms().len() as u64,
+        exemplars: series.exemplars().len() as u64,
+    }
+}
+
+/// Residency decisions for every series of `batch`: where each may go and what to edit, and
+/// the counts of what it dropped. A tenant without label rules skips the per-series loop. A
+/// `deny_request` match refuses the whole request before anything reaches a sink;
+/// `deny_series` drops the series (counted).
 pub(super) fn plan(
     view: &TenantView<'_>,
     tenant: &TenantId,
     batch: &Batch,
-) -> Result<Plan, ApiError> {
+) -> Result<(Plan, Written), ApiError> {
     if !view.has_rules() {
-        return Ok(Plan::all(view.default_regions()));
+        return Ok((Plan::all(view.default_regions()), Written::default()));
     }
     let mut plan = Plan::default();
+    let mut dropped = Written::default();
     for (i, series) in batch.series().enumerate() {
         match view.decide(series.labels().iter()) {
             SeriesDecision::Allow { regions, edits } => {
@@ -347,15 +378,19 @@ pub(super) fn plan(
                     DenyScope::Series => "series",
                 };
                 metrics::counter!("traceo_residency_denied_total",
-                    "tenant" => tenant.to_string(), "scope" => scope, "rule" => rule)
+                    "tenant" => crate::telemetry::tenant_label(Some(tenant)), "scope" => scope, "rule" => rule)
                 .increment(1);
                 if d.scope == DenyScope::Request {
                     return Err(ApiError::PolicyDenied(d.reason.to_string()));
                 }
+                let c = counts_of(&series);
+                dropped.samples += c.samples;
+                dropped.histograms += c.histograms;
+                dropped.exemplars += c.exemplars;
             }
         }
     }
-    Ok(plan)
+    Ok((plan, dropped))
 }
 
 /// Remote-write needs `application/x-protobuf`; its `proto=` parameter names the message:

@@ -4,12 +4,15 @@
 //! Owns request parsing up to the decoder and the answer codes. May call `tenant`, `protocols`
 //! and `pipeline`; never touches storage.
 
+pub mod budget;
+mod conn;
 mod grpc;
 mod http;
 mod otlp;
 mod response;
 
-pub use self::http::{serve, AppState};
+pub use self::http::AppState;
+pub use conn::serve;
 pub use grpc::GrpcBody;
 pub use response::ApiError;
 

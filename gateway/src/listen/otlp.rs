@@ -22,6 +22,7 @@ use protocols::otlp::{self, Encoding};
 use residency_rules::TenantId;
 use tracing::debug;
 
+use super::budget::Reservation;
 use super::grpc::{self, Code, GrpcBody};
 use super::http::{plan, read_body, AppState};
 use super::ApiError;
@@ -67,6 +68,9 @@ fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Option<TenantId
         return Err(ApiError::Draining);
     }
     if state.config.otlp.translate.tenant_attribute.is_some() {
+        // Each resource names its tenant, known only after decoding; what the headers can
+        // prove (credentials) is checked now, before the body is read.
+        tenant::precheck(headers, &state.config).map_err(ApiError::Unauthorized)?;
         return Ok(None);
     }
     let tenant = tenant::identify(headers, &state.config).map_err(ApiError::Unauthorized)?;
@@ -116,12 +120,23 @@ async fn export(
     encoding: Encoding,
     state: &AppState,
     tenant_out: &mut Option<TenantId>,
+    reservation: &mut Reservation,
 ) -> Result<Accepted, ApiError> {
     let limits = state.config.limits;
     let request = otlp::decode(message, encoding, &limits).map_err(ApiError::Decode)?;
     let translation = otlp::translate(&request, &state.config.otlp.translate, &limits)
         .map_err(ApiError::Decode)?;
     drop(request);
+    // The decoded batches take their share of the in-flight budget until submitted (the
+    // decoded message tree, bounded by the pre-scan, is gone by now).
+    let decoded: usize = translation
+        .batches
+        .iter()
+        .map(|g| g.batch.heap_bytes())
+        .sum();
+    reservation
+        .grow(decoded as u64)
+        .map_err(ApiError::OverBudget)?;
     let refused = Accepted {
         rejected: translation.rejected_points,
         message: translation.error_message(),
@@ -135,11 +150,12 @@ async fn export(
             Some(t) => t.clone(),
             None => group_tenant(headers, group.tenant.as_deref(), state)?,
         };
+        let view = state.tenant_view(&policy, &tenant)?;
+        // Labelled in self-metrics only once authenticated and known to the policy.
         if tenant_out.is_none() {
             *tenant_out = Some(tenant.clone());
         }
-        let view = state.tenant_view(&policy, &tenant)?;
-        let plan = plan(&view, &tenant, &group.batch)?;
+        let (plan, _dropped) = plan(&view, &tenant, &group.batch)?;
         work.push((tenant, view, plan, group.batch, group.points));
     }
     if tenant_out.is_none() {
@@ -157,27 +173,45 @@ async fn export(
         }
         let labels = [
             ("protocol", "otlp".to_string()),
-            ("tenant", tenant.to_string()),
+            ("tenant", crate::telemetry::tenant_label(Some(&tenant))),
         ];
         metrics::counter!("traceo_otlp_points_total", &labels).increment(points);
         metrics::counter!("traceo_samples_total", &labels).increment(samples);
         metrics::counter!("traceo_histograms_total", &labels).increment(histograms);
     }
     if refused.rejected > 0 {
-        let tenant = tenant_out
-            .as_ref()
-            .map_or("unknown".to_string(), |t| t.to_string());
+        let tenant = crate::telemetry::tenant_label(tenant_out.as_ref());
         metrics::counter!("traceo_otlp_rejected_points_total", "tenant" => tenant)
             .increment(refused.rejected);
     }
     Ok(refused)
 }
 
+/// Inflates a gzip body, charging what it inflates to to the request's reservation as it
+/// grows, so a bomb is refused at the per-request limit or at the global budget, whichever
+/// comes first, before the memory is taken.
+fn inflate(
+    body: &[u8],
+    limits: &protocols::DecodeLimits,
+    reservation: &mut Reservation,
+) -> Result<Bytes, ApiError> {
+    let mut over = None;
+    let out = otlp::gunzip_reserving(body, limits, |n| match reservation.grow(n as u64) {
+        Ok(()) => true,
+        Err(e) => {
+            over = Some(e);
+            false
+        }
+    });
+    match (out, over) {
+        (Ok(v), _) => Ok(Bytes::from(v)),
+        (Err(_), Some(e)) => Err(ApiError::OverBudget(e)),
+        (Err(e), None) => Err(ApiError::Decode(e)),
+    }
+}
+
 fn record(protocol: &'static str, tenant: &Option<TenantId>, code: String, started: Instant) {
-    let tenant = tenant
-        .as_ref()
-        .map_or("unknown", |t| t.as_str())
-        .to_string();
+    let tenant = crate::telemetry::tenant_label(tenant.as_ref());
     metrics::counter!("traceo_requests_total",
         "protocol" => protocol, "tenant" => tenant.clone(), "code" => code)
     .increment(1);
@@ -187,10 +221,7 @@ fn record(protocol: &'static str, tenant: &Option<TenantId>, code: String, start
 }
 
 fn rejected(protocol: &'static str, tenant: &Option<TenantId>, e: &ApiError) {
-    let t = tenant
-        .as_ref()
-        .map_or("unknown", |t| t.as_str())
-        .to_string();
+    let t = crate::telemetry::tenant_label(tenant.as_ref());
     metrics::counter!("traceo_rejections_total",
         "protocol" => protocol, "tenant" => t.clone(), "reason" => e.reason())
     .increment(1);
@@ -308,9 +339,17 @@ pub async fn http_export(req: Request<Incoming>, state: &AppState) -> Response<F
         let fixed = authenticate(&parts.headers, state)?;
         tenant.clone_from(&fixed);
         let limits = state.config.limits;
-        let body = read_body(body, &parts.headers, limits.max_compressed_bytes).await?;
+        let mut reservation = state.budget.reservation();
+        let body = read_body(
+            body,
+            &parts.headers,
+            limits.max_compressed_bytes,
+            state.config.listen.body_read_timeout,
+            &mut reservation,
+        )
+        .await?;
         let message = if gzip {
-            Bytes::from(otlp::gunzip(&body, &limits).map_err(ApiError::Decode)?)
+            inflate(&body, &limits, &mut reservation)?
         } else {
             body
         };
@@ -321,6 +360,7 @@ pub async fn http_export(req: Request<Incoming>, state: &AppState) -> Response<F
             encoding,
             state,
             &mut tenant,
+            &mut reservation,
         )
         .await
     }
@@ -400,7 +440,15 @@ pub async fn grpc_export(req: Request<Incoming>, state: &AppState) -> Response<G
         let fixed = authenticate(&parts.headers, state)?;
         tenant.clone_from(&fixed);
         let limits = state.config.limits;
-        let body = read_body(body, &parts.headers, limits.max_compressed_bytes + 5).await?;
+        let mut reservation = state.budget.reservation();
+        let body = read_body(
+            body,
+            &parts.headers,
+            limits.max_compressed_bytes + 5,
+            state.config.listen.body_read_timeout,
+            &mut reservation,
+        )
+        .await?;
         let (compressed, message) = grpc::unframe(&body).map_err(GrpcFailure::Frame)?;
         let message = if compressed {
             let encoding = parts
@@ -409,7 +457,7 @@ pub async fn grpc_export(req: Request<Incoming>, state: &AppState) -> Response<G
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("identity");
             match encoding {
-                "gzip" => Bytes::from(otlp::gunzip(&message, &limits).map_err(ApiError::Decode)?),
+                "gzip" => inflate(&message, &limits, &mut reservation)?,
                 "identity" => {
                     return Err(GrpcFailure::Frame(grpc::FrameError {
                         code: Code::Internal,
@@ -434,6 +482,7 @@ pub async fn grpc_export(req: Request<Incoming>, state: &AppState) -> Response<G
             Encoding::Protobuf,
             state,
             &mut tenant,
+            &mut reservation,
         )
         .await?)
     }

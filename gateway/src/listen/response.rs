@@ -50,6 +50,12 @@ pub enum ApiError {
     /// The body could not be read.
     #[error("reading request body: {0}")]
     BodyRead(String),
+    /// The body did not arrive within `listen.body_read_timeout`.
+    #[error("the request body did not arrive within {0:?} (listen.body_read_timeout)")]
+    BodyTimeout(std::time::Duration),
+    /// Reading or decoding it would pass the budget of request bytes in flight.
+    #[error("{0}")]
+    OverBudget(crate::listen::budget::OverBudget),
     /// The body could not be decoded.
     #[error("{0}")]
     Decode(DecodeError),
@@ -72,15 +78,19 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unauthorized(AuthError::InvalidTenant(_) | AuthError::Malformed(_)) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::Unauthorized(
+                AuthError::InvalidTenant(_)
+                | AuthError::Malformed(_)
+                | AuthError::MultipleTenants(_),
+            ) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::UnknownTenant { status, .. } => *status,
             ApiError::PolicyDenied(_) => StatusCode::FORBIDDEN,
             ApiError::TenantConflict(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::OverBudget(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Decode(e) if e.is_too_large() => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Decode(_) => StatusCode::BAD_REQUEST,
             ApiError::Unavailable(_) | ApiError::Draining => StatusCode::SERVICE_UNAVAILABLE,
@@ -99,6 +109,8 @@ impl ApiError {
             ApiError::TenantConflict(_) => "tenant_conflict",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::BodyRead(_) => "body_read",
+            ApiError::BodyTimeout(_) => "body_timeout",
+            ApiError::OverBudget(_) => "memory_budget",
             ApiError::Decode(e) => e.reason(),
             ApiError::Unavailable(SubmitError::Overloaded { .. }) => "overloaded",
             ApiError::Unavailable(SubmitError::Wal { error, .. }) => match error {
@@ -125,6 +137,8 @@ impl ApiError {
                 | ApiError::UnknownTenant { .. }
                 | ApiError::BodyTooLarge { .. }
                 | ApiError::BodyRead(_)
+                | ApiError::BodyTimeout(_)
+                | ApiError::OverBudget(_)
                 | ApiError::Draining
                 | ApiError::NotFound
                 | ApiError::MethodNotAllowed(_)
@@ -144,7 +158,7 @@ impl ApiError {
             ApiError::Unauthorized(_) if status == StatusCode::UNAUTHORIZED => {
                 b = b.header(header::WWW_AUTHENTICATE, "Basic realm=\"traceo\"");
             }
-            ApiError::Unavailable(_) | ApiError::Draining => {
+            ApiError::Unavailable(_) | ApiError::Draining | ApiError::OverBudget(_) => {
                 b = b.header(header::RETRY_AFTER, RETRY_AFTER_SECS);
             }
             ApiError::MethodNotAllowed(allow) => b = b.header(header::ALLOW, *allow),
@@ -183,6 +197,22 @@ mod tests {
         assert_eq!(r.headers()[header::CONNECTION], "close");
         let r = ApiError::Decode(DecodeError::EmptyBody).into_response();
         assert!(!r.headers().contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn an_exhausted_memory_budget_is_retryable_and_a_slow_body_is_408() {
+        let r = ApiError::OverBudget(crate::listen::budget::OverBudget {
+            used: 10,
+            wanted: 5,
+            limit: 12,
+        })
+        .into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+        let r = ApiError::BodyTimeout(std::time::Duration::from_secs(1)).into_response();
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(r.headers()[header::CONNECTION], "close");
     }
 
     #[test]

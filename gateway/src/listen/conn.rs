@@ -1,0 +1,205 @@
+//! Accepting connections and keeping each within its bounds: a connection cap per listener,
+//! a deadline for a request head, an idle deadline, and HTTP/2 stream and keep-alive limits
+//! (`listen:` in the config). Request bodies get their deadline and their share of the
+//! in-flight budget where they are read ([`super::http::read_body`]).
+//!
+//! The connection cap is a semaphore taken before `accept` (as mini-redis' `limit_connections`
+//! does): at the cap the listener stops accepting and new clients wait in the kernel's
+//! backlog, instead of being accepted into a process that cannot serve them. Permits come
+//! back when a connection ends, so slow and idle connections cut by the deadlines make room.
+//! At shutdown the same semaphore says when every connection has ended.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::http::{dispatch, AppState};
+use crate::config::ListenSettings;
+
+/// How long in-flight requests get to finish once the listener stops accepting.
+const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failed `accept` (EMFILE and friends), so the loop backs off instead of
+/// spinning while descriptors are short.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// What a connection's requests tell its idle watch: how many are in progress and when the
+/// last one began or ended.
+struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    /// Milliseconds since `started` of the last request start or end.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        InFlight(self.clone())
+    }
+
+    /// Resolves once the connection has had no request in progress for its idle deadline:
+    /// `first` until its first request began (a connection that never sends one is a slow
+    /// or idle client), `idle` after that.
+    async fn idle(&self, first: Duration, idle: Duration) {
+        loop {
+            let deadline = if self.requests.load(Ordering::Relaxed) == 0 {
+                first
+            } else {
+                idle
+            };
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let quiet_until = self.started + last + deadline;
+            let now = Instant::now();
+            if now >= quiet_until {
+                if self.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                // Busy: the request's own body deadline bounds it; look again later.
+                tokio::time::sleep(deadline).await;
+            } else {
+                tokio::time::sleep(quiet_until - now).await;
+            }
+        }
+    }
+}
+
+/// Marks one request in progress until dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The HTTP/1 and HTTP/2 connection settings of every listener.
+fn builder(s: &ListenSettings) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.header_read_timeout);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(s.http2_max_concurrent_streams)
+        .keep_alive_interval(s.http2_keepalive_interval)
+        .keep_alive_timeout(s.http2_keepalive_timeout);
+    b
+}
+
+/// Accepts connections until `stop` fires, then lets in-flight requests finish.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
+    let settings = state.config.listen;
+    let builder = Arc::new(builder(&settings));
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let open = metrics::gauge!("traceo_connections_open", "listener" => local.clone());
+    let closed_idle = metrics::counter!("traceo_connections_closed_total",
+        "listener" => local.clone(), "reason" => "idle");
+    metrics::gauge!("traceo_connections_limit", "listener" => local)
+        .set(settings.max_connections as f64);
+    // Connections end by themselves too; their tasks watch this to close gracefully.
+    let closing = CancellationToken::new();
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = permits.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let activity = Activity::new();
+        let svc = {
+            let (state, activity) = (state.clone(), activity.clone());
+            service_fn(move |req| {
+                let state = state.clone();
+                let in_flight = activity.begin();
+                async move {
+                    let response = dispatch(req, &state).await;
+                    drop(in_flight);
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        let builder = builder.clone();
+        let closing = closing.clone();
+        let open = open.clone();
+        let closed_idle = closed_idle.clone();
+        open.increment(1.0);
+        tokio::spawn(async move {
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let mut conn = std::pin::pin!(conn);
+            let mut shutting_down = false;
+            loop {
+                tokio::select! {
+                    res = conn.as_mut() => {
+                        if let Err(e) = res {
+                            debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = closing.cancelled(), if !shutting_down => {
+                        conn.as_mut().graceful_shutdown();
+                        shutting_down = true;
+                    }
+                    _ = activity.idle(settings.header_read_timeout, settings.idle_timeout), if !shutting_down => {
+                        debug!(%peer, "closing an idle connection");
+                        closed_idle.increment(1);
+                        conn.as_mut().graceful_shutdown();
+                        shutting_down = true;
+                    }
+                }
+            }
+            open.decrement(1.0);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    closing.cancel();
+    // Every connection holds a permit until it ends: all of them back means all ended.
+    let all = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(GRACEFUL_TIMEOUT, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        warn!("in-flight requests did not finish within {GRACEFUL_TIMEOUT:?}");
+    }
+}
