@@ -13,7 +13,7 @@ use http::HeaderMap;
 
 use residency_rules::{IdError, TenantId};
 
-use crate::config::{AuthPolicy, Config};
+use crate::config::{AuthPolicy, Config, SecretDigest};
 
 /// The header Mimir and Cortex use to name the tenant.
 pub const ORG_ID_HEADER: &str = "x-scope-orgid";
@@ -39,6 +39,10 @@ pub enum AuthError {
     /// The named tenant id is not a valid id.
     #[error("invalid tenant id: {0}")]
     InvalidTenant(#[from] IdError),
+    /// Several tenant ids for one request (repeated `X-Scope-OrgID` headers, or a comma
+    /// list): a request belongs to exactly one tenant, and picking one would be a guess.
+    #[error("X-Scope-OrgID names several tenants ({0}); send exactly one")]
+    MultipleTenants(String),
     /// A tenant the configuration does not know.
     #[error("unknown tenant {0:?}")]
     UnknownTenant(String),
@@ -89,23 +93,40 @@ fn credentials(headers: &HeaderMap) -> Result<Credentials, AuthError> {
     }
 }
 
-/// Compares secrets in time independent of where they first differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+fn org_id(headers: &HeaderMap) -> Result<Option<TenantId>, AuthError> {
+    let mut values = headers.get_all(ORG_ID_HEADER).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| AuthError::Malformed("X-Scope-OrgID is not visible ASCII"))?;
+    if values.next().is_some() || s.contains(',') {
+        let all: Vec<&str> = headers
+            .get_all(ORG_ID_HEADER)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("<not ASCII>"))
+            .collect();
+        return Err(AuthError::MultipleTenants(all.join(", ")));
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    Ok(Some(TenantId::parse(s.trim())?))
 }
 
-fn org_id(headers: &HeaderMap) -> Result<Option<TenantId>, AuthError> {
-    match headers.get(ORG_ID_HEADER) {
-        None => Ok(None),
-        Some(v) => {
-            let s = v
-                .to_str()
-                .map_err(|_| AuthError::Malformed("X-Scope-OrgID is not visible ASCII"))?;
-            Ok(Some(TenantId::parse(s.trim())?))
-        }
+/// Checks what the headers alone can prove when the tenant itself comes later, from the body
+/// (OTLP's `otlp.tenant_attribute`): credentials that are there must be valid, and with
+/// required authentication and an untrusted header there must be credentials. Run before the
+/// body is read, so a client without valid credentials cannot make the gateway read and
+/// decode anything.
+pub fn precheck(headers: &HeaderMap, config: &Config) -> Result<(), AuthError> {
+    match (&config.auth, credentials(headers)?) {
+        (
+            AuthPolicy::Required {
+                trust_org_id_header: false,
+            },
+            Credentials::None,
+        ) => Err(AuthError::Missing),
+        (_, Credentials::None) => org_id(headers).map(drop),
+        _ => identify(headers, config).map(drop),
     }
 }
 
@@ -133,10 +154,13 @@ pub fn identify(headers: &HeaderMap, config: &Config) -> Result<TenantId, AuthEr
                         .tenants
                         .get(&id)
                         .ok_or_else(|| AuthError::UnknownTenant(user.clone()))?;
-                    // Check every configured password so timing says nothing about which matched.
-                    let ok = tenant.passwords.iter().fold(false, |acc, p| {
-                        acc | constant_time_eq(p.as_bytes(), password.as_bytes())
-                    });
+                    // Digests, compared in constant time, and every configured password checked,
+                    // so timing says nothing about length, prefix or which one matched.
+                    let presented = SecretDigest::of(&password);
+                    let ok = tenant
+                        .passwords
+                        .iter()
+                        .fold(false, |acc, p| acc | p.matches(&presented));
                     if !ok {
                         return Err(AuthError::BadCredentials(user));
                     }
@@ -145,7 +169,9 @@ pub fn identify(headers: &HeaderMap, config: &Config) -> Result<TenantId, AuthEr
                 Credentials::Bearer(token) => Some(
                     config
                         .bearer_tokens
-                        .get(&token)
+                        // Looked up by digest: the map's own comparisons then run over
+                        // digests, which a guess cannot steer byte by byte.
+                        .get(&SecretDigest::of(&token))
                         .cloned()
                         .ok_or(AuthError::UnknownToken)?,
                 ),
@@ -275,5 +301,74 @@ tenants:
             let h = headers(&[("authorization", HeaderValue::from_static(v))]);
             assert!(identify(&h, &c).is_err(), "{v}");
         }
+    }
+
+    #[test]
+    fn several_tenant_ids_are_refused_not_resolved_to_the_first() {
+        let c = required();
+        let mut h = HeaderMap::new();
+        h.append(ORG_ID_HEADER, HeaderValue::from_static("acme"));
+        h.append(ORG_ID_HEADER, HeaderValue::from_static("globex"));
+        h.insert("authorization", basic("acme", "old"));
+        assert_eq!(
+            identify(&h, &c),
+            Err(AuthError::MultipleTenants("acme, globex".into()))
+        );
+        let h = headers(&[
+            (ORG_ID_HEADER, HeaderValue::from_static("acme,globex")),
+            ("authorization", basic("acme", "old")),
+        ]);
+        assert!(matches!(
+            identify(&h, &c),
+            Err(AuthError::MultipleTenants(_))
+        ));
+        // Auth off too: the header alone names the tenant there.
+        let off = Config::from_yaml(
+            "t.yaml",
+            "auth: { mode: off, default_region: eu }\nregions: [{ id: eu, sinks: { parquet: { path: /tmp/x } } }]\n",
+        )
+        .unwrap();
+        let h = headers(&[(ORG_ID_HEADER, HeaderValue::from_static("a, b"))]);
+        assert!(matches!(
+            identify(&h, &off),
+            Err(AuthError::MultipleTenants(_))
+        ));
+    }
+
+    #[test]
+    fn secrets_compare_by_digest_whatever_their_length() {
+        let c = required();
+        // A prefix, a longer string and an empty password all fail like any wrong one.
+        for wrong in ["ol", "oldold", "", "new "] {
+            let h = headers(&[("authorization", basic("acme", wrong))]);
+            assert_eq!(
+                identify(&h, &c),
+                Err(AuthError::BadCredentials("acme".into())),
+                "{wrong:?}"
+            );
+        }
+        let h = headers(&[("authorization", HeaderValue::from_static("Bearer tok-acm"))]);
+        assert_eq!(identify(&h, &c), Err(AuthError::UnknownToken));
+        let h = headers(&[("authorization", HeaderValue::from_static("Bearer tok-acme"))]);
+        assert_eq!(identify(&h, &c).unwrap().as_str(), "acme");
+        // The configuration holds digests only: nothing prints a secret.
+        let printed = format!("{:?} {:?}", c.tenants, c.bearer_tokens);
+        assert!(
+            !printed.contains("old") && !printed.contains("tok-acme"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn precheck_refuses_bad_or_missing_credentials_before_any_body() {
+        let c = required();
+        assert_eq!(precheck(&HeaderMap::new(), &c), Err(AuthError::Missing));
+        let h = headers(&[("authorization", basic("acme", "wrong"))]);
+        assert_eq!(
+            precheck(&h, &c),
+            Err(AuthError::BadCredentials("acme".into()))
+        );
+        let h = headers(&[("authorization", basic("acme", "new"))]);
+        assert_eq!(precheck(&h, &c), Ok(()));
     }
 }
