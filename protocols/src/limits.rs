@@ -141,7 +141,12 @@ impl DecodeLimits {
         );
         let series_index = column(self.max_series, size_of::<(usize, usize)>());
         let labels = d / MIN_LABEL_WIRE_BYTES + 1;
-        add(&[d, self.batch_bytes(1, labels), symbols, series_index])
+        // 2.0's reused list of one series' and one exemplar's label references.
+        let refs = column(
+            mul(self.max_labels_per_series, 4).saturating_add(2),
+            size_of::<u32>(),
+        );
+        add(&[d, self.batch_bytes(1, labels), symbols, series_index, refs])
     }
 
     /// The columns of decoded batches holding together at most `series_factor` times the
@@ -182,8 +187,18 @@ impl DecodeLimits {
             .saturating_add(self.max_label_value_bytes);
         let strings = mul(d.saturating_add(label), 2);
         // Translation builds a point's labels (joined values of colliding attribute names
-        // included) from the tree's strings: at most the body again, twice while joining.
-        let scratch = mul(d, 2);
+        // included) from the tree's strings: at most the body again, twice while joining;
+        // plus one point's exemplars sorted by bucket, bucket counts merged across scales
+        // and label lists.
+        let scratch = add(&[
+            mul(d, 2),
+            column(self.max_exemplars, 3 * size_of::<usize>()),
+            column(self.max_histogram_buckets, size_of::<u64>()),
+            column(
+                mul(self.max_labels_per_series, 4),
+                4 * size_of::<std::borrow::Cow<'static, str>>(),
+            ),
+        ]);
         let json_buffer = mul(
             self.json_value_budget().min(d / 2 + 1),
             JSON_BUFFERED_VALUE_BYTES,
