@@ -4,7 +4,7 @@
 //! Per-request limits bound one request; this bounds their sum, so hundreds of connections
 //! that each stay under the per-request limits (a stream per connection that never finishes
 //! its body, say) cannot add up to more memory than the operator allowed. A request charges
-//! its body as it arrives, then its decompressed size before decompressing and its decoded
+//! its body as it arrives (what arrived, not what it declared), then its decompressed size before decompressing and its decoded
 //! batch once decoded; a charge that does not fit is refused (503 with `Retry-After`: the
 //! sender retries once others finished) rather than waited for, since waiting would hold the
 //! connection and what it already read. Everything is released when the request's

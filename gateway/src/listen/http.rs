@@ -281,9 +281,11 @@ async fn remote_write_inner(
     Ok(written)
 }
 
-/// Reads a request body of at most `limit` bytes within `timeout`, charging it to
+/// Reads a request body of at most `limit` bytes within `timeout`, charging what arrives to
 /// `reservation` as it arrives: a declared `Content-Length` over the limit is refused before
-/// reading, and a declared length is charged whole before the first byte is read.
+/// reading. A declared length is not charged up front: a client that declares a large body
+/// and sends little of it would hold budget it never uses (and starve others of it); what it
+/// did send is charged, and its deadline ends the rest.
 pub(super) async fn read_body(
     mut body: Incoming,
     headers: &HeaderMap,
@@ -297,9 +299,6 @@ pub(super) async fn read_body(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::BodyTooLarge { limit });
-    }
-    if let Some(n) = declared {
-        reservation.grow(n).map_err(ApiError::OverBudget)?;
     }
     let read = async {
         // The usual body is one frame: kept as it came, without a copy.
@@ -321,8 +320,10 @@ pub(super) async fn read_body(
             match (&mut first, &mut rest) {
                 (None, None) => first = Some(data),
                 (Some(f), None) => {
+                    // Room for the declared body, but never more than twice what arrived
+                    // (and was charged): a declaration alone reserves no memory.
                     let mut buf = bytes::BytesMut::with_capacity(
-                        declared.map_or(2 * len, |n| n as usize).max(len),
+                        declared.map_or(2 * len, |n| n as usize).clamp(len, 2 * len),
                     );
                     buf.extend_from_slice(f);
                     buf.extend_from_slice(&data);
