@@ -242,6 +242,8 @@ pub struct DurabilitySettings {
     pub limits: crate::wal::WalLimits,
     /// All logs together.
     pub max_bytes: u64,
+    /// Each region's quarantine.
+    pub quarantine_max_bytes: u64,
 }
 
 /// `otlp:` validated.
