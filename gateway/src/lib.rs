@@ -9,6 +9,7 @@
 //! - [`sinks`]: where a region's data goes (Parquet, Kafka, null);
 //! - [`wal`]: the write-ahead log files of a region;
 //! - [`delivery`]: from each region's log to its sinks, with per-sink cursors;
+//! - [`quarantine`]: each region's records its upstreams refused for good, replayable;
 //! - [`telemetry`]: self-metrics and logs;
 //! - [`server`]: wiring them together and shutting down in order.
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod delivery;
 pub mod explain;
 pub mod listen;
 pub mod pipeline;
+pub mod quarantine;
 pub mod reload;
 pub mod server;
 pub mod sinks;

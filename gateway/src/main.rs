@@ -55,6 +55,12 @@ enum Command {
         #[arg(long)]
         idle_exit_secs: Option<u64>,
     },
+    /// Records an upstream refused for good (or the gateway could not read): list them, show
+    /// one, or give them back to the running gateway once the cause is fixed.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineCommand,
+    },
     /// Show the residency decision for one series of one tenant.
     Explain {
         /// Residency policy file.
@@ -69,6 +75,50 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// One line per entry: id, time, region, sink, tenant, series count, bytes, reason.
+    /// Read-only; safe while the gateway runs.
+    List {
+        /// The gateway's YAML configuration (for durability.dir and the regions).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this region (default: every region of the configuration).
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// Decode one entry: tenant, region, each series' labels and sample count, and the
+    /// upstream's answer. Read-only.
+    Show {
+        /// The gateway's YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The entry's region (needed when several regions hold this id).
+        #[arg(long)]
+        region: Option<String>,
+        /// The entry id (from `list`).
+        #[arg(long)]
+        id: u64,
+    },
+    /// Ask the running gateway to append entries to their region's log again (delivered to
+    /// every sink of the region: a sink that took the record before sees it twice) and wait
+    /// for its answer. Entries replayed leave the quarantine.
+    Replay {
+        /// The gateway's YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this region (default: every region with a quarantine).
+        #[arg(long)]
+        region: Option<String>,
+        /// Only these entries (repeatable; needs --region when there are several regions).
+        #[arg(long)]
+        id: Vec<u64>,
+        /// How long to wait for the gateway's answer, per region.
+        #[arg(long, default_value_t = gateway::quarantine::replay::DEFAULT_WAIT.as_secs())]
+        timeout_secs: u64,
     },
 }
 
@@ -102,6 +152,7 @@ fn main() -> ExitCode {
             labels,
             json,
         } => explain(&policy, &tenant, &labels, json),
+        Command::Quarantine { action } => quarantine(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -145,6 +196,103 @@ fn explain(policy: &Path, tenant: &str, labels: &str, json: bool) -> anyhow::Res
         print!("{}", gateway::explain::render_text(&e, &labels));
     }
     Ok(())
+}
+
+/// The regions a quarantine command looks at: `--region` (which must be configured), or all.
+fn quarantine_regions(
+    c: &Config,
+    region: Option<&str>,
+) -> anyhow::Result<Vec<residency_rules::RegionId>> {
+    let all: Vec<residency_rules::RegionId> = c.regions.iter().map(|r| r.id.clone()).collect();
+    match region {
+        None => Ok(all),
+        Some(r) => {
+            let id = residency_rules::RegionId::parse(r).context("--region")?;
+            anyhow::ensure!(
+                all.contains(&id),
+                "--region {r}: not a region of this configuration"
+            );
+            Ok(vec![id])
+        }
+    }
+}
+
+fn quarantine(action: QuarantineCommand) -> anyhow::Result<()> {
+    use gateway::quarantine::{cli, dir_of, entry_ids, replay};
+    let load = |path: &Path| Config::load(path).with_context(|| format!("{}", path.display()));
+    match action {
+        QuarantineCommand::List { config, region } => {
+            let c = load(&config)?;
+            let regions = quarantine_regions(&c, region.as_deref())?;
+            let n = cli::list(&c.durability.dir, &regions, &mut std::io::stdout().lock())?;
+            if n == 0 {
+                eprintln!("quarantine is empty");
+            }
+            Ok(())
+        }
+        QuarantineCommand::Show { config, region, id } => {
+            let c = load(&config)?;
+            let regions = quarantine_regions(&c, region.as_deref())?;
+            let holding: Vec<_> = regions
+                .into_iter()
+                .filter(|r| {
+                    entry_ids(&dir_of(&c.durability.dir, r)).is_ok_and(|ids| ids.contains(&id))
+                })
+                .collect();
+            match holding.as_slice() {
+                [] => anyhow::bail!("no quarantine entry {id}"),
+                [r] => Ok(cli::show(
+                    &c.durability.dir,
+                    r,
+                    id,
+                    &mut std::io::stdout().lock(),
+                )?),
+                _ => anyhow::bail!("several regions hold an entry {id}; say which with --region"),
+            }
+        }
+        QuarantineCommand::Replay {
+            config,
+            region,
+            id,
+            timeout_secs,
+        } => {
+            let c = load(&config)?;
+            let explicit = region.is_some();
+            let regions = quarantine_regions(&c, region.as_deref())?;
+            anyhow::ensure!(
+                id.is_empty() || regions.len() == 1,
+                "--id needs --region: entry ids are per region"
+            );
+            let ids = (!id.is_empty()).then_some(id);
+            let wait = std::time::Duration::from_secs(timeout_secs);
+            for r in &regions {
+                let dir = dir_of(&c.durability.dir, r);
+                let result = match replay::request(&dir, ids.clone(), wait) {
+                    Err(replay::ReplayError::NoQuarantine(_)) if !explicit => continue,
+                    other => other.with_context(|| format!("region {r}"))?,
+                };
+                if let Some(e) = &result.error {
+                    anyhow::bail!("region {r}: the gateway could not read the request: {e}");
+                }
+                println!(
+                    "region={r} replayed={} refused={} missing={}",
+                    result.replayed.len(),
+                    result.refused.len(),
+                    result.missing.len()
+                );
+                for id in &result.replayed {
+                    println!("id={id} replayed");
+                }
+                for f in &result.refused {
+                    println!("id={} kept: {}", f.id, f.why);
+                }
+                for id in &result.missing {
+                    println!("id={id} missing");
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 fn run(config: Option<PathBuf>) -> anyhow::Result<()> {

@@ -137,6 +137,7 @@ pub async fn run(
                     &region.id,
                     &config.durability.dir,
                     config.durability.limits,
+                    config.durability.quarantine_max_bytes,
                     &budget,
                     slots,
                     &delivery_stop,

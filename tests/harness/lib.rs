@@ -640,3 +640,19 @@ impl PrometheusBackend {
             .unwrap_or_default()
     }
 }
+
+/// Runs `traceo-gateway <args>` (a one-shot subcommand such as `quarantine list`) and returns
+/// its stdout; panics with both streams if it fails.
+pub fn gateway_cli(gateway_bin: &str, args: &[&str]) -> String {
+    let out = Command::new(gateway_bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run traceo-gateway {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "traceo-gateway {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -78,6 +78,11 @@ pub struct DurabilityFile {
     /// All regions' logs together may hold this many bytes. Default 16 GiB.
     #[serde(default = "default_total_wal_bytes")]
     pub max_bytes: u64,
+    /// Each region's quarantine (records an upstream refused for good, kept under
+    /// `<dir>/<region>/quarantine/` for `traceo-gateway quarantine`) may hold this many
+    /// bytes; past it the oldest entries are dropped, loudly. Default 1 GiB.
+    #[serde(default = "default_quarantine_bytes")]
+    pub quarantine_max_bytes: u64,
 }
 
 /// `durability.mode`
@@ -105,6 +110,9 @@ const fn default_region_wal_bytes() -> u64 {
 const fn default_total_wal_bytes() -> u64 {
     16 << 30
 }
+const fn default_quarantine_bytes() -> u64 {
+    1 << 30
+}
 
 impl Default for DurabilityFile {
     fn default() -> Self {
@@ -114,12 +122,16 @@ impl Default for DurabilityFile {
             segment_bytes: default_segment_bytes(),
             max_bytes_per_region: default_region_wal_bytes(),
             max_bytes: default_total_wal_bytes(),
+            quarantine_max_bytes: default_quarantine_bytes(),
         }
     }
 }
 
 /// Smallest segment accepted: a segment holds at least a few requests.
 const MIN_SEGMENT_BYTES: u64 = 4096;
+/// Smallest quarantine accepted: room for a few refused requests of ordinary size; below it
+/// every new entry would drop the one before, and the quarantine would keep almost nothing.
+const MIN_QUARANTINE_BYTES: u64 = 1 << 20;
 
 impl DurabilityFile {
     fn validate(self, problems: &mut Vec<String>) -> DurabilitySettings {
@@ -146,6 +158,12 @@ impl DurabilityFile {
                     self.max_bytes, self.max_bytes_per_region
                 ));
             }
+            if self.quarantine_max_bytes < MIN_QUARANTINE_BYTES {
+                problems.push(format!(
+                    "durability.quarantine_max_bytes: {} is below the minimum of {MIN_QUARANTINE_BYTES} (1 MiB)",
+                    self.quarantine_max_bytes
+                ));
+            }
         }
         DurabilitySettings {
             mode: self.mode,
@@ -155,6 +173,7 @@ impl DurabilityFile {
                 max_bytes: self.max_bytes_per_region,
             },
             max_bytes: self.max_bytes,
+            quarantine_max_bytes: self.quarantine_max_bytes,
         }
     }
 }

@@ -276,6 +276,8 @@ pub struct DurabilitySettings {
     pub limits: crate::wal::WalLimits,
     /// All logs together.
     pub max_bytes: u64,
+    /// Each region's quarantine.
+    pub quarantine_max_bytes: u64,
 }
 
 /// `otlp:` validated.

@@ -456,3 +456,27 @@ regions: [{ id: eu, sinks: { parquet: { path: /tmp/x } } }]
     assert_eq!(ok.listen.idle_timeout, std::time::Duration::from_secs(5));
     assert_eq!(ok.listen.max_connections, 4096);
 }
+
+#[test]
+fn quarantine_bound_defaults_to_one_gib_and_is_checked() {
+    let base =
+        "auth: { mode: off, default_region: eu }\nregions:\n  - id: eu\n    sinks: { null: {} }\n";
+    let c = Config::from_yaml("g.yaml", base).unwrap();
+    assert_eq!(c.durability.quarantine_max_bytes, 1 << 30);
+    let c = Config::from_yaml(
+        "g.yaml",
+        &format!("{base}durability: {{ quarantine_max_bytes: 2097152 }}\n"),
+    )
+    .unwrap();
+    assert_eq!(c.durability.quarantine_max_bytes, 2 << 20);
+    let err = Config::from_yaml(
+        "g.yaml",
+        &format!("{base}durability: {{ quarantine_max_bytes: 1000 }}\n"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("durability.quarantine_max_bytes: 1000 is below the minimum"),
+        "{err}"
+    );
+}

@@ -9,11 +9,33 @@
 //! them. On start each feeder replays from its cursor, so a record is delivered at least once:
 //! a crash between a sink's confirmation and the next cursor write delivers it again.
 //!
-//! A record the sink fails (an upstream outage outlasting the sink's own retries) is retried
-//! with backoff from that record on, for as long as it takes: the log absorbs the outage until
-//! its bound, and then the pipeline answers 503.
+//! What a feeder does with a record the sink did not take depends on the sink's error:
+//! - retryable (an upstream outage outlasting the sink's own retries): retried with backoff
+//!   from that record on, for as long as it takes; the log absorbs the outage until its
+//!   bound, and then the pipeline answers 503;
+//! - permanent (the upstream refused this data for good: see [`crate::sinks::SinkError`]):
+//!   the record goes to the region's quarantine ([`crate::quarantine`]), fsynced there, and
+//!   only then is it confirmed; the feeder goes on with the next record, so one tenant's
+//!   refused records never hold up anyone else's.
 //!
-//! May call: the log (`wal`), sinks through their handles, the filesystem for cursor files.
+//! A record is confirmed only when its sink delivered it or the quarantine holds it; nothing
+//! is skipped. That includes what the feeder itself cannot read:
+//! - a record that does not decode, or that names another region than this log's (a log
+//!   directory copied between regions), is quarantined with reason `undecodable` or
+//!   `foreign_region` (and counted in `traceo_wal_corrupt_records_total` or
+//!   `traceo_wal_foreign_records_total`); a replay never moves it into another region;
+//! - bytes of the log that fail their CRC or framing (a torn write below the durable end, or
+//!   damage on disk; a crash's torn tail is cut at open and was never acknowledged) are
+//!   counted in `traceo_wal_corrupt_records_total` and copied as they are into quarantine
+//!   with reason `corrupt`: one failing record's frame, or, when the framing itself is lost,
+//!   the rest of the segment, whose records cannot be told apart any more; delivery goes on
+//!   at the next readable record (the next segment). Stopping the region instead would not
+//!   bring those bytes back and would refuse every tenant of the region; confirming them
+//!   unseen would lose acknowledged data without a trace. In quarantine they stay for a
+//!   person (`quarantine show` says why they do not decode); a replay refuses them.
+//!
+//! May call: the log (`wal`), sinks through their handles, the quarantine, the filesystem for
+//! cursor files.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -30,7 +52,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::pipeline::{now_ms, record, SubmitError, TaggedBatch};
-use crate::sinks::{SinkError, SinkHandle};
+use crate::quarantine::{self, Quarantine, QuarantineError, Refusal};
+use crate::sinks::{Reason, SinkError, SinkHandle};
 use crate::wal::reader::WalReader;
 use crate::wal::writer::{self, WalHandle};
 use crate::wal::{SharedBudget, Wal, WalError, WalLimits};
@@ -50,11 +73,25 @@ const WRITER_QUEUE: usize = 4096;
 
 /// Why a region's log could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("region {region}: {source}")]
-pub struct StartError {
-    region: RegionId,
-    #[source]
-    source: WalError,
+pub enum StartError {
+    /// The log.
+    #[error("region {region}: {source}")]
+    Wal {
+        /// The region.
+        region: RegionId,
+        /// Cause.
+        #[source]
+        source: WalError,
+    },
+    /// The quarantine.
+    #[error("region {region}: {source}")]
+    Quarantine {
+        /// The region.
+        region: RegionId,
+        /// Cause.
+        #[source]
+        source: QuarantineError,
+    },
 }
 
 /// A sink of a region, with how much record payload its feeder may have in flight (a sink
@@ -81,21 +118,33 @@ pub struct StartedRegion {
     pub tasks: Vec<JoinHandle<()>>,
 }
 
-/// Opens `region`'s log under `root`, starts its writer, one feeder per sink, and its gauges.
+/// Opens `region`'s log under `root` and its quarantine (bounded to `quarantine_max_bytes`),
+/// starts the log's writer, one feeder per sink, the quarantine's replay task, and gauges.
 pub fn start_region(
     region: &RegionId,
     root: &Path,
     limits: WalLimits,
+    quarantine_max_bytes: u64,
     budget: &Arc<SharedBudget>,
     slots: Vec<SinkSlot>,
     stop: &CancellationToken,
 ) -> Result<StartedRegion, StartError> {
-    let err = |source| StartError {
+    let err = |source| StartError::Wal {
         region: region.clone(),
         source,
     };
     let dir = root.join(region.as_str());
     let (mut wal, recovery) = Wal::open(&dir, limits).map_err(err)?;
+    let quarantine = Quarantine::open(
+        &quarantine::dir_of(root, region),
+        region.clone(),
+        quarantine_max_bytes,
+    )
+    .map_err(|source| StartError::Quarantine {
+        region: region.clone(),
+        source,
+    })?;
+    let quarantine = Arc::new(quarantine);
     wal.share_budget(budget.clone());
     let (first, next) = (wal.first_seq(), wal.next_seq());
     let (tx, rx) = writer::queue(WRITER_QUEUE);
@@ -156,6 +205,7 @@ pub fn start_region(
             wal: handle.clone(),
             progress: progress.clone(),
             replay_until: next,
+            quarantine: quarantine.clone(),
         };
         tasks.push(tokio::spawn(feeder.run(
             reader,
@@ -163,6 +213,11 @@ pub fn start_region(
             stop.clone(),
         )));
     }
+    tasks.push(tokio::spawn(quarantine::replay::watch(
+        quarantine,
+        handle.clone(),
+        stop.clone(),
+    )));
     tasks.push(tokio::spawn(gauges(
         region.clone(),
         handle.clone(),
@@ -216,12 +271,47 @@ fn write_cursor(path: &Path, seq: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A record handed to the sink, awaiting its confirmation.
+/// A record handed to the sink, awaiting its confirmation (or one the feeder could not
+/// read, with its verdict already in `ack`).
 struct InFlight {
     seq: u64,
+    /// The sequence number after it: `seq + 1`, or past a stretch lost to corruption.
+    end: u64,
     bytes: usize,
     accepted_ms: u64,
     ack: oneshot::Receiver<Result<(), SinkError>>,
+    /// The bytes to quarantine when the log cannot give them back by `seq` (corruption).
+    damaged: Option<Vec<u8>>,
+}
+
+/// An acknowledgement that is already in.
+fn resolved(result: Result<(), SinkError>) -> oneshot::Receiver<Result<(), SinkError>> {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(result);
+    rx
+}
+
+/// The bytes at `offset` of segment `path` that failed their check: one record's frame
+/// (header included, so its stored CRC can be compared) when `one`, else everything to the
+/// end of the segment. At most [`crate::wal::MAX_RECORD_BYTES`]: the log never holds more in
+/// one record, and a segment is far smaller in any sane configuration.
+fn read_damaged(path: &Path, offset: u64, one: bool) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let cap = crate::wal::MAX_RECORD_BYTES as u64;
+    let want = if one {
+        let mut head = [0u8; crate::wal::RECORD_OVERHEAD as usize];
+        f.read_exact(&mut head)?;
+        f.seek(SeekFrom::Start(offset))?;
+        crate::wal::RECORD_OVERHEAD
+            + u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]))
+    } else {
+        cap
+    };
+    let mut out = Vec::new();
+    f.take(want.min(cap)).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 enum Event {
@@ -242,6 +332,8 @@ struct Feeder {
     progress: Arc<Progress>,
     /// Records below this were in the log when the gateway started: replays.
     replay_until: u64,
+    /// Where records refused for good go.
+    quarantine: Arc<Quarantine>,
 }
 
 impl Feeder {
@@ -267,6 +359,9 @@ impl Feeder {
         let mut last_persist = Instant::now();
         let mut backoff = MIN_BACKOFF;
         let mut stopping = false;
+        // Reads refused records back for the quarantine; they come in log order, so one
+        // reader moving forward serves them all.
+        let mut rereader: Option<WalReader> = None;
         loop {
             // Fill the window from the log.
             while !stopping
@@ -278,16 +373,57 @@ impl Feeder {
                 let (seq, payload) = match reader.next_record(end) {
                     Ok(Some(r)) => r,
                     Ok(None) => break,
-                    Err(e @ WalError::Corrupt { .. }) => {
-                        corrupt.increment(1);
-                        error!(region = %self.region, sink = self.sink.name(), error = %e, "write-ahead log record lost to corruption; going on after it");
-                        if reader.position() == at {
-                            if let Err(e) = reader.skip_segment() {
-                                error!(region = %self.region, error = %e, "cannot step over the corruption; retrying");
-                                pause(&stop, Duration::from_secs(1)).await;
-                                break;
+                    Err(WalError::Corrupt {
+                        path,
+                        offset,
+                        reason,
+                        ..
+                    }) => {
+                        // The reader stepped over one record whose CRC failed, or stays put
+                        // where the framing is lost: then the rest of the segment is given up.
+                        let one = reader.position() > at;
+                        let end = if one {
+                            reader.position()
+                        } else {
+                            match reader.skip_segment() {
+                                Ok(next) => next,
+                                Err(e) => {
+                                    error!(region = %self.region, error = %e, "cannot step over the corruption; retrying");
+                                    pause(&stop, Duration::from_secs(1)).await;
+                                    break;
+                                }
                             }
-                        }
+                        };
+                        corrupt.increment(end - at);
+                        let answer = format!(
+                            "write-ahead log {} at byte {offset}: {reason}; records {at}..{end} cannot be read",
+                            path.display()
+                        );
+                        error!(region = %self.region, sink = self.sink.name(), first = at, end, error = %answer, "write-ahead log records lost to corruption; their bytes go to quarantine and delivery goes on after them");
+                        let damaged = match tokio::task::spawn_blocking(move || {
+                            read_damaged(&path, offset, one)
+                        })
+                        .await
+                        {
+                            Ok(Ok(bytes)) => bytes,
+                            Ok(Err(e)) => {
+                                warn!(region = %self.region, error = %e, "cannot copy the corrupt bytes; the quarantine entry says where they were");
+                                Vec::new()
+                            }
+                            Err(e) => {
+                                warn!(region = %self.region, error = %e, "cannot copy the corrupt bytes");
+                                Vec::new()
+                            }
+                        };
+                        bytes_in_flight += damaged.len();
+                        in_flight.push_back(InFlight {
+                            seq: at,
+                            end,
+                            bytes: damaged.len(),
+                            accepted_ms: 0,
+                            ack: resolved(Err(SinkError::permanent(Reason::Corrupt, answer))),
+                            damaged: Some(damaged),
+                        });
                         continue;
                     }
                     Err(e) => {
@@ -312,15 +448,18 @@ impl Feeder {
                         }
                     },
                     Err(e) => {
-                        if matches!(e, record::RecordError::ForeignRegion { .. }) {
+                        let reason = if matches!(e, record::RecordError::ForeignRegion { .. }) {
                             foreign.increment(1);
+                            Reason::ForeignRegion
                         } else {
                             corrupt.increment(1);
-                        }
-                        error!(region = %self.region, sink = self.sink.name(), seq, error = %e, "write-ahead log record cannot be delivered here; skipping it");
-                        let (tx, rx) = oneshot::channel();
-                        let _ = tx.send(Ok(()));
-                        (0, rx)
+                            Reason::Undecodable
+                        };
+                        error!(region = %self.region, sink = self.sink.name(), seq, error = %e, "write-ahead log record cannot be delivered here; it goes to quarantine");
+                        (
+                            0,
+                            resolved(Err(SinkError::permanent(reason, e.to_string()))),
+                        )
                     }
                 };
                 if seq < self.replay_until {
@@ -328,9 +467,11 @@ impl Feeder {
                 }
                 in_flight.push_back(InFlight {
                     seq,
+                    end: seq + 1,
                     bytes,
                     accepted_ms,
                     ack,
+                    damaged: None,
                 });
                 bytes_in_flight += bytes;
             }
@@ -360,9 +501,21 @@ impl Feeder {
             match event {
                 Event::Ack(Ok(Ok(()))) => {
                     if let Some(f) = in_flight.pop_front() {
-                        committed = f.seq + 1;
+                        committed = f.end;
                         bytes_in_flight -= f.bytes;
                         delivered.increment(1);
+                    }
+                    backoff = MIN_BACKOFF;
+                }
+                Event::Ack(Ok(Err(e))) if e.is_permanent() => {
+                    if let Some(f) = in_flight.pop_front() {
+                        bytes_in_flight -= f.bytes;
+                        if !self.quarantine_record(&f, &e, &mut rereader, &stop).await {
+                            // Stopped before the quarantine kept it: it is read (and refused)
+                            // again after the restart.
+                            break;
+                        }
+                        committed = f.end;
                     }
                     backoff = MIN_BACKOFF;
                 }
@@ -406,6 +559,88 @@ impl Feeder {
             self.persist(committed);
         }
         self.progress.oldest_ms[self.slot].store(0, Ordering::Relaxed);
+    }
+
+    /// Puts `f` into the region's quarantine with `why`, retrying a failing disk with backoff;
+    /// true once it is durable there, false if `stop` fired first.
+    async fn quarantine_record(
+        &self,
+        f: &InFlight,
+        why: &SinkError,
+        rereader: &mut Option<WalReader>,
+        stop: &CancellationToken,
+    ) -> bool {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let record = match &f.damaged {
+                Some(bytes) => Ok(bytes.clone()),
+                None => self.reread(f.seq, rereader).await,
+            };
+            match record {
+                Ok(record) => {
+                    let q = self.quarantine.clone();
+                    let sink = self.sink.name().to_string();
+                    let (reason, answer, wal_seq) = (why.reason(), why.answer().to_string(), f.seq);
+                    let kept = tokio::task::spawn_blocking(move || {
+                        q.append(Refusal {
+                            sink: &sink,
+                            reason,
+                            answer: &answer,
+                            wal_seq,
+                            record: &record,
+                        })
+                    })
+                    .await;
+                    match kept {
+                        Ok(Ok(_)) => return true,
+                        Ok(Err(e)) => {
+                            error!(region = %self.region, sink = self.sink.name(), seq = f.seq, error = %e, retry_in = ?backoff, "cannot quarantine a refused record; it is not confirmed, retrying")
+                        }
+                        Err(e) => {
+                            error!(region = %self.region, seq = f.seq, error = %e, "quarantine task failed; retrying")
+                        }
+                    }
+                }
+                Err(e) => {
+                    error!(region = %self.region, sink = self.sink.name(), seq = f.seq, error = %e, retry_in = ?backoff, "cannot reread a refused record to quarantine it; retrying")
+                }
+            }
+            pause(stop, backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            if stop.is_cancelled() {
+                return false;
+            }
+        }
+    }
+
+    /// Record `seq` as the log holds it. The feeder keeps no copy of what it handed a sink
+    /// (that would double the memory of every window for a rare case); the log still has
+    /// it, since the cursor is not past it. `cached` is moved forward when it is not past
+    /// `seq` already, so a run of refused records is read in one pass over the log.
+    async fn reread(&self, seq: u64, cached: &mut Option<WalReader>) -> Result<Vec<u8>, String> {
+        let dir = self.dir.clone();
+        let reader = cached.take();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut r = match reader {
+                Some(r) if r.position() <= seq => r,
+                _ => WalReader::open(&dir, seq)?,
+            };
+            while r.position() < seq {
+                r.next_record(seq)?;
+            }
+            let got = r.next_record(seq + 1)?;
+            Ok::<_, WalError>((r, got))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match read {
+            Ok((r, Some((s, payload)))) if s == seq => {
+                *cached = Some(r);
+                Ok(payload)
+            }
+            Ok(_) => Err(format!("record {seq} is not in the log")),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Writes the cursor and lets the log delete what every sink of the region is past.
@@ -484,7 +719,116 @@ async fn gauges(
 
 #[cfg(test)]
 mod tests {
-    use super::cursor_name;
+    use super::*;
+    use crate::sinks::frame::tests::share;
+    use residency_rules::TenantId;
+    use tokio::sync::mpsc;
+
+    /// A sink that refuses every request of tenant `bad` for good and takes the rest,
+    /// reporting the tenants it took.
+    fn picky_sink(region: &RegionId) -> (SinkHandle, mpsc::UnboundedReceiver<String>) {
+        let (tx, mut rx) = mpsc::channel::<crate::sinks::SinkRequest>(64);
+        let (took, taken) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(req) = rx.recv().await {
+                let tenant = req.batch.tenant.to_string();
+                if tenant == "bad" {
+                    req.ack.fail(SinkError::permanent(
+                        Reason::UnknownTopic,
+                        "topic metrics.bad: UnknownTopicOrPartition",
+                    ));
+                } else {
+                    let _ = took.send(tenant);
+                }
+                req.ack.accept();
+            }
+        });
+        let handle = SinkHandle::new("test/eu".to_string(), region.clone(), vec![tx], false);
+        (handle, taken)
+    }
+
+    fn record_of(tenant: &str) -> Vec<u8> {
+        let mut s = share(2);
+        s.tenant = TenantId::parse(tenant).unwrap();
+        record::encode(&s, now_ms())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_record_is_quarantined_and_delivery_goes_on_for_the_others() {
+        let tmp = tempfile::tempdir().unwrap();
+        let region = RegionId::parse("eu").unwrap();
+        let (sink, mut taken) = picky_sink(&region);
+        let stop = CancellationToken::new();
+        let limits = WalLimits {
+            segment_bytes: 1 << 20,
+            max_bytes: 64 << 20,
+        };
+        let started = start_region(
+            &region,
+            tmp.path(),
+            limits,
+            64 << 20,
+            &SharedBudget::new(1 << 30),
+            vec![SinkSlot {
+                sink,
+                window_bytes: 1 << 20,
+            }],
+            &stop,
+        )
+        .unwrap();
+        let mut payloads = Vec::new();
+        for i in 0..30 {
+            payloads.push(record_of(if i % 3 == 0 { "bad" } else { "good" }));
+        }
+        // And one the feeder cannot read: quarantined too, never confirmed unseen.
+        payloads.push(b"\x01 not a record".to_vec());
+        payloads.push(record_of("good"));
+        started.wal.append(payloads).await.unwrap();
+
+        let mut good = 0;
+        while good < 21 {
+            let t = tokio::time::timeout(Duration::from_secs(20), taken.recv())
+                .await
+                .expect("the good tenant's records are delivered")
+                .unwrap();
+            assert_eq!(t, "good");
+            good += 1;
+        }
+        let qdir = quarantine::dir_of(tmp.path(), &region);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while quarantine::entry_ids(&qdir).unwrap().len() < 11 {
+            assert!(
+                Instant::now() < deadline,
+                "refused records reach quarantine"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        for t in started.tasks {
+            t.await.unwrap();
+        }
+        let ids = quarantine::entry_ids(&qdir).unwrap();
+        assert_eq!(ids.len(), 11);
+        let reasons: Vec<String> = ids
+            .iter()
+            .map(|&id| quarantine::read_entry(&qdir, id).unwrap().reason)
+            .collect();
+        assert_eq!(reasons.iter().filter(|r| *r == "unknown_topic").count(), 10);
+        assert_eq!(reasons.iter().filter(|r| *r == "undecodable").count(), 1);
+        let first = quarantine::read_entry(&qdir, ids[0]).unwrap();
+        assert_eq!(first.record, record_of_seq(tmp.path(), first.wal_seq));
+        let cursor = read_cursor(&tmp.path().join("eu/cursors/test")).unwrap();
+        assert_eq!(
+            cursor, 32,
+            "every record is confirmed: delivered or quarantined"
+        );
+    }
+
+    /// Record `seq` of the test region's log, as stored.
+    fn record_of_seq(root: &Path, seq: u64) -> Vec<u8> {
+        let mut r = WalReader::open(&root.join("eu"), seq).unwrap();
+        r.next_record(seq + 1).unwrap().unwrap().1
+    }
 
     #[test]
     fn cursor_names_are_unique_per_sink_of_a_region() {

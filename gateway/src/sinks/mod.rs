@@ -19,10 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::pipeline::{SubmitError, TaggedBatch};
 
-/// Why a sink could not make a batch durable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
+pub use error::{Reason, SinkError};
+
+mod error;
 
 /// A batch (or one shard's part of it) queued for a sink, with the acknowledgement to
 /// complete.
@@ -65,10 +64,17 @@ impl Ack {
         self.unaccepted.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Marks the request failed with `error`, what the client is told (the first error wins).
+    /// Marks the request failed with `error`, what the client (or the feeder) is told. The
+    /// first error wins, except that a retryable one replaces a permanent one: a request that
+    /// may still go through once the transient part clears is not quarantined for the part
+    /// that was refused (that part is refused again on the retry, and quarantined then).
     pub(crate) fn fail(&self, error: SinkError) {
         let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-        f.get_or_insert(error);
+        match &*f {
+            None => *f = Some(error),
+            Some(old) if old.is_permanent() && !error.is_permanent() => *f = Some(error),
+            Some(_) => {}
+        }
     }
 }
 
@@ -82,8 +88,9 @@ impl Drop for Ack {
             .take();
         let result = match failure {
             Some(e) => Err(e),
-            None if *self.unaccepted.get_mut() > 0 => Err(SinkError(
-                "the sink stopped before the batch was written".to_string(),
+            None if *self.unaccepted.get_mut() > 0 => Err(SinkError::retryable(
+                Reason::Stopped,
+                "the sink stopped before the batch was written",
             )),
             None => Ok(()),
         };
@@ -328,10 +335,39 @@ mod tests {
         let ack = Arc::new(Ack::new(tx, 1));
         ack.accept();
         let other = ack.clone();
-        ack.fail(SinkError("disk full".into()));
+        ack.fail(SinkError::retryable(Reason::Io, "disk full"));
         drop(ack);
         drop(other);
-        assert_eq!(rx.await.unwrap(), Err(SinkError("disk full".into())));
+        assert_eq!(
+            rx.await.unwrap(),
+            Err(SinkError::retryable(Reason::Io, "disk full"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retryable_part_outranks_a_permanent_one() {
+        let (tx, rx) = oneshot::channel();
+        let ack = Arc::new(Ack::new(tx, 1));
+        ack.accept();
+        ack.fail(SinkError::permanent(Reason::MessageTooLarge, "too big"));
+        ack.fail(SinkError::retryable(Reason::Transport, "broker down"));
+        ack.fail(SinkError::permanent(Reason::UnknownTopic, "no topic"));
+        drop(ack);
+        let e = rx.await.unwrap().unwrap_err();
+        assert!(!e.is_permanent(), "{e}");
+        assert_eq!(e.reason(), Reason::Transport);
+    }
+
+    #[tokio::test]
+    async fn the_first_permanent_refusal_is_kept() {
+        let (tx, rx) = oneshot::channel();
+        let ack = Arc::new(Ack::new(tx, 1));
+        ack.accept();
+        ack.fail(SinkError::permanent(Reason::MessageTooLarge, "too big"));
+        ack.fail(SinkError::permanent(Reason::UnknownTopic, "no topic"));
+        drop(ack);
+        let e = rx.await.unwrap().unwrap_err();
+        assert_eq!(e.reason(), Reason::MessageTooLarge);
     }
 
     #[tokio::test]

@@ -7,9 +7,11 @@
 //! (`Retry-After` honoured up to `max_backoff`) for up to `max_retry_time`, then the batch
 //! fails: with `durability: wal` the log keeps it and its feeder delivers it again later. Any
 //! other 4xx means the endpoint will never take the data (bad labels, out-of-order samples,
-//! limits): it is logged with the endpoint's answer, counted in
-//! `traceo_remote_write_rejected_series_total{sink,status}`, and the batch is confirmed so
-//! delivery moves on instead of retrying it forever.
+//! limits; the remote-write spec forbids retrying it): it is logged with the endpoint's
+//! answer, counted in `traceo_remote_write_rejected_series_total{sink,status}`, and the batch
+//! fails with a permanent [`SinkError`]: with `durability: wal` its records go to the region's
+//! quarantine (with the answer) and delivery moves on, instead of retrying them forever or
+//! dropping them unseen.
 //!
 //! Series are split over `pipeline.shards` workers by identity hash, so a series always
 //! meets the same worker and its samples stay in order. May call: the network (HTTP only).
@@ -22,7 +24,7 @@ use residency_rules::{RegionId, TenantId};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{spawn_shards, ShardWorker, SinkError, SinkHandle, SinkRequest};
+use super::{spawn_shards, Reason, ShardWorker, SinkError, SinkHandle, SinkRequest};
 use crate::config::{KafkaFormat, RemoteWriteSinkConfig};
 
 /// Why the sink could not start.
@@ -96,7 +98,7 @@ enum Attempt {
     /// Refused for good (4xx other than 429): the status and what the endpoint said.
     Rejected(u16, String),
     /// Worth retrying, after at least this long if the endpoint said so.
-    Retry(String, Option<Duration>),
+    Retry(SinkError, Option<Duration>),
 }
 
 impl RwWorker {
@@ -171,7 +173,10 @@ impl RwWorker {
                         || self.cancel.is_cancelled()
                     {
                         error!(sink = %self.name, error = %why, "remote-write batch failed; it stays in the write-ahead log (durability: wal) or its clients get 503");
-                        let e = SinkError(format!("remote-write endpoint {}: {why}", self.cfg.url));
+                        let e = SinkError::retryable(
+                            why.reason(),
+                            format!("remote-write endpoint {}: {why}", self.cfg.url),
+                        );
                         for req in &pending {
                             req.ack.fail(e.clone());
                         }
@@ -191,7 +196,17 @@ impl RwWorker {
                 metrics::counter!("traceo_remote_write_rejected_series_total",
                     "sink" => self.name.clone(), "status" => status.to_string())
                 .increment(series);
-                error!(sink = %self.name, status, answer = %body, series, "remote-write endpoint refused a batch for good; not retried");
+                error!(sink = %self.name, status, answer = %body, series, "remote-write endpoint refused a batch for good; not retried (its records go to quarantine)");
+                let e = SinkError::from_http_status(
+                    status,
+                    format!(
+                        "remote-write endpoint {}: HTTP {status}: {body}",
+                        self.cfg.url
+                    ),
+                );
+                for req in &pending {
+                    req.ack.fail(e.clone());
+                }
             }
         }
         for req in pending {
@@ -219,7 +234,14 @@ impl RwWorker {
             req = req.header(k.as_str(), v.as_str());
         }
         match req.send(body) {
-            Err(e) => Attempt::Retry(e.to_string(), None),
+            Err(e) => {
+                let reason = if matches!(e, ureq::Error::Timeout(_)) {
+                    Reason::Timeout
+                } else {
+                    Reason::Transport
+                };
+                Attempt::Retry(SinkError::retryable(reason, e.to_string()), None)
+            }
             Ok(mut resp) => {
                 let status = resp.status().as_u16();
                 if (200..300).contains(&status) {
@@ -238,10 +260,12 @@ impl RwWorker {
                     .chars()
                     .take(512)
                     .collect();
-                if status == 429 || status >= 500 {
-                    Attempt::Retry(format!("HTTP {status}: {}", text.trim()), retry_after)
-                } else {
+                let e =
+                    SinkError::from_http_status(status, format!("HTTP {status}: {}", text.trim()));
+                if e.is_permanent() {
                     Attempt::Rejected(status, text.trim().to_string())
+                } else {
+                    Attempt::Retry(e, retry_after)
                 }
             }
         }

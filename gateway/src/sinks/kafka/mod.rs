@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::frame::Framing;
-use super::{spawn_shards, Ack, ShardWorker, SinkError, SinkHandle, SinkRequest};
+use super::{spawn_shards, Ack, Reason, ShardWorker, SinkError, SinkHandle, SinkRequest};
 use crate::cluster::RegionRoute;
 use crate::config::{KafkaCompression, KafkaFormat, KafkaSinkConfig};
 
@@ -108,6 +108,57 @@ impl SinkMetrics {
     }
 }
 
+/// Whether a Kafka error can clear by itself. Refusals of the data or the destination (a
+/// message over `message.max.bytes` of the producer or the broker, a topic or partition the
+/// cluster does not have, an invalid topic name, no permission, a record the broker finds
+/// invalid) are answered the same every time: permanent, so the record is quarantined instead
+/// of blocking its region. Everything else (transport, timeouts, a full queue, no leader, too
+/// few in-sync replicas, errors this list does not know) is retried, as before: an unknown
+/// error costs a retry loop, not data.
+pub(crate) fn classify(e: &KafkaError, answer: String) -> SinkError {
+    use RDKafkaErrorCode as C;
+    let Some(code) = e.rdkafka_error_code() else {
+        return SinkError::retryable(Reason::Other, answer);
+    };
+    let permanent = match code {
+        C::MessageSizeTooLarge | C::MessageBatchTooLarge | C::InvalidMessageSize => {
+            Some(Reason::MessageTooLarge)
+        }
+        C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition => {
+            Some(Reason::UnknownTopic)
+        }
+        C::InvalidTopic => Some(Reason::InvalidTopic),
+        C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed => Some(Reason::NotAuthorized),
+        C::InvalidRecord
+        | C::InvalidTimestamp
+        | C::PolicyViolation
+        | C::UnsupportedForMessageFormat
+        | C::InvalidMessage => Some(Reason::InvalidRecord),
+        _ => None,
+    };
+    if let Some(reason) = permanent {
+        return SinkError::permanent(reason, answer);
+    }
+    let reason = match code {
+        C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut | C::TimedOutQueue => {
+            Reason::Timeout
+        }
+        C::QueueFull => Reason::QueueFull,
+        C::BrokerTransportFailure
+        | C::AllBrokersDown
+        | C::NetworkException
+        | C::Resolve
+        | C::BrokerNotAvailable => Reason::Transport,
+        C::NotEnoughReplicas
+        | C::NotEnoughReplicasAfterAppend
+        | C::LeaderNotAvailable
+        | C::NotLeaderForPartition
+        | C::ReplicaNotAvailable => Reason::Unavailable,
+        _ => Reason::Other,
+    };
+    SinkError::retryable(reason, answer)
+}
+
 /// Delivery errors after which this producer's id or epoch is unusable on the broker: seen
 /// with tansu, which answers `ProducerFenced` to the epoch bump librdkafka performs after
 /// messages timed out in flight during an outage. Only a new producer recovers.
@@ -146,7 +197,7 @@ impl ProducerContext for Context {
                 }
                 delivery
                     .ack
-                    .fail(SinkError(format!("{}: delivery failed: {e}", self.sink)));
+                    .fail(classify(e, format!("{}: delivery failed: {e}", self.sink)));
             }
         }
         // Dropping `delivery` releases this message's hold on the request's ack.
@@ -394,34 +445,44 @@ impl KafkaSink {
             .client()
             .fetch_metadata(Some(topic), self.cfg.delivery_timeout)
             .map_err(|e| {
-                SinkError(format!(
-                    "{} ({upstream}): metadata of topic {topic}: {e}",
-                    self.name
-                ))
+                // The metadata request itself failing is the cluster, not the topic.
+                SinkError::retryable(
+                    Reason::Transport,
+                    format!("{} ({upstream}): metadata of topic {topic}: {e}", self.name),
+                )
             })?;
         let t = md
             .topics()
             .iter()
             .find(|t| t.name() == topic)
             .ok_or_else(|| {
-                SinkError(format!(
-                    "{} ({upstream}): topic {topic} not in metadata",
-                    self.name
-                ))
+                // A broker answers for every topic asked about; an answer without it is odd
+                // enough to be asked again rather than trusted.
+                SinkError::retryable(
+                    Reason::Other,
+                    format!("{} ({upstream}): topic {topic} not in metadata", self.name),
+                )
             })?;
         if let Some(e) = t.error() {
-            return Err(SinkError(format!(
-                "{} ({upstream}): topic {topic}: {:?} (create it, or enable auto-creation on the broker)",
-                self.name,
-                RDKafkaErrorCode::from(e)
-            )));
+            let code = RDKafkaErrorCode::from(e);
+            return Err(classify(
+                &KafkaError::MetadataFetch(code),
+                format!(
+                    "{} ({upstream}): topic {topic}: {code:?} (create it, or enable auto-creation on the broker)",
+                    self.name
+                ),
+            ));
         }
         let n = t.partitions().len() as i32;
         if n == 0 {
-            return Err(SinkError(format!(
-                "{} ({upstream}): topic {topic} has no partitions",
-                self.name
-            )));
+            // Being created: its partitions appear shortly.
+            return Err(SinkError::retryable(
+                Reason::Unavailable,
+                format!(
+                    "{} ({upstream}): topic {topic} has no partitions",
+                    self.name
+                ),
+            ));
         }
         conn.partitions
             .insert(topic.to_string(), (n, Instant::now()));
@@ -501,10 +562,13 @@ impl KafkaSink {
                 Ok(()) => return true,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     if Instant::now() >= deadline {
-                        req.ack.fail(SinkError(format!(
-                            "{}: producer queue full for {:?}",
-                            self.name, self.cfg.delivery_timeout
-                        )));
+                        req.ack.fail(SinkError::retryable(
+                            Reason::QueueFull,
+                            format!(
+                                "{}: producer queue full for {:?}",
+                                self.name, self.cfg.delivery_timeout
+                            ),
+                        ));
                         return false;
                     }
                     self.metrics.queue_full.increment(1);
@@ -513,11 +577,85 @@ impl KafkaSink {
                     record = back;
                 }
                 Err((e, _)) => {
-                    req.ack
-                        .fail(SinkError(format!("{}: produce to {topic}: {e}", self.name)));
+                    let answer = format!(
+                        "{}: produce {} bytes to {topic}: {e}",
+                        self.name,
+                        payload.len()
+                    );
+                    req.ack.fail(classify(&e, answer));
                     return false;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn produce(code: RDKafkaErrorCode) -> SinkError {
+        classify(&KafkaError::MessageProduction(code), format!("{code:?}"))
+    }
+
+    #[test]
+    fn refusals_of_the_data_or_the_topic_are_permanent() {
+        for (code, reason) in [
+            (
+                RDKafkaErrorCode::MessageSizeTooLarge,
+                Reason::MessageTooLarge,
+            ),
+            (
+                RDKafkaErrorCode::MessageBatchTooLarge,
+                Reason::MessageTooLarge,
+            ),
+            (
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+                Reason::UnknownTopic,
+            ),
+            (RDKafkaErrorCode::UnknownTopic, Reason::UnknownTopic),
+            (RDKafkaErrorCode::InvalidTopic, Reason::InvalidTopic),
+            (
+                RDKafkaErrorCode::TopicAuthorizationFailed,
+                Reason::NotAuthorized,
+            ),
+            (RDKafkaErrorCode::InvalidRecord, Reason::InvalidRecord),
+        ] {
+            let e = produce(code);
+            assert!(e.is_permanent(), "{code:?}");
+            assert_eq!(e.reason(), reason, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn outages_and_timeouts_are_retryable() {
+        for code in [
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::LeaderNotAvailable,
+            RDKafkaErrorCode::ProducerFenced,
+        ] {
+            assert!(!produce(code).is_permanent(), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_topic_missing_from_metadata_is_permanent() {
+        let e = classify(
+            &KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition),
+            "topic metrics.a".into(),
+        );
+        assert!(e.is_permanent());
+        assert_eq!(e.reason(), Reason::UnknownTopic);
+    }
+
+    #[test]
+    fn an_error_without_a_code_is_retried() {
+        let e = classify(&KafkaError::Canceled, "canceled".into());
+        assert!(!e.is_permanent());
     }
 }

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use super::{Ack, SinkError, SinkHandle, SinkRequest};
+use super::{Ack, Reason, SinkError, SinkHandle, SinkRequest};
 use crate::config::ParquetSinkConfig;
 use rows::Rows;
 
@@ -70,6 +70,21 @@ enum FileError {
     Sync(#[from] std::io::Error),
     #[error("writer task: {0}")]
     Join(#[from] tokio::task::JoinError),
+}
+
+impl FileError {
+    /// Rows Arrow or Parquet cannot encode are refused the same way every time (permanent:
+    /// their records are quarantined); the object store and the disk can recover (retried).
+    fn into_sink_error(self) -> SinkError {
+        let answer = format!("parquet write failed: {self}");
+        match self {
+            FileError::Arrow(_) | FileError::Parquet(_) | FileError::Path(_) => {
+                SinkError::permanent(Reason::Encoding, answer)
+            }
+            FileError::Store(_) | FileError::Sync(_) => SinkError::retryable(Reason::Io, answer),
+            FileError::Join(_) => SinkError::retryable(Reason::Other, answer),
+        }
+    }
 }
 
 /// Flush checks run this often relative to `max_file_age`, so a file closes at most 25% late.
@@ -244,8 +259,8 @@ impl ParquetSink {
             }
             Err(e) => {
                 metrics::counter!("traceo_sink_write_errors_total", &labels).increment(1);
-                error!(sink = %self.name, tenant = %key.tenant, rows, error = %e, "parquet file not written; its requests get a retryable error");
-                let err = SinkError(format!("parquet write failed: {e}"));
+                let err = e.into_sink_error();
+                error!(sink = %self.name, tenant = %key.tenant, rows, error = %err, permanent = err.is_permanent(), "parquet file not written; its requests fail (retried, or quarantined if the rows cannot be encoded)");
                 for a in &p.acks {
                     a.fail(err.clone());
                 }
@@ -333,6 +348,25 @@ fn sync_file_and_dirs(root: &Path, rel: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoding_errors_are_permanent_and_storage_errors_retryable() {
+        let arrow = FileError::Arrow(arrow_schema::ArrowError::InvalidArgumentError("x".into()));
+        let e = arrow.into_sink_error();
+        assert!(e.is_permanent());
+        assert_eq!(e.reason(), Reason::Encoding);
+        let parquet = FileError::Parquet(parquet::errors::ParquetError::General("x".into()));
+        assert!(parquet.into_sink_error().is_permanent());
+        let io = FileError::Sync(std::io::Error::other("disk full"));
+        let e = io.into_sink_error();
+        assert!(!e.is_permanent());
+        assert_eq!(e.reason(), Reason::Io);
+        let store = FileError::Store(object_store::Error::Generic {
+            store: "test",
+            source: Box::new(std::io::Error::other("unreachable")),
+        });
+        assert!(!store.into_sink_error().is_permanent());
+    }
 
     #[test]
     fn object_path_uses_hive_layout_and_utc_hour() {
