@@ -93,6 +93,11 @@ impl ApiError {
             ApiError::OverBudget(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Decode(e) if e.is_too_large() => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Decode(_) => StatusCode::BAD_REQUEST,
+            // `durability.mode: upstream`: the upstream refused the data for good, so a retry
+            // would be refused again (and would block the sender's queue); say so with a 400.
+            ApiError::Unavailable(SubmitError::Sink { error, .. }) if error.is_permanent() => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Unavailable(_) | ApiError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -118,6 +123,9 @@ impl ApiError {
                 AppendError::Wal(WalError::Full { .. }) => "wal_full",
                 _ => "wal_unavailable",
             },
+            ApiError::Unavailable(SubmitError::Sink { error, .. }) if error.is_permanent() => {
+                "upstream_refused"
+            }
             ApiError::Unavailable(_) => "sink_unavailable",
             ApiError::Draining => "draining",
             ApiError::NotFound => "not_found",
@@ -158,6 +166,7 @@ impl ApiError {
             ApiError::Unauthorized(_) if status == StatusCode::UNAUTHORIZED => {
                 b = b.header(header::WWW_AUTHENTICATE, "Basic realm=\"traceo\"");
             }
+            _ if status == StatusCode::BAD_REQUEST => {}
             ApiError::Unavailable(_) | ApiError::Draining | ApiError::OverBudget(_) => {
                 b = b.header(header::RETRY_AFTER, RETRY_AFTER_SECS);
             }
@@ -213,6 +222,23 @@ mod tests {
         let r = ApiError::BodyTimeout(std::time::Duration::from_secs(1)).into_response();
         assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
         assert_eq!(r.headers()[header::CONNECTION], "close");
+    }
+
+    #[test]
+    fn a_permanent_upstream_refusal_in_upstream_mode_is_a_400_without_retry() {
+        let e = ApiError::Unavailable(SubmitError::Sink {
+            sink: "remote_write/eu".into(),
+            error: crate::sinks::SinkError::from_http_status(400, "out of order sample"),
+        });
+        assert_eq!(e.reason(), "upstream_refused");
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(!r.headers().contains_key(header::RETRY_AFTER));
+        let e = ApiError::Unavailable(SubmitError::Sink {
+            sink: "remote_write/eu".into(),
+            error: crate::sinks::SinkError::from_http_status(503, "busy"),
+        });
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]
