@@ -78,6 +78,12 @@ pub struct DurabilityFile {
     /// All regions' logs together may hold this many bytes. Default 16 GiB.
     #[serde(default = "default_total_wal_bytes")]
     pub max_bytes: u64,
+    /// One tenant's records in one region's log may hold this many bytes; past it, that
+    /// tenant's writes to the region get 503 while other tenants' go on. Default a quarter of
+    /// `max_bytes_per_region`, so a stuck or flooding tenant leaves the rest of the log to
+    /// the others.
+    #[serde(default)]
+    pub max_bytes_per_tenant: Option<u64>,
 }
 
 /// `durability.mode`
@@ -114,12 +120,16 @@ impl Default for DurabilityFile {
             segment_bytes: default_segment_bytes(),
             max_bytes_per_region: default_region_wal_bytes(),
             max_bytes: default_total_wal_bytes(),
+            max_bytes_per_tenant: None,
         }
     }
 }
 
 /// Smallest segment accepted: a segment holds at least a few requests.
 const MIN_SEGMENT_BYTES: u64 = 4096;
+/// The default tenant share is the region's bound over this: four tenants stuck at once
+/// still leave room, and one tenant alone can use a good part of an otherwise idle log.
+const DEFAULT_TENANT_SHARES: u64 = 4;
 
 impl DurabilityFile {
     fn validate(self, problems: &mut Vec<String>) -> DurabilitySettings {
@@ -146,13 +156,26 @@ impl DurabilityFile {
                     self.max_bytes, self.max_bytes_per_region
                 ));
             }
+            if let Some(t) = self.max_bytes_per_tenant {
+                if t == 0 || t > self.max_bytes_per_region {
+                    problems.push(format!(
+                        "durability.max_bytes_per_tenant: {t} is outside 1..=max_bytes_per_region ({})",
+                        self.max_bytes_per_region
+                    ));
+                }
+            }
         }
+        let per_tenant = self
+            .max_bytes_per_tenant
+            .unwrap_or(self.max_bytes_per_region / DEFAULT_TENANT_SHARES);
         DurabilitySettings {
             mode: self.mode,
             dir: self.dir,
             limits: crate::wal::WalLimits {
                 segment_bytes: self.segment_bytes,
                 max_bytes: self.max_bytes_per_region,
+                max_bytes_per_owner: per_tenant,
+                owner_of: crate::pipeline::record::tenant_of,
             },
             max_bytes: self.max_bytes,
         }
@@ -878,6 +901,33 @@ impl ConfigFile {
                 "limits.max_decompressed_bytes: {} is over 4 GiB, the snappy block maximum",
                 l.max_decompressed_bytes
             ));
+        }
+        // What a client may send must fit what a log record may hold, with room for the
+        // gateway's tags (the pipeline refuses, with 400, any series that still does not).
+        let rules = crate::pipeline::record::RULES;
+        let room = crate::pipeline::record::RECORD_TAG_ROOM;
+        for (field, v, max) in [
+            (
+                "max_labels_per_series",
+                l.max_labels_per_series,
+                rules.max_labels_per_series - room,
+            ),
+            (
+                "max_label_name_bytes",
+                l.max_label_name_bytes,
+                rules.max_label_name_bytes - room,
+            ),
+            (
+                "max_label_value_bytes",
+                l.max_label_value_bytes,
+                rules.max_label_value_bytes,
+            ),
+        ] {
+            if v > max {
+                problems.push(format!(
+                    "limits.{field}: {v} is over {max}, the most a write-ahead log record holds with the gateway's tags"
+                ));
+            }
         }
         let limits = DecodeLimits {
             max_compressed_bytes: l.max_body_bytes,
