@@ -402,7 +402,7 @@ regions:
     );
 }
 
-const ONE_REGION: &str = "regions: [{ id: eu, sinks: { parquet: { path: ./data } } }]\n";
+const ONE_REGION: &str = "auth: { mode: off, default_region: eu }\nregions: [{ id: eu, sinks: { parquet: { path: ./data } } }]\n";
 
 fn problems_of(yaml: &str) -> String {
     match Config::from_yaml("g.yaml", yaml) {
@@ -416,7 +416,9 @@ fn problems_of(yaml: &str) -> String {
 fn a_tenant_share_defaults_to_a_quarter_of_the_region_log() {
     let c = Config::from_yaml(
         "g.yaml",
-        &format!("durability: {{ max_bytes_per_region: 8388608 }}\n{ONE_REGION}"),
+        &format!(
+            "durability: {{ segment_bytes: 4096, max_bytes_per_region: 8388608 }}\n{ONE_REGION}"
+        ),
     )
     .unwrap();
     assert_eq!(c.durability.limits.max_bytes_per_owner, 2 << 20);
