@@ -134,7 +134,7 @@ fn a_flooding_tenant_gets_503_naming_it_while_another_keeps_getting_2xx() {
 
     // Still refused: its share does not shrink while its sink is down.
     let headers_a = [&REMOTE_WRITE_V1_HEADERS[..], &[("x-scope-orgid", "a")]].concat();
-    let a = post_with(&url, &flood_body(1, now_ms()), &headers_a);
+    let a = post_with(&url, &flood_body(20, now_ms()), &headers_a);
     assert_eq!(a.status, 503, "{}", a.body);
 
     // One tenant's full share is not the node's problem: it stays in the load balancer.
@@ -257,7 +257,7 @@ fn a_rule_that_would_drop_the_metric_name_is_refused_at_config_load() {
     std::fs::write(
         &config,
         format!(
-            "auth: {{ mode: off, default_region: eu }}\n\
+            "auth: {{ mode: off }}\n\
              residency: {{ policy: \"{}\" }}\n\
              regions: [{{ id: eu, sinks: {{ parquet: {{ path: \"{}/data\" }} }} }}]\n",
             policy.display(),
