@@ -158,7 +158,13 @@ pub async fn run(
         &config.tenant_label,
         &config.region_label,
     )
-    .with_region_health(cluster.routes());
+    .with_region_health(cluster.routes())
+    .with_series_limits(
+        config
+            .regions
+            .iter()
+            .map(|r| (r.id.clone(), crate::pipeline::max_series_bytes(r))),
+    );
 
     // Every port serves every endpoint; the OTLP ones exist because clients default to them.
     let mut listeners = Vec::new();

@@ -531,14 +531,14 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
                 "{field}.class: only meaningful with action classify"
             ));
         }
-        if matches!(r.action, ActionPolicy::DropLabel | ActionPolicy::HashLabel) {
-            if let Some(Matcher::Exact(n)) = &label {
-                if &**n == "__name__" {
-                    problems.push(format!(
-                        "{field}.match.name: a series cannot lose or hide its metric name (__name__)"
-                    ));
-                }
-            }
+        // Whatever its form (exact, prefix, regex): a series left without `__name__` could
+        // not be stored, so every request it matched would be refused.
+        if matches!(r.action, ActionPolicy::DropLabel | ActionPolicy::HashLabel)
+            && label.as_ref().is_some_and(|m| m.matches("__name__"))
+        {
+            problems.push(format!(
+                "{field}.match.name: a series cannot lose or hide its metric name (__name__)"
+            ));
         }
         let tenants = r.tenants.as_ref().map(|list| {
             list.iter()

@@ -530,3 +530,34 @@ fn documented_global_policy_decides_as_documented() {
         ["denied: tenant initech is not known to the residency policy"]
     );
 }
+
+#[test]
+fn a_drop_or_hash_rule_that_can_match_the_metric_name_is_refused_in_any_form() {
+    for matcher in [
+        "{ regex: \"__.*\" }",
+        "{ regex: \".*name.*\" }",
+        "{ prefix: \"__n\" }",
+        "{ exact: __name__ }",
+    ] {
+        for action in ["drop_label", "hash_label"] {
+            let text = format!(
+                "regions: [{{ id: eu, jurisdiction: EU }}]\n\
+                 tenants: [{{ id: t, home: eu }}]\n\
+                 hash_key: 0123456789abcdef0123\n\
+                 rules: [{{ match: {{ name: {matcher} }}, action: {action} }}]\n"
+            );
+            let err = residency_rules::load(&text).unwrap_err();
+            assert_eq!(
+                err.problems,
+                ["rules[0].match.name: a series cannot lose or hide its metric name (__name__)"],
+                "{matcher} {action}"
+            );
+        }
+    }
+    // A rule that cannot match it is fine.
+    residency_rules::load(
+        "regions: [{ id: eu, jurisdiction: EU }]\ntenants: [{ id: t, home: eu }]\n\
+         rules: [{ match: { name: { regex: \"user_.*\" } }, action: drop_label }]\n",
+    )
+    .unwrap();
+}

@@ -248,7 +248,7 @@ fn a_minute_long_broker_outage_fills_the_log_then_gets_503_and_drains_after() {
 listen: { http: "127.0.0.1:{port}" }
 otlp: { grpc_listen: null, http_listen: null }
 auth: { mode: off, default_region: local }
-durability: { dir: "{dir}/wal", segment_bytes: 65536, max_bytes_per_region: 2097152 }
+durability: { dir: "{dir}/wal", segment_bytes: 65536, max_bytes_per_region: 2097152, max_bytes_per_tenant: 2097152 }
 regions:
   - id: local
     sinks:
@@ -367,7 +367,7 @@ fn parquet_config(file_age: &str, max_bytes: u64) -> String {
 listen: {{ http: "127.0.0.1:{{port}}" }}
 otlp: {{ grpc_listen: null, http_listen: null }}
 auth: {{ mode: off, default_region: local }}
-durability: {{ dir: "{{dir}}/wal", segment_bytes: 16384, max_bytes_per_region: {max_bytes} }}
+durability: {{ dir: "{{dir}}/wal", segment_bytes: 16384, max_bytes_per_region: {max_bytes}, max_bytes_per_tenant: {max_bytes} }}
 regions:
   - id: local
     sinks:

@@ -83,6 +83,12 @@ pub struct DurabilityFile {
     /// bytes; past it the oldest entries are dropped, loudly. Default 1 GiB.
     #[serde(default = "default_quarantine_bytes")]
     pub quarantine_max_bytes: u64,
+    /// One tenant's records in one region's log may hold this many bytes; past it, that
+    /// tenant's writes to the region get 503 while other tenants' go on. Default a quarter of
+    /// `max_bytes_per_region`, so a stuck or flooding tenant leaves the rest of the log to
+    /// the others.
+    #[serde(default)]
+    pub max_bytes_per_tenant: Option<u64>,
 }
 
 /// `durability.mode`
@@ -123,6 +129,7 @@ impl Default for DurabilityFile {
             max_bytes_per_region: default_region_wal_bytes(),
             max_bytes: default_total_wal_bytes(),
             quarantine_max_bytes: default_quarantine_bytes(),
+            max_bytes_per_tenant: None,
         }
     }
 }
@@ -132,6 +139,9 @@ const MIN_SEGMENT_BYTES: u64 = 4096;
 /// Smallest quarantine accepted: room for a few refused requests of ordinary size; below it
 /// every new entry would drop the one before, and the quarantine would keep almost nothing.
 const MIN_QUARANTINE_BYTES: u64 = 1 << 20;
+/// The default tenant share is the region's bound over this: four tenants stuck at once
+/// still leave room, and one tenant alone can use a good part of an otherwise idle log.
+const DEFAULT_TENANT_SHARES: u64 = 4;
 
 impl DurabilityFile {
     fn validate(self, problems: &mut Vec<String>) -> DurabilitySettings {
@@ -164,13 +174,26 @@ impl DurabilityFile {
                     self.quarantine_max_bytes
                 ));
             }
+            if let Some(t) = self.max_bytes_per_tenant {
+                if t == 0 || t > self.max_bytes_per_region {
+                    problems.push(format!(
+                        "durability.max_bytes_per_tenant: {t} is outside 1..=max_bytes_per_region ({})",
+                        self.max_bytes_per_region
+                    ));
+                }
+            }
         }
+        let per_tenant = self
+            .max_bytes_per_tenant
+            .unwrap_or(self.max_bytes_per_region / DEFAULT_TENANT_SHARES);
         DurabilitySettings {
             mode: self.mode,
             dir: self.dir,
             limits: crate::wal::WalLimits {
                 segment_bytes: self.segment_bytes,
                 max_bytes: self.max_bytes_per_region,
+                max_bytes_per_owner: per_tenant,
+                owner_of: crate::pipeline::record::tenant_of,
             },
             max_bytes: self.max_bytes,
             quarantine_max_bytes: self.quarantine_max_bytes,
@@ -915,6 +938,33 @@ impl ConfigFile {
                 "limits.max_decompressed_bytes: {} is over 4 GiB, the snappy block maximum",
                 l.max_decompressed_bytes
             ));
+        }
+        // What a client may send must fit what a log record may hold, with room for the
+        // gateway's tags (the pipeline refuses, with 400, any series that still does not).
+        let rules = crate::pipeline::record::RULES;
+        let room = crate::pipeline::record::RECORD_TAG_ROOM;
+        for (field, v, max) in [
+            (
+                "max_labels_per_series",
+                l.max_labels_per_series,
+                rules.max_labels_per_series - room,
+            ),
+            (
+                "max_label_name_bytes",
+                l.max_label_name_bytes,
+                rules.max_label_name_bytes - room,
+            ),
+            (
+                "max_label_value_bytes",
+                l.max_label_value_bytes,
+                rules.max_label_value_bytes,
+            ),
+        ] {
+            if v > max {
+                problems.push(format!(
+                    "limits.{field}: {v} is over {max}, the most a write-ahead log record holds with the gateway's tags"
+                ));
+            }
         }
         let limits = DecodeLimits {
             max_compressed_bytes: l.max_body_bytes,

@@ -480,3 +480,65 @@ fn quarantine_bound_defaults_to_one_gib_and_is_checked() {
         "{err}"
     );
 }
+
+const ONE_REGION: &str = "auth: { mode: off, default_region: eu }\nregions: [{ id: eu, sinks: { parquet: { path: ./data } } }]\n";
+
+fn problems_of(yaml: &str) -> String {
+    match Config::from_yaml("g.yaml", yaml) {
+        Err(ConfigError::Invalid { problems, .. }) => problems.join("\n"),
+        Err(e) => panic!("expected Invalid, got {e}"),
+        Ok(_) => panic!("expected problems in {yaml}"),
+    }
+}
+
+#[test]
+fn a_tenant_share_defaults_to_a_quarter_of_the_region_log() {
+    let c = Config::from_yaml(
+        "g.yaml",
+        &format!(
+            "durability: {{ segment_bytes: 4096, max_bytes_per_region: 8388608 }}\n{ONE_REGION}"
+        ),
+    )
+    .unwrap();
+    assert_eq!(c.durability.limits.max_bytes_per_owner, 2 << 20);
+    let c = Config::from_yaml(
+        "g.yaml",
+        &format!("durability: {{ max_bytes_per_tenant: 1000 }}\n{ONE_REGION}"),
+    )
+    .unwrap();
+    assert_eq!(c.durability.limits.max_bytes_per_owner, 1000);
+    // The log learns a record's tenant from the record's own header.
+    let tenant_of = c.durability.limits.owner_of;
+    let share = crate::sinks::frame::tests::share(1);
+    let record = crate::pipeline::record::encode(&share, 1);
+    assert_eq!(tenant_of(&record), Some(share.tenant.as_str().as_bytes()));
+}
+
+#[test]
+fn a_tenant_share_must_be_positive_and_within_the_region_log() {
+    for bad in ["0", "4294967297"] {
+        let all = problems_of(&format!(
+            "durability: {{ max_bytes_per_tenant: {bad} }}\n{ONE_REGION}"
+        ));
+        assert!(
+            all.contains(&format!(
+                "durability.max_bytes_per_tenant: {bad} is outside 1..=max_bytes_per_region (4294967296)"
+            )),
+            "{all}"
+        );
+    }
+}
+
+#[test]
+fn limits_a_log_record_cannot_hold_are_refused() {
+    let all = problems_of(&format!(
+        "limits: {{ max_labels_per_series: 5000, max_label_name_bytes: 65536, max_label_value_bytes: 2000000 }}\n{ONE_REGION}"
+    ));
+    for field in [
+        "limits.max_labels_per_series: 5000 is over 4032",
+        "limits.max_label_name_bytes: 65536 is over 65472",
+        "limits.max_label_value_bytes: 2000000 is over 1048576",
+    ] {
+        assert!(all.contains(field), "{field} in {all}");
+    }
+}

@@ -762,6 +762,8 @@ mod tests {
         let limits = WalLimits {
             segment_bytes: 1 << 20,
             max_bytes: 64 << 20,
+            max_bytes_per_owner: u64::MAX,
+            owner_of: crate::pipeline::record::tenant_of,
         };
         let started = start_region(
             &region,

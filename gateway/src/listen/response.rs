@@ -98,6 +98,13 @@ impl ApiError {
             ApiError::Unavailable(SubmitError::Sink { error, .. }) if error.is_permanent() => {
                 StatusCode::BAD_REQUEST
             }
+            // What a sink could not read back is refused, never acknowledged: not retryable.
+            ApiError::Unavailable(SubmitError::Unstorable { error, .. })
+                if error.is_too_large() =>
+            {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::Unavailable(SubmitError::Unstorable { .. }) => StatusCode::BAD_REQUEST,
             ApiError::Unavailable(_) | ApiError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -118,9 +125,11 @@ impl ApiError {
             ApiError::OverBudget(_) => "memory_budget",
             ApiError::Decode(e) => e.reason(),
             ApiError::Unavailable(SubmitError::Overloaded { .. }) => "overloaded",
+            ApiError::Unavailable(SubmitError::Unstorable { .. }) => "unstorable_series",
             ApiError::Unavailable(SubmitError::Wal { error, .. }) => match error {
                 AppendError::Busy => "overloaded",
                 AppendError::Wal(WalError::Full { .. }) => "wal_full",
+                AppendError::Wal(WalError::OwnerFull { .. }) => "wal_tenant_full",
                 _ => "wal_unavailable",
             },
             ApiError::Unavailable(SubmitError::Sink { error, .. }) if error.is_permanent() => {
@@ -166,7 +175,7 @@ impl ApiError {
             ApiError::Unauthorized(_) if status == StatusCode::UNAUTHORIZED => {
                 b = b.header(header::WWW_AUTHENTICATE, "Basic realm=\"traceo\"");
             }
-            _ if status == StatusCode::BAD_REQUEST => {}
+            _ if status == StatusCode::BAD_REQUEST || status == StatusCode::PAYLOAD_TOO_LARGE => {}
             ApiError::Unavailable(_) | ApiError::Draining | ApiError::OverBudget(_) => {
                 b = b.header(header::RETRY_AFTER, RETRY_AFTER_SECS);
             }
@@ -198,6 +207,46 @@ mod tests {
         let r = ApiError::Unavailable(SubmitError::Overloaded { sink: "s".into() }).into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn a_full_tenant_share_is_retryable_and_names_tenant_and_region() {
+        let e = ApiError::Unavailable(SubmitError::Wal {
+            region: residency_rules::RegionId::parse("eu").unwrap(),
+            error: AppendError::Wal(WalError::OwnerFull {
+                dir: "wal/eu".into(),
+                owner: "acme".into(),
+                bytes: 10,
+                limit: 10,
+            }),
+        });
+        assert_eq!(e.reason(), "wal_tenant_full");
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn an_unstorable_series_is_a_client_error_without_retry_after() {
+        use crate::pipeline::record::{LabelProblem, Unstorable};
+        let region = residency_rules::RegionId::parse("eu").unwrap();
+        let e = ApiError::Unavailable(SubmitError::Unstorable {
+            region: region.clone(),
+            error: Unstorable::Labels {
+                series: "series 0 {job=\"a\"}".into(),
+                problem: LabelProblem::NoMetricName,
+            },
+        });
+        assert_eq!(e.reason(), "unstorable_series");
+        assert!(e.to_string().contains("series 0"), "{e}");
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(!r.headers().contains_key(header::RETRY_AFTER));
+        let big = ApiError::Unavailable(SubmitError::Unstorable {
+            region,
+            error: Unstorable::RecordTooLarge { bytes: 2, limit: 1 },
+        });
+        assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     #[test]

@@ -20,6 +20,8 @@ use crate::cluster::RegionRoute;
 use crate::sinks::{SinkError, SinkHandle};
 use crate::wal::writer::{AppendError, WalHandle};
 
+#[cfg(test)]
+mod ingest_props;
 pub mod record;
 
 /// When a request counts as kept, and so when it is acknowledged (`durability.mode`).
@@ -386,9 +388,20 @@ pub fn output_labels<'a>(
     out
 }
 
-/// Why a batch was not made durable. Every variant is retryable by the client.
+/// Why a batch was not made durable. Every variant is retryable by the client but
+/// [`SubmitError::Unstorable`].
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
+    /// A series could not be stored so that the region's sinks can read it back (see
+    /// [`record::RULES`]); nothing of the request was kept. Not retryable: 400 (413 for a
+    /// request too large for one record).
+    #[error("region {region}: cannot store {error}")]
+    Unstorable {
+        /// The region.
+        region: RegionId,
+        /// What and which series.
+        error: record::Unstorable,
+    },
     /// A sink's queue is full: backpressure.
     #[error("sink {sink} is overloaded, retry later")]
     Overloaded {
@@ -423,6 +436,12 @@ pub enum SubmitError {
     NoRoute(TenantId),
 }
 
+/// A checked share on its way: a record for the region's log, or the share for its sinks.
+enum Work {
+    Append(Vec<u8>),
+    Enqueue(Arc<TaggedBatch>),
+}
+
 /// Routes batches to the sinks of allowed regions.
 #[derive(Clone)]
 pub struct Pipeline {
@@ -432,6 +451,31 @@ pub struct Pipeline {
     durability: Durability,
     tenant_label: Arc<str>,
     region_label: Arc<str>,
+    /// The largest one series may encode to in each region: the smallest message a sink of
+    /// the region takes (absent: the log's record bound).
+    series_limits: Arc<HashMap<RegionId, usize>>,
+}
+
+/// Bytes a Kafka message carries besides one series' `WriteRequest` field: the record's
+/// headers (`tenant`, `region`, `content-type`), key, and the batch and record framing.
+/// Generous, since a too small allowance only refuses a series a little early.
+const KAFKA_MESSAGE_ALLOWANCE: usize = 4096;
+
+/// The largest one series may encode to for the sinks of `region`: a Kafka sink takes
+/// messages up to its producer's `message.max.bytes` (as `sinks::kafka` sets it, or as
+/// `properties:` overrides it), and one series is never split over two messages.
+pub fn max_series_bytes(region: &crate::config::Region) -> usize {
+    let mut limit = crate::wal::MAX_RECORD_BYTES;
+    if let Some(k) = &region.kafka {
+        // The sink's own default (see `sinks::kafka`), unless `properties:` sets it.
+        let max = k
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or_else(|| k.message_bytes.saturating_mul(2).max(1 << 20));
+        limit = limit.min(max.saturating_sub(KAFKA_MESSAGE_ALLOWANCE));
+    }
+    limit
 }
 
 impl Pipeline {
@@ -452,7 +496,26 @@ impl Pipeline {
             durability,
             tenant_label: tenant_label.into(),
             region_label: region_label.into(),
+            series_limits: Arc::default(),
         }
+    }
+
+    /// Sets the largest one series may encode to per region (see [`max_series_bytes`]); a
+    /// larger series is refused at ingest (400) rather than acknowledged and then refused by
+    /// the sink.
+    pub fn with_series_limits(
+        mut self,
+        limits: impl IntoIterator<Item = (RegionId, usize)>,
+    ) -> Self {
+        self.series_limits = Arc::new(limits.into_iter().collect());
+        self
+    }
+
+    fn series_limit(&self, region: &RegionId) -> usize {
+        self.series_limits
+            .get(region)
+            .copied()
+            .unwrap_or(crate::wal::MAX_RECORD_BYTES)
     }
 
     /// Lets region choice skip regions whose every watched upstream is down (see
@@ -466,12 +529,27 @@ impl Pipeline {
     }
 
     /// Why the gateway cannot keep what it is sent right now, if it cannot: a sink stopped,
-    /// or a region's write-ahead log is full.
+    /// a region's write-ahead log cannot write (a full disk), or is full.
     pub fn unready_reason(&self) -> Option<String> {
         if let Some(s) = self.routes.values().flatten().find(|s| !s.is_running()) {
             return Some(format!("sink {} has stopped", s.name()));
         }
         if let Durability::Wal(logs) = &self.durability {
+            let mut failing: Vec<(&str, String)> = logs
+                .iter()
+                .filter_map(|(r, h)| h.failure().map(|why| (r.as_str(), why)))
+                .collect();
+            if !failing.is_empty() {
+                failing.sort_unstable();
+                let list: Vec<String> = failing
+                    .iter()
+                    .map(|(r, why)| format!("region {r}: {why}"))
+                    .collect();
+                return Some(format!(
+                    "write-ahead log cannot write ({}); writes get 503 until an append succeeds",
+                    list.join("; ")
+                ));
+            }
             let mut full: Vec<&str> = logs
                 .iter()
                 .filter(|(_, h)| h.is_full())
@@ -544,6 +622,7 @@ impl Pipeline {
         // Enqueue everywhere first so regions work in parallel, then wait for every ack.
         let mut acks = Vec::new();
         let mut appends = Vec::new();
+        let mut checked = Vec::new();
         for (region, selection) in shares {
             let tags = gateway_tags(
                 &self.tenant_label,
@@ -571,24 +650,43 @@ impl Pipeline {
                 // Hashed here, on the connection's task, so that sink workers only frame.
                 share.compute_hashes();
             }
+            let limit = self.series_limit(&region);
+            let unstorable = |error| SubmitError::Unstorable {
+                region: region.clone(),
+                error,
+            };
             match &self.durability {
-                Durability::Wal(logs) => {
+                Durability::Wal(_) => {
+                    let payload =
+                        record::encode_checked(&share, now_ms(), limit).map_err(unstorable)?;
+                    checked.push((region, sinks, Work::Append(payload)));
+                }
+                Durability::Upstream | Durability::None => {
+                    record::check(&share, limit).map_err(unstorable)?;
+                    checked.push((region, sinks, Work::Enqueue(Arc::new(share))));
+                }
+            }
+        }
+        // Every share passed its checks before any is handed on: a refused request leaves
+        // nothing behind in any region.
+        for (region, sinks, work) in checked {
+            match (work, &self.durability) {
+                (Work::Append(payload), Durability::Wal(logs)) => {
                     let log = logs
                         .get(&region)
                         .ok_or_else(|| SubmitError::NoRoute(tenant.clone()))?;
-                    let payload = record::encode(&share, now_ms());
                     let pending = log.send(vec![payload]).map_err(|error| SubmitError::Wal {
                         region: region.clone(),
                         error,
                     })?;
                     appends.push((region, pending));
                 }
-                Durability::Upstream | Durability::None => {
-                    let share = Arc::new(share);
+                (Work::Enqueue(share), _) => {
                     for sink in sinks {
                         acks.push((sink, sink.enqueue(share.clone())?));
                     }
                 }
+                (Work::Append(_), _) => return Err(SubmitError::NoRoute(tenant.clone())),
             }
         }
         // Every region's share is kept, or the client is told to retry (a share kept in one

@@ -22,18 +22,34 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
-use protocols::remote_write::v1::{decode_message, ExtraLabels};
-use protocols::{DecodeError, DecodeLimits};
+use protocols::remote_write::v1::{decode_message_with_names, ExtraLabels, LabelNames};
+use protocols::{DecodeError, DecodeLimits, SeriesRef, METRIC_NAME_LABEL};
 use residency_rules::{RegionId, TenantId};
 
-use super::{ResolvedEdit, TaggedBatch};
+use super::{output_labels, MergeSorted, ResolvedEdit, TaggedBatch};
 
 const VERSION: u8 = 1;
 
-/// Records are written by this gateway and checked by their CRC; the limits only guard the
-/// decoder's allocations against a bug, not against clients (whose own limits were applied on
-/// the way in, before tags made labels longer and more numerous).
-const RECORD_LIMITS: DecodeLimits = DecodeLimits {
+/// Bytes in front of the tenant id: version and acceptance time.
+const TENANT_AT: usize = 1 + 8;
+
+/// What a record may hold: the one set of rules both for the pipeline, which refuses (400)
+/// what breaks them before it appends, and for the decoder a sink reads the record with. So
+/// nothing acknowledged is unreadable to its own sinks; [`encode_checked`] and [`decode`]
+/// both use these, and a property test holds them to it.
+///
+/// Label names: any non-empty UTF-8 ([`LabelNames::Utf8`]). Clients' names are checked on
+/// the way in by their protocol (remote-write: `[a-zA-Z_][a-zA-Z0-9_]*`; OTLP
+/// `underscore_escaping_with_suffixes` produces only such names); only OTLP `no_translation`
+/// stores other names, as `docs/otlp.md` promises and Prometheus 3 accepts. Refusing them in
+/// the record instead would break that promise for every OTLP sender using dotted names.
+///
+/// The sizes are fixed rather than derived from `limits:` because the decoder runs where no
+/// config is at hand (feeders, `tail`); config load refuses `limits:` that would let a
+/// client's series past them (see [`RECORD_TAG_ROOM`]). They are far above any sane client
+/// limit: 4096 labels (Prometheus caps nothing, Mimir defaults to 30), 64 KiB names, 1 MiB
+/// values, and the log's own record bound for the message.
+pub const RULES: DecodeLimits = DecodeLimits {
     max_compressed_bytes: usize::MAX,
     max_decompressed_bytes: crate::wal::MAX_RECORD_BYTES,
     max_series: usize::MAX,
@@ -48,6 +64,251 @@ const RECORD_LIMITS: DecodeLimits = DecodeLimits {
     max_exemplars: usize::MAX,
     max_attributes: usize::MAX,
 };
+
+/// The label names records accept (see [`RULES`]).
+pub const NAMES: LabelNames = LabelNames::Utf8;
+
+/// Room config validation keeps between a client's limits and [`RULES`] for what the
+/// gateway adds: labels for its tags (tenant, region, a few policy tags) and bytes for
+/// `exported_` prefixes on client labels named like a tag. Beyond it the pipeline still
+/// refuses the series rather than storing what cannot be read back.
+pub const RECORD_TAG_ROOM: usize = 64;
+
+/// Why a share could not be stored: each names the series (by index in the request and its
+/// labels) and the limit, because the message goes back to the client in a 400.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Unstorable {
+    /// A series' labels as stored (after residency edits, with the gateway's tags) break
+    /// [`RULES`].
+    #[error("{series}: {problem}")]
+    Labels {
+        /// Which series.
+        series: String,
+        /// What is wrong.
+        problem: LabelProblem,
+    },
+    /// An exemplar's labels break [`RULES`].
+    #[error("{series}: exemplar {exemplar}: {problem}")]
+    Exemplar {
+        /// Which series.
+        series: String,
+        /// Index of the exemplar in the series.
+        exemplar: usize,
+        /// What is wrong.
+        problem: LabelProblem,
+    },
+    /// One series encodes larger than the log or a sink of the region can take in one
+    /// record or message.
+    #[error("{series}: encoded as {bytes} bytes, over the limit of {limit} bytes of {what}")]
+    SeriesTooLarge {
+        /// Which series.
+        series: String,
+        /// Its encoded size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+        /// Whose limit it is.
+        what: String,
+    },
+    /// The share as a whole is larger than one record of the log may be.
+    #[error("the request encodes to a record of {bytes} bytes, over the write-ahead log's limit of {limit} bytes; send fewer series per request")]
+    RecordTooLarge {
+        /// The record's size.
+        bytes: usize,
+        /// [`crate::wal::MAX_RECORD_BYTES`].
+        limit: usize,
+    },
+}
+
+impl Unstorable {
+    /// Whether it is about size (413) rather than content (400).
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, Unstorable::RecordTooLarge { .. })
+    }
+}
+
+/// What is wrong with one label set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelProblem {
+    /// A name longer than [`RULES`] allows.
+    #[error("label name {name:?} is {len} bytes, over the limit of {limit} bytes")]
+    NameTooLong {
+        /// The name (cut short).
+        name: String,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A value longer than [`RULES`] allows.
+    #[error("value of label {name:?} is {len} bytes, over the limit of {limit} bytes")]
+    ValueTooLong {
+        /// The label's name (cut short).
+        name: String,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// More labels than [`RULES`] allow, the gateway's tags included.
+    #[error("{count} labels with the gateway's tags, over the limit of {limit}")]
+    TooMany {
+        /// Labels as stored.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An empty label name.
+    #[error("a label has an empty name")]
+    EmptyName,
+    /// Two labels of one name.
+    #[error("label name {name:?} appears twice")]
+    Duplicate {
+        /// The name (cut short).
+        name: String,
+    },
+    /// No `__name__` left (a residency edit removed it).
+    #[error("no __name__ label as stored (a residency edit removed it)")]
+    NoMetricName,
+}
+
+/// Longest name or value quoted back in an error.
+const QUOTE_CHARS: usize = 64;
+/// Labels of a series quoted back in an error.
+const QUOTE_LABELS: usize = 4;
+
+fn quote(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_CHARS) {
+        Some((at, _)) => format!("{}...", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
+/// `series 3 {__name__="up", job="api", ...}`: the series' index in the request and its first
+/// labels, cut short.
+fn describe<'a>(index: u32, labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut out = format!("series {index} {{");
+    for (i, (k, v)) in labels.enumerate() {
+        if i == QUOTE_LABELS {
+            out.push_str(", ...");
+            break;
+        }
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&format!("{}={:?}", quote(k), quote(v)));
+    }
+    out.push('}');
+    out
+}
+
+/// Checks one label set, sorted by name, against [`RULES`] as the decoder applies them (an
+/// empty value is an absent label). `metric_name`: whether `__name__` is required.
+fn check_labels<'a>(
+    labels: impl Iterator<Item = (&'a str, &'a str)>,
+    metric_name: bool,
+) -> Result<(), LabelProblem> {
+    let mut count = 0usize;
+    let mut prev: Option<&str> = None;
+    let mut named = false;
+    for (name, value) in labels {
+        if value.is_empty() {
+            continue;
+        }
+        count += 1;
+        if name.is_empty() {
+            return Err(LabelProblem::EmptyName);
+        }
+        if name.len() > RULES.max_label_name_bytes {
+            return Err(LabelProblem::NameTooLong {
+                name: quote(name),
+                len: name.len(),
+                limit: RULES.max_label_name_bytes,
+            });
+        }
+        if value.len() > RULES.max_label_value_bytes {
+            return Err(LabelProblem::ValueTooLong {
+                name: quote(name),
+                len: value.len(),
+                limit: RULES.max_label_value_bytes,
+            });
+        }
+        if prev == Some(name) {
+            return Err(LabelProblem::Duplicate { name: quote(name) });
+        }
+        named |= name == METRIC_NAME_LABEL;
+        prev = Some(name);
+    }
+    if count > RULES.max_labels_per_series {
+        return Err(LabelProblem::TooMany {
+            count,
+            limit: RULES.max_labels_per_series,
+        });
+    }
+    if metric_name && !named {
+        return Err(LabelProblem::NoMetricName);
+    }
+    Ok(())
+}
+
+/// Checks the series at batch index `index` of a live share as it will be stored.
+fn check_series(share: &TaggedBatch, index: u32, series: &SeriesRef<'_>) -> Result<(), Unstorable> {
+    let edits = share.edits_of(index);
+    let result = if edits.is_empty() {
+        // The common case streams the client's labels merged with the tags, as the encoder
+        // does; a client label named like a tag is renamed, which only the long way knows.
+        let clash = std::cell::Cell::new(false);
+        let merged = MergeSorted {
+            client: series.labels().iter().peekable(),
+            tags: share.tags.iter().peekable(),
+            clash: &clash,
+        };
+        let r = check_labels(merged, true);
+        if clash.get() {
+            None
+        } else {
+            Some(r)
+        }
+    } else {
+        None
+    };
+    let result = match result {
+        Some(r) => r,
+        None => {
+            let labels = output_labels(series, edits, &share.tags);
+            check_labels(labels.iter().map(|(k, v)| (k.as_ref(), *v)), true)
+        }
+    };
+    let stored = || {
+        let labels = output_labels(series, edits, &share.tags);
+        describe(index, labels.iter().map(|(k, v)| (k.as_ref(), *v)))
+    };
+    if let Err(problem) = result {
+        return Err(Unstorable::Labels {
+            series: stored(),
+            problem,
+        });
+    }
+    for (i, ex) in series.exemplars().enumerate() {
+        if let Err(problem) = check_labels(ex.labels().iter(), false) {
+            return Err(Unstorable::Exemplar {
+                series: stored(),
+                exemplar: i,
+                problem,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The tenant a record belongs to, from its header: how the log accounts each tenant's share
+/// of it (`durability.max_bytes_per_tenant`) without knowing the record format. Sees only
+/// the first [`crate::wal::OWNER_PEEK_BYTES`] of a payload, which hold the longest tenant id.
+pub fn tenant_of(payload: &[u8]) -> Option<&[u8]> {
+    let len = payload.get(TENANT_AT..TENANT_AT + 2)?;
+    let len = u16::from_le_bytes([len[0], len[1]]) as usize;
+    payload.get(TENANT_AT + 2..TENANT_AT + 2 + len)
+}
 
 /// Why a record could not be read back.
 #[derive(Debug, thiserror::Error)]
@@ -86,8 +347,66 @@ pub enum RecordError {
     Payload(#[from] DecodeError),
 }
 
-/// Encodes `share` as a record accepted at `accepted_ms`.
-pub fn encode(share: &TaggedBatch, accepted_ms: u64) -> Vec<u8> {
+/// Encodes a live `share` as a record accepted at `accepted_ms`, refusing what [`RULES`]
+/// would not read back and any series larger than `max_series_bytes` (the smallest message
+/// a sink of the region takes, and the log's record bound).
+pub fn encode_checked(
+    share: &TaggedBatch,
+    accepted_ms: u64,
+    max_series_bytes: usize,
+) -> Result<Vec<u8>, Unstorable> {
+    let mut out = header(share, accepted_ms);
+    share.put_v1_metadata(&mut out);
+    put_series_checked(share, max_series_bytes, &mut out)?;
+    if out.len() > crate::wal::MAX_RECORD_BYTES {
+        return Err(Unstorable::RecordTooLarge {
+            bytes: out.len(),
+            limit: crate::wal::MAX_RECORD_BYTES,
+        });
+    }
+    Ok(out)
+}
+
+/// Checks a live `share` as [`encode_checked`] does, for the modes that hand it to the sinks
+/// without a log (the sinks then encode it the same way).
+pub fn check(share: &TaggedBatch, max_series_bytes: usize) -> Result<(), Unstorable> {
+    let mut scratch = Vec::new();
+    put_series_checked(share, max_series_bytes, &mut scratch)
+}
+
+fn put_series_checked(
+    share: &TaggedBatch,
+    max_series_bytes: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), Unstorable> {
+    let max_series_bytes = max_series_bytes.min(crate::wal::MAX_RECORD_BYTES);
+    for pos in 0..share.len() {
+        let index = share.series_index(pos);
+        let Some(series) = share.batch.series_at(index as usize) else {
+            continue;
+        };
+        check_series(share, index, &series)?;
+        let mark = out.len();
+        share.put_v1_series(index, &series, out);
+        let bytes = out.len() - mark;
+        if bytes > max_series_bytes {
+            let labels = output_labels(&series, share.edits_of(index), &share.tags);
+            return Err(Unstorable::SeriesTooLarge {
+                series: describe(index, labels.iter().map(|(k, v)| (k.as_ref(), *v))),
+                bytes,
+                limit: max_series_bytes,
+                what: if max_series_bytes == crate::wal::MAX_RECORD_BYTES {
+                    "one write-ahead log record".to_string()
+                } else {
+                    format!("one message of a sink of region {}", share.region)
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
+fn header(share: &TaggedBatch, accepted_ms: u64) -> Vec<u8> {
     let tenant = share.tenant.as_str().as_bytes();
     let mut out = Vec::with_capacity(
         17 + tenant.len()
@@ -111,6 +430,13 @@ pub fn encode(share: &TaggedBatch, accepted_ms: u64) -> Vec<u8> {
     for h in hashes {
         out.extend_from_slice(&h.to_le_bytes());
     }
+    out
+}
+
+/// Encodes `share` as a record accepted at `accepted_ms`, unchecked: for shares read back
+/// from a record (already checked when first written) and tests.
+pub fn encode(share: &TaggedBatch, accepted_ms: u64) -> Vec<u8> {
+    let mut out = header(share, accepted_ms);
     share.put_v1_metadata(&mut out);
     for pos in 0..share.len() {
         share.put_v1_at(pos, &mut out);
@@ -283,7 +609,7 @@ fn read(payload: Vec<u8>, region: &RegionId, raw: bool) -> Result<Record, Record
         let share = read_back(tenant, region, EMPTY.clone(), hashes, Some(raw));
         return Ok(Record { accepted_ms, share });
     }
-    let batch = decode_message(body, &RECORD_LIMITS)?;
+    let batch = decode_message_with_names(body, &RULES, NAMES)?;
     if !hashes.is_empty() && hashes.len() != batch.series_count() {
         return Err(RecordError::Hashes {
             hashes: hashes.len(),
@@ -368,6 +694,111 @@ mod tests {
         let r = read_raw(encode(&unhashed, 7), &region).unwrap().share;
         assert!(r.raw.is_none());
         assert_eq!(r.len(), 3);
+    }
+
+    /// A live share of one series with `labels` (and the usual tags), as the pipeline builds
+    /// it, and with `edits`.
+    fn live(labels: &[(&str, &str)], edits: Vec<ResolvedEdit>) -> TaggedBatch {
+        let mut builder = protocols::BatchBuilder::new(DecodeLimits {
+            max_label_name_bytes: usize::MAX,
+            max_label_value_bytes: usize::MAX,
+            ..DecodeLimits::new_default()
+        });
+        for (k, v) in labels {
+            builder.label(k, v).unwrap();
+        }
+        builder.sample(1.0, 1).unwrap();
+        builder.finish_series().unwrap();
+        let mut share = share(1);
+        share.batch = Arc::new(builder.build());
+        share.hashes.clear();
+        if !edits.is_empty() {
+            share.edits = Arc::new(HashMap::from([(0, edits.into_boxed_slice())]));
+        }
+        share
+    }
+
+    #[test]
+    fn a_label_past_the_record_limit_is_refused_naming_series_and_label() {
+        let long = "v".repeat(RULES.max_label_value_bytes + 1);
+        let share = live(&[("__name__", "up"), ("big", &long)], vec![]);
+        let err = encode_checked(&share, 1, usize::MAX).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("series 0 {__name__=\"up\", big=\"vvv"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("value of label \"big\" is 1048577 bytes, over the limit of 1048576"),
+            "{msg}"
+        );
+        // At the limit it is stored and read back.
+        let at = "v".repeat(RULES.max_label_value_bytes);
+        let share = live(&[("__name__", "up"), ("big", &at)], vec![]);
+        let payload = encode_checked(&share, 1, usize::MAX).unwrap();
+        let back = decode(payload, &RegionId::parse("eu").unwrap()).unwrap();
+        assert_eq!(
+            back.share.batch.series_at(0).unwrap().labels().get("big"),
+            Some(&at[..])
+        );
+    }
+
+    #[test]
+    fn a_series_an_edit_left_without_metric_name_is_refused() {
+        let drop_name = ResolvedEdit {
+            index: 0,
+            replacement: None,
+        };
+        let share = live(&[("__name__", "up"), ("job", "a")], vec![drop_name]);
+        let err = encode_checked(&share, 1, usize::MAX).unwrap_err();
+        assert_eq!(
+            err,
+            Unstorable::Labels {
+                series: "series 0 {job=\"a\", region=\"eu\", tenant=\"acme\"}".into(),
+                problem: LabelProblem::NoMetricName,
+            }
+        );
+        assert!(
+            check(&share, usize::MAX).is_err(),
+            "the same rule without a log"
+        );
+    }
+
+    #[test]
+    fn utf8_label_names_are_stored_and_read_back() {
+        let share = live(
+            &[("__name__", "http.server.duration"), ("http.method", "GET")],
+            vec![],
+        );
+        let payload = encode_checked(&share, 1, usize::MAX).unwrap();
+        let back = decode(payload, &RegionId::parse("eu").unwrap()).unwrap();
+        let s = back.share.batch.series_at(0).unwrap();
+        assert_eq!(s.labels().get("http.method"), Some("GET"));
+        assert_eq!(s.metric_name(), "http.server.duration");
+    }
+
+    #[test]
+    fn a_series_larger_than_a_sink_message_is_refused_with_the_limit() {
+        let share = live(&[("__name__", "up"), ("pad", &"x".repeat(2000))], vec![]);
+        let err = encode_checked(&share, 1, 1000).unwrap_err();
+        let Unstorable::SeriesTooLarge { bytes, limit, .. } = &err else {
+            panic!("expected SeriesTooLarge, got {err}");
+        };
+        assert_eq!(*limit, 1000);
+        assert!(*bytes > 2000);
+        assert!(err.to_string().contains("a sink of region eu"), "{err}");
+        assert!(encode_checked(&share, 1, 4000).is_ok());
+    }
+
+    #[test]
+    fn the_tenant_is_read_from_the_record_header() {
+        let payload = encode(&share(2), 1);
+        assert_eq!(tenant_of(&payload), Some(&b"acme"[..]));
+        assert_eq!(
+            tenant_of(&payload[..crate::wal::OWNER_PEEK_BYTES.min(payload.len())]),
+            Some(&b"acme"[..])
+        );
+        assert_eq!(tenant_of(&payload[..11]), None, "cut inside the header");
     }
 
     #[test]

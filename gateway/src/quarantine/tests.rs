@@ -140,6 +140,8 @@ fn log_writer(dir: &Path) -> (writer::WalHandle, std::thread::JoinHandle<Wal>) {
     let limits = WalLimits {
         segment_bytes: 1 << 20,
         max_bytes: 64 << 20,
+        max_bytes_per_owner: u64::MAX,
+        owner_of: crate::pipeline::record::tenant_of,
     };
     let (wal, _) = Wal::open(dir, limits).unwrap();
     let (tx, rx) = writer::queue(16);

@@ -17,9 +17,18 @@
 //! scanned and cut after its last valid record (logged, and reported in [`Recovery`]), and
 //! start-up goes on. A corrupted record in an older segment is found when it is read
 //! ([`WalError::Corrupt`]).
+//!
+//! Fair share: each record has an owner (the pipeline's records name their tenant; the log
+//! learns it through [`WalLimits::owner_of`], so it still knows nothing else of the format),
+//! and the log counts each owner's framed bytes per segment. An append that would take an
+//! owner past [`WalLimits::max_bytes_per_owner`] is refused ([`WalError::OwnerFull`]) while
+//! other owners' appends go on, so one tenant whose sinks are stuck, or who floods, cannot
+//! fill the region's log for everyone. The counts are not stored: opening the log rebuilds
+//! them by walking every segment's record headers.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use tracing::{error, info};
@@ -38,13 +47,27 @@ pub const RECORD_OVERHEAD: u64 = 8;
 /// The largest payload a record may hold; a length above it can only be corruption.
 pub const MAX_RECORD_BYTES: usize = 256 << 20;
 
+/// The first bytes of a payload [`WalLimits::owner_of`] is shown: enough for the record
+/// header of the pipeline (13 bytes) and the longest tenant id (150 bytes), so that opening
+/// a log reads a little of each record rather than all of it.
+pub const OWNER_PEEK_BYTES: usize = 256;
+
+/// Reads a record's owner from the first [`OWNER_PEEK_BYTES`] of its payload; `None`: no
+/// owner (counted under the log's bound only).
+pub type OwnerOf = fn(&[u8]) -> Option<&[u8]>;
+
 /// Sizes of one region's log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct WalLimits {
     /// A new segment starts once the current one holds this many bytes.
     pub segment_bytes: u64,
     /// Appends that would take the log (all segments) past this are refused: backpressure.
     pub max_bytes: u64,
+    /// Appends that would take one owner's records (framed, in all segments) past this are
+    /// refused, for that owner only.
+    pub max_bytes_per_owner: u64,
+    /// Whose a record is (the pipeline's [`crate::pipeline::record::tenant_of`]).
+    pub owner_of: OwnerOf,
 }
 
 /// A bound shared by the logs of all regions (`durability.max_bytes`): each log reserves its
@@ -106,6 +129,18 @@ pub enum WalError {
         /// What the lock call said.
         reason: String,
     },
+    /// One owner's records would take more than its share of the log; nothing was written.
+    #[error("tenant {owner} has {bytes} bytes in write-ahead log {dir}, its share is {limit} bytes; retry once its sinks caught up")]
+    OwnerFull {
+        /// The log's directory.
+        dir: PathBuf,
+        /// The owner (lossy UTF-8).
+        owner: String,
+        /// The owner's bytes in the log now.
+        bytes: u64,
+        /// Its share.
+        limit: u64,
+    },
     /// A record larger than [`MAX_RECORD_BYTES`].
     #[error("record of {0} bytes is larger than the write-ahead log allows")]
     RecordTooLarge(usize),
@@ -161,11 +196,16 @@ pub struct Recovery {
     pub cut_reason: Option<&'static str>,
 }
 
+/// Framed bytes of each owner's records.
+type OwnerBytes = HashMap<Box<[u8]>, u64>;
+
 #[derive(Debug)]
 struct Segment {
     first_seq: u64,
     path: PathBuf,
     bytes: u64,
+    /// Framed bytes of each owner's records in this segment.
+    owners: OwnerBytes,
 }
 
 /// One region's write-ahead log. Not shared: one appender owns it (see the module docs).
@@ -178,7 +218,12 @@ pub struct Wal {
     active: File,
     next_seq: u64,
     total_bytes: u64,
+    /// Framed bytes of each owner's records in all segments.
+    owner_bytes: OwnerBytes,
     budget: Option<Arc<SharedBudget>>,
+    /// Test seam: OS error codes the next writes fail with, as a full disk would.
+    #[cfg(test)]
+    faults: Vec<i32>,
     /// Held (`flock`) while the log is open: two gateways on one directory would interleave
     /// sequence numbers and delete each other's segments.
     _lock: File,
@@ -194,6 +239,49 @@ fn sync_dir(dir: &Path) -> Result<(), WalError> {
 
 fn record_crc(len: [u8; 4], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&len), payload)
+}
+
+fn owner_key(owner_of: OwnerOf, payload: &[u8]) -> Option<&[u8]> {
+    owner_of(&payload[..payload.len().min(OWNER_PEEK_BYTES)])
+}
+
+fn add_owner(owners: &mut OwnerBytes, owner: &[u8], bytes: u64) {
+    match owners.get_mut(owner) {
+        Some(b) => *b += bytes,
+        None => {
+            owners.insert(owner.into(), bytes);
+        }
+    }
+}
+
+/// The owners' bytes of a sealed segment, from its record headers and the first bytes of
+/// each payload (the rest is skipped, not read). Stops at the first record that does not
+/// frame: its bytes and the rest count under no owner (reading it reports the corruption).
+fn scan_owners(path: &Path, owner_of: OwnerOf) -> Result<OwnerBytes, WalError> {
+    let mut owners = OwnerBytes::new();
+    let file = File::open(path).map_err(io(path))?;
+    let len = file.metadata().map_err(io(path))?.len();
+    let mut r = BufReader::with_capacity(1 << 16, file);
+    let mut pos = HEADER_BYTES;
+    r.seek(SeekFrom::Start(pos)).map_err(io(path))?;
+    let mut peek = vec![0u8; OWNER_PEEK_BYTES];
+    while pos + RECORD_OVERHEAD <= len {
+        let mut head = [0u8; RECORD_OVERHEAD as usize];
+        r.read_exact(&mut head).map_err(io(path))?;
+        let n = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as u64;
+        if n > MAX_RECORD_BYTES as u64 || pos + RECORD_OVERHEAD + n > len {
+            break;
+        }
+        let shown = (n as usize).min(OWNER_PEEK_BYTES);
+        r.read_exact(&mut peek[..shown]).map_err(io(path))?;
+        r.seek_relative((n as usize - shown) as i64)
+            .map_err(io(path))?;
+        if let Some(owner) = owner_of(&peek[..shown]) {
+            add_owner(&mut owners, owner, RECORD_OVERHEAD + n);
+        }
+        pos += RECORD_OVERHEAD + n;
+    }
+    Ok(owners)
 }
 
 /// Where a segment's valid data ends before its end, and why.
@@ -270,6 +358,7 @@ impl Wal {
                 first_seq: seq,
                 path: entry.path(),
                 bytes,
+                owners: OwnerBytes::new(),
             });
         }
         segments.sort_by_key(|s| s.first_seq);
@@ -293,6 +382,11 @@ impl Wal {
                 let mut bytes = Vec::new();
                 file.read_to_end(&mut bytes).map_err(io(&last.path))?;
                 let (records, end) = scan(&bytes);
+                for r in &records {
+                    if let Some(owner) = owner_key(limits.owner_of, &bytes[r.clone()]) {
+                        add_owner(&mut last.owners, owner, RECORD_OVERHEAD + r.len() as u64);
+                    }
+                }
                 let next = last.first_seq + records.len() as u64;
                 if let Some((offset, reason)) = end {
                     // A header that never made it to disk is rewritten whole.
@@ -323,6 +417,16 @@ impl Wal {
         let first = segments.first().map_or(0, |s| s.first_seq);
         recovery.records = next_seq - first;
         let total_bytes = segments.iter().map(|s| s.bytes).sum();
+        let sealed = segments.len().saturating_sub(1);
+        for seg in &mut segments[..sealed] {
+            seg.owners = scan_owners(&seg.path, limits.owner_of)?;
+        }
+        let mut owner_bytes = OwnerBytes::new();
+        for seg in &segments {
+            for (owner, b) in &seg.owners {
+                add_owner(&mut owner_bytes, owner, *b);
+            }
+        }
         info!(dir = %dir.display(), records = recovery.records, first, next = next_seq, "write-ahead log open");
         Ok((
             Wal {
@@ -332,7 +436,10 @@ impl Wal {
                 active,
                 next_seq,
                 total_bytes,
+                owner_bytes,
                 budget: None,
+                #[cfg(test)]
+                faults: Vec::new(),
                 _lock: lock,
             },
             recovery,
@@ -361,6 +468,7 @@ impl Wal {
             first_seq,
             path,
             bytes: HEADER_BYTES,
+            owners: OwnerBytes::new(),
         })
     }
 
@@ -373,6 +481,8 @@ impl Wal {
     ) -> Result<u64, WalError> {
         let mut group = Vec::new();
         let mut count = 0u64;
+        // Few owners per group (one per request, mostly): a list beats a map.
+        let mut adds: Vec<(&'a [u8], u64)> = Vec::new();
         for p in payloads {
             if p.len() > MAX_RECORD_BYTES {
                 return Err(WalError::RecordTooLarge(p.len()));
@@ -382,10 +492,28 @@ impl Wal {
             group.extend_from_slice(&record_crc(len, p).to_le_bytes());
             group.extend_from_slice(p);
             count += 1;
+            if let Some(owner) = owner_key(self.limits.owner_of, p) {
+                let framed = RECORD_OVERHEAD + p.len() as u64;
+                match adds.iter_mut().find(|(o, _)| *o == owner) {
+                    Some((_, b)) => *b += framed,
+                    None => adds.push((owner, framed)),
+                }
+            }
         }
         let first = self.next_seq;
         if count == 0 {
             return Ok(first);
+        }
+        for (owner, add) in &adds {
+            let has = self.owner_bytes.get(*owner).copied().unwrap_or(0);
+            if has + add > self.limits.max_bytes_per_owner {
+                return Err(WalError::OwnerFull {
+                    dir: self.dir.clone(),
+                    owner: String::from_utf8_lossy(owner).into_owned(),
+                    bytes: has,
+                    limit: self.limits.max_bytes_per_owner,
+                });
+            }
         }
         if self.total_bytes + group.len() as u64 > self.limits.max_bytes {
             return Err(WalError::Full {
@@ -416,10 +544,17 @@ impl Wal {
             .segments
             .last_mut()
             .expect("the log always has an active segment");
-        let written = self
-            .active
-            .write_all(&group)
-            .and_then(|()| self.active.sync_data());
+        #[cfg(test)]
+        let fault = (!self.faults.is_empty()).then(|| self.faults.remove(0));
+        #[cfg(not(test))]
+        let fault: Option<i32> = None;
+        let written = match fault {
+            Some(code) => Err(std::io::Error::from_raw_os_error(code)),
+            None => self
+                .active
+                .write_all(&group)
+                .and_then(|()| self.active.sync_data()),
+        };
         if let Err(e) = written {
             if let Some(b) = &self.budget {
                 b.release(grow);
@@ -433,9 +568,30 @@ impl Wal {
             });
         }
         seg.bytes += group.len() as u64;
+        for (owner, add) in adds {
+            add_owner(&mut seg.owners, owner, add);
+            add_owner(&mut self.owner_bytes, owner, add);
+        }
         self.total_bytes += group.len() as u64;
         self.next_seq += count;
         Ok(first)
+    }
+
+    /// Makes the next writes fail with these OS error codes (a full disk: `ENOSPC`), as the
+    /// filesystem would, so tests reach the failure paths without filling a disk.
+    #[cfg(test)]
+    pub(crate) fn fail_next_writes(&mut self, codes: &[i32]) {
+        self.faults.extend_from_slice(codes);
+    }
+
+    /// Framed bytes of `owner`'s records in the log.
+    pub fn owner_bytes_of(&self, owner: &[u8]) -> u64 {
+        self.owner_bytes.get(owner).copied().unwrap_or(0)
+    }
+
+    /// Framed bytes of each owner's records in the log.
+    pub fn owner_bytes(&self) -> impl Iterator<Item = (&[u8], u64)> + '_ {
+        self.owner_bytes.iter().map(|(o, b)| (&o[..], *b))
     }
 
     fn active_segment(&self) -> &Segment {
@@ -494,6 +650,14 @@ impl Wal {
             let seg = self.segments.remove(0);
             std::fs::remove_file(&seg.path).map_err(io(&seg.path))?;
             self.total_bytes -= seg.bytes;
+            for (owner, b) in &seg.owners {
+                if let Some(total) = self.owner_bytes.get_mut(owner) {
+                    *total = total.saturating_sub(*b);
+                    if *total == 0 {
+                        self.owner_bytes.remove(owner);
+                    }
+                }
+            }
             if let Some(b) = &self.budget {
                 b.release(seg.bytes);
             }

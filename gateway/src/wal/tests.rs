@@ -3,7 +3,18 @@ use super::*;
 const ROOMY: WalLimits = WalLimits {
     segment_bytes: 1 << 20,
     max_bytes: 64 << 20,
+    max_bytes_per_owner: u64::MAX,
+    owner_of: first_word,
 };
+
+/// Test records are owned by their first word (`record 7 ` -> `record`, `a:...` -> `a:`).
+fn first_word(p: &[u8]) -> Option<&[u8]> {
+    let end = p
+        .iter()
+        .position(|&b| b == b' ' || b == b':')
+        .map(|i| i + 1)?;
+    Some(&p[..end])
+}
 
 fn payload(i: u64) -> Vec<u8> {
     format!("record {i} ")
@@ -66,6 +77,7 @@ fn segments_rotate_and_are_removed_once_read_past() {
     let limits = WalLimits {
         segment_bytes: 200,
         max_bytes: 1 << 20,
+        ..ROOMY
     };
     let (mut wal, _) = Wal::open(dir.path(), limits).unwrap();
     for i in 0..20 {
@@ -125,6 +137,7 @@ fn a_flipped_bit_in_the_tail_is_cut_and_in_older_segments_is_reported() {
     let limits = WalLimits {
         segment_bytes: 100,
         max_bytes: 1 << 20,
+        ..ROOMY
     };
     let (mut wal, _) = Wal::open(dir.path(), limits).unwrap();
     for i in 0..8 {
@@ -179,6 +192,7 @@ fn a_full_log_refuses_whole_groups_until_space_is_freed() {
     let limits = WalLimits {
         segment_bytes: 150,
         max_bytes: 600,
+        ..ROOMY
     };
     let (mut wal, _) = Wal::open(dir.path(), limits).unwrap();
     let mut next = 0;
@@ -211,6 +225,7 @@ fn a_reader_follows_the_writer_across_segments_up_to_the_durable_end() {
     let small = WalLimits {
         segment_bytes: 256,
         max_bytes: 1 << 20,
+        ..ROOMY
     };
     let (mut wal, _) = Wal::open(dir.path(), small).unwrap();
     append_range(&mut wal, 0..10);
@@ -299,4 +314,107 @@ fn one_process_per_log_and_one_budget_for_all_logs() {
     );
     drop(a);
     Wal::open(&dir.path().join("a"), ROOMY).expect("the lock goes with the log");
+}
+
+fn owned(owner: &str, n: usize) -> Vec<u8> {
+    let mut p = format!("{owner}:").into_bytes();
+    p.resize(n, b'x');
+    p
+}
+
+#[test]
+fn an_owner_past_its_share_is_refused_while_others_still_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = WalLimits {
+        segment_bytes: 300,
+        max_bytes: 1 << 20,
+        max_bytes_per_owner: 5 * (RECORD_OVERHEAD + 100),
+        owner_of: first_word,
+    };
+    let (mut wal, _) = Wal::open(dir.path(), limits).unwrap();
+    let a = owned("a", 100);
+    for _ in 0..5 {
+        wal.append([a.as_slice()]).unwrap();
+    }
+    let err = wal.append([a.as_slice()]).unwrap_err();
+    match &err {
+        WalError::OwnerFull {
+            owner,
+            bytes,
+            limit,
+            ..
+        } => {
+            assert_eq!(owner, "a:");
+            assert_eq!(*bytes, 5 * 108);
+            assert_eq!(*limit, 5 * 108);
+        }
+        other => panic!("expected OwnerFull, got {other}"),
+    }
+    assert!(err.to_string().contains("tenant a:"), "{err}");
+    // A group with the full owner in it is refused whole; another owner goes on alone.
+    let b = owned("b", 100);
+    assert!(wal.append([b.as_slice(), a.as_slice()]).is_err());
+    assert_eq!(wal.append([b.as_slice()]).unwrap(), 5);
+    assert_eq!(wal.owner_bytes_of(b"a:"), 5 * 108);
+    assert_eq!(wal.owner_bytes_of(b"b:"), 108);
+    assert_eq!(wal.owner_bytes_of(b"c:"), 0);
+}
+
+#[test]
+fn owner_counts_are_rebuilt_on_open_and_freed_with_their_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = WalLimits {
+        segment_bytes: 300,
+        max_bytes: 1 << 20,
+        max_bytes_per_owner: 1 << 20,
+        owner_of: first_word,
+    };
+    let (mut wal, _) = Wal::open(dir.path(), limits).unwrap();
+    for i in 0..12 {
+        let owner = if i % 3 == 0 { "b" } else { "a" };
+        // Some payloads longer than the peek window: only their heads are read on open.
+        let p = owned(owner, 50 + 200 * (i % 2) + OWNER_PEEK_BYTES * (i % 4 / 3));
+        wal.append([p.as_slice()]).unwrap();
+    }
+    assert!(segments(dir.path()).len() > 3, "several sealed segments");
+    let mut before: Vec<(Vec<u8>, u64)> = wal.owner_bytes().map(|(o, b)| (o.to_vec(), b)).collect();
+    before.sort();
+    let total: u64 = before.iter().map(|(_, b)| b).sum();
+    assert_eq!(
+        total + HEADER_BYTES * segments(dir.path()).len() as u64,
+        wal.bytes()
+    );
+    drop(wal);
+    let (mut wal, _) = Wal::open(dir.path(), limits).unwrap();
+    let mut after: Vec<(Vec<u8>, u64)> = wal.owner_bytes().map(|(o, b)| (o.to_vec(), b)).collect();
+    after.sort();
+    assert_eq!(before, after, "the same counts from scanning the segments");
+    // Everything delivered: only the active segment's records still count.
+    wal.remove_before(wal.next_seq()).unwrap();
+    let left: u64 = wal.owner_bytes().map(|(_, b)| b).sum();
+    assert_eq!(left + HEADER_BYTES, wal.bytes());
+    assert!(
+        wal.owner_bytes().all(|(_, b)| b > 0),
+        "no owner left at zero"
+    );
+}
+
+#[test]
+fn a_failed_write_leaves_nothing_and_the_next_append_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), ROOMY).unwrap();
+    append_range(&mut wal, 0..2);
+    let bytes = wal.bytes();
+    let owners: u64 = wal.owner_bytes().map(|(_, b)| b).sum();
+    // ENOSPC, as a full disk answers a write.
+    wal.fail_next_writes(&[28]);
+    let err = wal.append([payload(2).as_slice()]).unwrap_err();
+    match &err {
+        WalError::Io { source, .. } => assert_eq!(source.raw_os_error(), Some(28)),
+        other => panic!("expected Io, got {other}"),
+    }
+    assert_eq!(wal.bytes(), bytes);
+    assert_eq!(wal.owner_bytes().map(|(_, b)| b).sum::<u64>(), owners);
+    assert_eq!(append_range(&mut wal, 2..3), 2);
+    assert_records(&wal, 0, 3);
 }

@@ -1,9 +1,14 @@
 //! Group commit: one thread owns a region's [`Wal`] and appends whatever requests queued up
 //! while its previous `fdatasync` ran as one group, so one sync covers many concurrent
 //! requests and a busy region pays fewer syncs per request, not more.
+//!
+//! The writer also says what readiness needs: whether the log is full, and whether its last
+//! write failed (a full disk or quota, `ENOSPC`/`EDQUOT`, or any other write or `fdatasync`
+//! error) and why; a later successful append clears the failure.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -37,6 +42,16 @@ struct Published {
     first_seq: AtomicU64,
     /// The last append was refused for want of room, and nothing has been freed since.
     full: AtomicBool,
+    /// Why the last write failed, until one succeeds again.
+    failure: Mutex<Option<String>>,
+}
+
+impl Published {
+    fn set_failure(&self, why: Option<String>) {
+        // A poisoned lock only means a reader panicked mid-read; the value is still whole.
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        *f = why;
+    }
 }
 
 /// The sending side: cheap to clone.
@@ -108,6 +123,16 @@ impl WalHandle {
         self.published.full.load(Ordering::Relaxed)
     }
 
+    /// Why the log's last write failed (its I/O error: a full disk reads `No space left on
+    /// device`), until an append succeeds again.
+    pub fn failure(&self) -> Option<String> {
+        self.published
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The sequence number after the last durable record: readers may read below it.
     pub fn durable(&self) -> watch::Receiver<u64> {
         self.durable.clone()
@@ -158,6 +183,9 @@ pub fn start(
         metrics::histogram!("traceo_wal_fsync_seconds", "region" => name.to_string());
     let group_records =
         metrics::histogram!("traceo_wal_group_records", "region" => name.to_string());
+    let region = name.to_string();
+    // Tenants whose gauge was set, so one whose records all went is set to 0, not left stale.
+    let mut gauged: HashMap<Box<[u8]>, u64> = HashMap::new();
     let thread = std::thread::Builder::new()
         .name(format!("wal/{name}"))
         .spawn(move || {
@@ -189,6 +217,7 @@ pub fn start(
                 group.retain(|r| !r.payloads.is_empty());
                 if group.is_empty() {
                     publish(&shared, &wal);
+                    tenant_gauges(&region, &wal, &mut gauged);
                     continue;
                 }
                 let started = Instant::now();
@@ -198,6 +227,7 @@ pub fn start(
                 match wal.append(all) {
                     Ok(first_seq) => {
                         shared.full.store(false, Ordering::Relaxed);
+                        shared.set_failure(None);
                         let mut seq = first_seq;
                         for req in group.drain(..) {
                             let n = req.payloads.len() as u64;
@@ -209,19 +239,27 @@ pub fn start(
                     // The group as a whole did not fit or failed: each request on its own,
                     // so those that fit still go in and only the rest are refused.
                     Err(_) => {
+                        let mut full = false;
                         for req in group.drain(..) {
                             let r = wal.append(req.payloads.iter().map(Vec::as_slice));
-                            shared.full.store(
-                                matches!(r, Err(WalError::Full { .. })),
-                                Ordering::Relaxed,
-                            );
+                            full |= matches!(r, Err(WalError::Full { .. }));
+                            match &r {
+                                Ok(_) => shared.set_failure(None),
+                                Err(e @ WalError::Io { .. }) => {
+                                    tracing::error!(region = %region, error = %e, "write-ahead log write failed");
+                                    shared.set_failure(Some(e.to_string()));
+                                }
+                                Err(_) => {}
+                            }
                             let _ = req.reply.send(r);
                         }
+                        shared.full.store(full, Ordering::Relaxed);
                     }
                 }
                 sync_seconds.record(started.elapsed().as_secs_f64());
                 counted.fetch_add(1, Ordering::Relaxed);
                 publish(&shared, &wal);
+                tenant_gauges(&region, &wal, &mut gauged);
                 let _ = durable_tx.send(wal.next_seq());
             }
             wal
@@ -235,6 +273,39 @@ pub fn start(
         },
         thread,
     ))
+}
+
+/// `traceo_wal_tenant_bytes{region,tenant}`: each tenant's framed bytes in the log, set
+/// where it changed since the last turn (a busy writer turns every few milliseconds). Only
+/// tenants that got past authentication have records, so the label set stays bounded by the
+/// tenants the gateway serves.
+fn tenant_gauges(region: &str, wal: &Wal, gauged: &mut HashMap<Box<[u8]>, u64>) {
+    let set = |owner: &[u8], bytes: u64| {
+        metrics::gauge!("traceo_wal_tenant_bytes",
+            "region" => region.to_string(),
+            "tenant" => String::from_utf8_lossy(owner).into_owned())
+        .set(bytes as f64);
+    };
+    gauged.retain(|owner, _| {
+        let still = wal.owner_bytes_of(owner) > 0;
+        if !still {
+            set(owner, 0);
+        }
+        still
+    });
+    for (owner, bytes) in wal.owner_bytes() {
+        match gauged.get_mut(owner) {
+            Some(b) if *b == bytes => {}
+            Some(b) => {
+                *b = bytes;
+                set(owner, bytes);
+            }
+            None => {
+                gauged.insert(owner.into(), bytes);
+                set(owner, bytes);
+            }
+        }
+    }
 }
 
 fn publish(shared: &Published, wal: &Wal) {
@@ -253,6 +324,8 @@ mod tests {
         let limits = WalLimits {
             segment_bytes: 1 << 20,
             max_bytes: 1 << 30,
+            max_bytes_per_owner: u64::MAX,
+            owner_of: |_| None,
         };
         let (wal, _) = Wal::open(dir.path(), limits).unwrap();
         let (tx, rx) = queue(64);
@@ -313,6 +386,8 @@ mod tests {
         let limits = WalLimits {
             segment_bytes: 1 << 20,
             max_bytes: 16 + 3 * (8 + 100),
+            max_bytes_per_owner: u64::MAX,
+            owner_of: |_| None,
         };
         let (wal, _) = Wal::open(dir.path(), limits).unwrap();
         let (tx, rx) = queue(8);
@@ -333,5 +408,67 @@ mod tests {
             }
         }
         assert_eq!(ok, 3, "three records fit under the bound, two are refused");
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_marks_the_log_failing_until_an_append_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = WalLimits {
+            segment_bytes: 1 << 20,
+            max_bytes: 1 << 30,
+            max_bytes_per_owner: u64::MAX,
+            owner_of: |_| None,
+        };
+        let (mut wal, _) = Wal::open(dir.path(), limits).unwrap();
+        // The group's write and then the request's own retry both hit ENOSPC.
+        const ENOSPC: i32 = 28;
+        wal.fail_next_writes(&[ENOSPC, ENOSPC]);
+        let (tx, rx) = queue(8);
+        let (handle, _thread) = start("disk", wal, tx, rx).unwrap();
+        assert_eq!(handle.failure(), None);
+        match handle.append(vec![b"a".to_vec()]).await {
+            Err(AppendError::Wal(WalError::Io { source, .. })) => {
+                assert_eq!(source.raw_os_error(), Some(ENOSPC))
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+        let why = handle.failure().expect("the failure is published");
+        assert!(why.contains("No space left on device"), "{why}");
+        assert!(!handle.is_full(), "a failing disk is not a full log");
+        assert_eq!(handle.append(vec![b"b".to_vec()]).await.unwrap(), 0);
+        assert_eq!(handle.failure(), None, "an append that succeeds clears it");
+    }
+
+    #[tokio::test]
+    async fn a_tenant_over_its_share_is_refused_in_a_group_others_get_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = WalLimits {
+            segment_bytes: 1 << 20,
+            max_bytes: 1 << 30,
+            max_bytes_per_owner: 2 * (8 + 100),
+            owner_of: |p| p.first().map(std::slice::from_ref),
+        };
+        let (wal, _) = Wal::open(dir.path(), limits).unwrap();
+        let (tx, rx) = queue(8);
+        let mut replies = Vec::new();
+        for owner in [b'a', b'a', b'a', b'b'] {
+            let (reply, r) = oneshot::channel();
+            let payloads = vec![vec![owner; 100]];
+            assert!(tx.try_send(AppendRequest { payloads, reply }).is_ok());
+            replies.push((owner, r));
+        }
+        let (handle, _thread) = start("share", wal, tx, rx).unwrap();
+        let mut outcome = Vec::new();
+        for (owner, r) in replies {
+            outcome.push((owner, r.await.unwrap().map_err(|e| e.to_string())));
+        }
+        assert!(outcome[0].1.is_ok() && outcome[1].1.is_ok());
+        let refused = outcome[2].1.as_ref().unwrap_err();
+        assert!(refused.contains("tenant a has 216 bytes"), "{refused}");
+        assert!(outcome[3].1.is_ok(), "another tenant still gets in");
+        assert!(
+            !handle.is_full(),
+            "one tenant's share is not the region's log"
+        );
     }
 }

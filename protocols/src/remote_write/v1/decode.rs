@@ -28,11 +28,54 @@ pub fn decode_message(buf: Bytes, limits: &DecodeLimits) -> Result<Batch, Decode
     Ok(batch)
 }
 
+/// Which label names a decoder accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LabelNames {
+    /// The remote-write 1.0 spec's `[a-zA-Z_][a-zA-Z0-9_]*`: what a client must send.
+    #[default]
+    Legacy,
+    /// Any non-empty UTF-8 name (Prometheus 3's UTF-8 names): for messages the gateway wrote
+    /// itself from data it accepted under a mode that keeps names as sent (OTLP
+    /// `no_translation`), so reading them back refuses nothing that was acknowledged.
+    Utf8,
+}
+
+impl LabelNames {
+    #[inline]
+    fn accepts(self, name: &[u8]) -> bool {
+        match self {
+            LabelNames::Legacy => valid_label_name(name),
+            LabelNames::Utf8 => !name.is_empty() && std::str::from_utf8(name).is_ok(),
+        }
+    }
+}
+
+/// Decodes an uncompressed `WriteRequest` whose label names follow `names` (see
+/// [`LabelNames`]); otherwise as [`decode_message`].
+pub fn decode_message_with_names(
+    buf: Bytes,
+    limits: &DecodeLimits,
+    names: LabelNames,
+) -> Result<Batch, DecodeError> {
+    let mut batch = Batch::default();
+    decode_into(buf, limits, names, &mut batch)?;
+    Ok(batch)
+}
+
 /// Decodes an uncompressed `WriteRequest` into `batch`, reusing its column capacity. On error
 /// the batch holds a partial decode and must be cleared before use.
 pub fn decode_message_into(
     buf: Bytes,
     limits: &DecodeLimits,
+    batch: &mut Batch,
+) -> Result<(), DecodeError> {
+    decode_into(buf, limits, LabelNames::Legacy, batch)
+}
+
+fn decode_into(
+    buf: Bytes,
+    limits: &DecodeLimits,
+    names: LabelNames,
     batch: &mut Batch,
 ) -> Result<(), DecodeError> {
     batch.clear();
@@ -57,7 +100,7 @@ pub fn decode_message_into(
                         limit: limits.max_series,
                     });
                 }
-                decode_series(&buf, s, e, limits, &mut buckets, batch)?;
+                decode_series(&buf, s, e, limits, names, &mut buckets, batch)?;
             }
             (3, LEN) => {
                 let (s, e) = r.len_delimited("metadata")?;
@@ -159,6 +202,7 @@ fn decode_series(
     start: usize,
     end: usize,
     limits: &DecodeLimits,
+    names: LabelNames,
     buckets: &mut Allowance,
     batch: &mut Batch,
 ) -> Result<(), DecodeError> {
@@ -173,7 +217,7 @@ fn decode_series(
     // encoder may splice labels in between them (`SeriesEntry::spliceable`).
     let mut canonical = true;
     let mut seen_other_field = false;
-    let fast_end = leading_canonical_labels(buf, start, end, limits, &mut batch.labels);
+    let fast_end = leading_canonical_labels(buf, start, end, limits, names, &mut batch.labels);
     let mut r = Reader::new(buf, fast_end, end);
     while !r.is_empty() {
         let (field, wt) = r.key()?;
@@ -190,7 +234,7 @@ fn decode_series(
                     });
                 }
                 canonical &= !seen_other_field;
-                match decode_label(buf, s, e, idx, limits, &mut canonical)? {
+                match decode_label(buf, s, e, idx, limits, names, &mut canonical)? {
                     Some(label) => batch.labels.push(label),
                     None => dropped_empty = true,
                 }
@@ -207,7 +251,8 @@ fn decode_series(
                 if batch.exemplars.len() >= limits.max_exemplars {
                     return Err(too_many(Element::Exemplars, limits.max_exemplars));
                 }
-                let ex = decode_exemplar(buf, s, e, idx, limits, &mut batch.exemplar_labels)?;
+                let ex =
+                    decode_exemplar(buf, s, e, idx, limits, names, &mut batch.exemplar_labels)?;
                 batch.exemplars.push(ex);
             }
             (4, LEN) => {
@@ -251,6 +296,7 @@ fn leading_canonical_labels(
     start: usize,
     end: usize,
     limits: &DecodeLimits,
+    names: LabelNames,
     labels: &mut Vec<Label>,
 ) -> usize {
     let first = labels.len();
@@ -277,7 +323,7 @@ fn leading_canonical_labels(
         if v == 0 || v > max_values || value_key + 2 + v != field_end {
             break;
         }
-        if !valid_label_name(&buf[name_start..value_key]) {
+        if !names.accepts(&buf[name_start..value_key]) {
             break;
         }
         let (Some(name), Some(value)) = (
@@ -384,6 +430,7 @@ fn decode_label(
     end: usize,
     series: usize,
     limits: &DecodeLimits,
+    names: LabelNames,
     canonical: &mut bool,
 ) -> Result<Option<Label>, DecodeError> {
     let (name, value) = match canonical_label(buf, start, end) {
@@ -401,7 +448,7 @@ fn decode_label(
             limit: limits.max_label_name_bytes,
         });
     }
-    if !valid_label_name(name_bytes) {
+    if !names.accepts(name_bytes) {
         if std::str::from_utf8(name_bytes).is_err() {
             return Err(DecodeError::InvalidUtf8 {
                 series,
@@ -432,7 +479,7 @@ fn decode_label(
     if value_len == 0 {
         return Ok(None);
     }
-    // The name passed the ASCII charset check, so it is valid UTF-8.
+    // The name passed its charset check, so it is valid UTF-8.
     let name = match StrRange::validate(buf, name.0, name.1) {
         Some(name) => name,
         None => {
@@ -470,6 +517,7 @@ fn decode_exemplar(
     end: usize,
     series: usize,
     limits: &DecodeLimits,
+    names: LabelNames,
     labels: &mut Vec<Label>,
 ) -> Result<ExemplarEntry, DecodeError> {
     let labels_start = labels.len();
@@ -490,7 +538,7 @@ fn decode_exemplar(
                         limit: limits.max_labels_per_series,
                     });
                 }
-                if let Some(l) = decode_label(buf, s, e, series, limits, &mut true)? {
+                if let Some(l) = decode_label(buf, s, e, series, limits, names, &mut true)? {
                     labels.push(l);
                 }
             }
@@ -680,6 +728,26 @@ mod tests {
 
     fn decode_plain(msg: Vec<u8>) -> Result<Batch, DecodeError> {
         decode_message(Bytes::from(msg), &DecodeLimits::default())
+    }
+
+    #[test]
+    fn utf8_names_are_read_only_when_asked_for() {
+        let msg = request(&[&[(b"__name__", b"up"), ("http.méthod".as_bytes(), b"GET")]]);
+        assert!(matches!(
+            decode_plain(msg.clone()),
+            Err(DecodeError::InvalidLabelName { series: 0, .. })
+        ));
+        let limits = DecodeLimits::default();
+        let b = decode_message_with_names(Bytes::from(msg), &limits, LabelNames::Utf8).unwrap();
+        let s = b.series().next().unwrap();
+        assert_eq!(s.labels().get("http.méthod"), Some("GET"));
+        for bad in [&b""[..], &b"\xff"[..]] {
+            let msg = request(&[&[(b"__name__", b"up"), (bad, b"x")]]);
+            assert!(
+                decode_message_with_names(Bytes::from(msg), &limits, LabelNames::Utf8).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

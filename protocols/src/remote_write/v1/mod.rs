@@ -11,7 +11,9 @@ pub(crate) mod decode;
 mod encode;
 pub mod reference;
 
-pub use decode::{decode, decode_message, decode_message_into};
+pub use decode::{
+    decode, decode_message, decode_message_into, decode_message_with_names, LabelNames,
+};
 pub use encode::{
     encode, encode_compressed, encode_histogram, encode_metadata, encode_series_with_labels,
     reencode, ExtraLabels,
