@@ -94,6 +94,9 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().expect("gzip into memory")
 }
 
+/// One bomb: what it is, the URL, the headers, the body, and the limit its refusal names.
+type Bomb<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Vec<u8>, &'a str);
+
 /// The limits the bomb test configures, as the decoder sees them.
 fn bomb_limits() -> DecodeLimits {
     DecodeLimits {
@@ -246,7 +249,7 @@ fn decode_bombs_are_refused_413_within_a_memory_bound_derived_from_the_limits() 
         ("content-encoding", "gzip"),
     ];
     let otlp_json = [("content-type", "application/json")];
-    let bombs: Vec<(&str, &str, &[(&str, &str)], Vec<u8>, &str)> = vec![
+    let bombs: Vec<Bomb<'_>> = vec![
         (
             "rw1 2M empty histograms",
             &write,

@@ -322,3 +322,39 @@ fn policy_reload_applies_good_policies_and_keeps_the_old_one_on_errors() {
     assert_eq!(status, 403);
     assert_eq!(body.trim(), "refused by residency policy: blue is retired");
 }
+
+#[test]
+fn written_counts_exclude_series_the_policy_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), None);
+    let body = remote_write_body(
+        &[
+            &[("__name__", "up"), ("job", "kept")],
+            &[("__name__", "secret_token_age"), ("job", "dropped")],
+            &[("__name__", "up"), ("job", "kept-too")],
+        ],
+        now_ms(),
+    );
+    let a = traceo_e2e::post_with(
+        &gw.url("/api/v1/write"),
+        &body,
+        &[
+            traceo_e2e::REMOTE_WRITE_V1_HEADERS.as_slice(),
+            &[("x-scope-orgid", "eu-only")],
+        ]
+        .concat(),
+    );
+    assert_eq!(a.status, 204, "{}", a.body);
+    // Three series sent, one denied by `no-secrets`: two samples were made durable.
+    assert_eq!(
+        a.header("x-prometheus-remote-write-samples-written"),
+        Some("2"),
+        "{:?}",
+        a.headers
+    );
+    let rows = wait_for("the kept rows", Duration::from_secs(20), || {
+        let rows = read_rows(&dir.path().join("eu-west"));
+        (rows.len() >= 2).then_some(rows)
+    });
+    assert!(rows.iter().all(|r| r.metric != "secret_token_age"));
+}
