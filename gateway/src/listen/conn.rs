@@ -1,7 +1,7 @@
 //! Accepting connections and keeping each within its bounds: a connection cap per listener,
 //! a deadline for a request head, an idle deadline, and HTTP/2 stream and keep-alive limits
 //! (`listen:` in the config). Request bodies get their deadline and their share of the
-//! in-flight budget where they are read ([`super::http::read_body`]).
+//! in-flight budget where they are read (`AppState::read_body`).
 //!
 //! The connection cap is a semaphore taken before `accept` (as mini-redis' `limit_connections`
 //! does): at the cap the listener stops accepting and new clients wait in the kernel's

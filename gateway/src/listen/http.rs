@@ -42,6 +42,25 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Reads a request body under `limits.max_body_bytes` (plus `framing` bytes of the
+    /// protocol's own framing) and `listen.body_read_timeout`, charging it to `reservation`.
+    pub(super) async fn read_body(
+        &self,
+        body: Incoming,
+        headers: &HeaderMap,
+        framing: usize,
+        reservation: &mut Reservation,
+    ) -> Result<Bytes, ApiError> {
+        read_body(
+            body,
+            headers,
+            self.config.limits.max_compressed_bytes + framing,
+            self.config.listen.body_read_timeout,
+            reservation,
+        )
+        .await
+    }
+
     /// `tenant`'s view of `policy`, or the configured 401/403 for a tenant it does not know.
     pub(super) fn tenant_view<'p>(
         &self,
@@ -237,14 +256,9 @@ async fn remote_write_inner(
     let limits = state.config.limits;
     let mut reservation = state.budget.reservation();
     let (parts, body) = req.into_parts();
-    let body = read_body(
-        body,
-        &parts.headers,
-        limits.max_compressed_bytes,
-        state.config.listen.body_read_timeout,
-        &mut reservation,
-    )
-    .await?;
+    let body = state
+        .read_body(body, &parts.headers, 0, &mut reservation)
+        .await?;
     let labels = [
         ("protocol", version.protocol().to_string()),
         ("tenant", crate::telemetry::tenant_label(Some(&tenant))),
@@ -286,7 +300,7 @@ async fn remote_write_inner(
 /// reading. A declared length is not charged up front: a client that declares a large body
 /// and sends little of it would hold budget it never uses (and starve others of it); what it
 /// did send is charged, and its deadline ends the rest.
-pub(super) async fn read_body(
+async fn read_body(
     mut body: Incoming,
     headers: &HeaderMap,
     limit: usize,

@@ -24,7 +24,7 @@ use tracing::debug;
 
 use super::budget::Reservation;
 use super::grpc::{self, Code, GrpcBody};
-use super::http::{plan, read_body, AppState};
+use super::http::{plan, AppState};
 use super::ApiError;
 use crate::tenant::{self, ORG_ID_HEADER};
 
@@ -340,14 +340,9 @@ pub async fn http_export(req: Request<Incoming>, state: &AppState) -> Response<F
         tenant.clone_from(&fixed);
         let limits = state.config.limits;
         let mut reservation = state.budget.reservation();
-        let body = read_body(
-            body,
-            &parts.headers,
-            limits.max_compressed_bytes,
-            state.config.listen.body_read_timeout,
-            &mut reservation,
-        )
-        .await?;
+        let body = state
+            .read_body(body, &parts.headers, 0, &mut reservation)
+            .await?;
         let message = if gzip {
             inflate(&body, &limits, &mut reservation)?
         } else {
@@ -441,14 +436,10 @@ pub async fn grpc_export(req: Request<Incoming>, state: &AppState) -> Response<G
         tenant.clone_from(&fixed);
         let limits = state.config.limits;
         let mut reservation = state.budget.reservation();
-        let body = read_body(
-            body,
-            &parts.headers,
-            limits.max_compressed_bytes + 5,
-            state.config.listen.body_read_timeout,
-            &mut reservation,
-        )
-        .await?;
+        // Five bytes of gRPC message framing come on top of the message.
+        let body = state
+            .read_body(body, &parts.headers, 5, &mut reservation)
+            .await?;
         let (compressed, message) = grpc::unframe(&body).map_err(GrpcFailure::Frame)?;
         let message = if compressed {
             let encoding = parts
