@@ -161,13 +161,29 @@ async fn export(
     if tenant_out.is_none() {
         *tenant_out = fixed_tenant;
     }
+    // Every group passes the pipeline's checks (regions, record rules) before any is handed
+    // on, so a group refused 400 leaves nothing of the others stored either.
+    let mut prepared = Vec::with_capacity(work.len());
     for (tenant, view, plan, batch, points) in work {
         let samples = batch.sample_count() as u64;
         let histograms = batch.histogram_count() as u64;
-        if !plan.is_empty() {
+        let ready = if plan.is_empty() {
+            None
+        } else {
+            Some(
+                state
+                    .pipeline
+                    .prepare(&view, &tenant, batch, plan)
+                    .map_err(ApiError::Unavailable)?,
+            )
+        };
+        prepared.push((tenant, ready, points, samples, histograms));
+    }
+    for (tenant, ready, points, samples, histograms) in prepared {
+        if let Some(ready) = ready {
             state
                 .pipeline
-                .submit(&view, &tenant, batch, plan)
+                .commit(ready)
                 .await
                 .map_err(ApiError::Unavailable)?;
         }

@@ -442,6 +442,13 @@ enum Work {
     Enqueue(Arc<TaggedBatch>),
 }
 
+/// A submission that passed every check and has not been handed to any log or sink yet
+/// ([`Pipeline::prepare`]); dropping it submits nothing.
+pub struct Prepared<'p> {
+    tenant: TenantId,
+    checked: Vec<(RegionId, &'p Vec<SinkHandle>, Work)>,
+}
+
 /// Routes batches to the sinks of allowed regions.
 #[derive(Clone)]
 pub struct Pipeline {
@@ -588,7 +595,8 @@ impl Pipeline {
     }
 
     /// Hands each group of `plan` to every sink of its region and waits until all made it
-    /// durable. Nothing is submitted unless every group has a region.
+    /// durable. Nothing is submitted unless every group has a region and every share passes
+    /// the record checks ([`Pipeline::prepare`], then [`Pipeline::commit`]).
     pub async fn submit(
         &self,
         view: &TenantView<'_>,
@@ -596,6 +604,21 @@ impl Pipeline {
         batch: Batch,
         plan: Plan,
     ) -> Result<(), SubmitError> {
+        let prepared = self.prepare(view, tenant, batch, plan)?;
+        self.commit(prepared).await
+    }
+
+    /// Everything of a submission that can refuse it without side effects: each group's
+    /// region, the tags, and the record checks (encoding the log records). A caller with
+    /// several batches (an OTLP request of several tenants) prepares all of them before it
+    /// commits any, so a request refused for one leaves nothing behind for another.
+    pub fn prepare(
+        &self,
+        view: &TenantView<'_>,
+        tenant: &TenantId,
+        batch: Batch,
+        plan: Plan,
+    ) -> Result<Prepared<'_>, SubmitError> {
         let batch = Arc::new(batch);
         let edits = Arc::new(plan.edits);
         let mut shares: Vec<(RegionId, Option<Vec<u32>>)> = Vec::new();
@@ -619,9 +642,8 @@ impl Pipeline {
                 None => shares.push((region.clone(), selection)),
             }
         }
-        // Enqueue everywhere first so regions work in parallel, then wait for every ack.
-        let mut acks = Vec::new();
-        let mut appends = Vec::new();
+        // Checked everywhere first; `commit` then enqueues everywhere so regions work in
+        // parallel, and waits for every ack.
         let mut checked = Vec::new();
         for (region, selection) in shares {
             let tags = gateway_tags(
@@ -667,6 +689,19 @@ impl Pipeline {
                 }
             }
         }
+        Ok(Prepared {
+            tenant: tenant.clone(),
+            checked,
+        })
+    }
+
+    /// Hands a prepared submission on and waits until it is durable (per
+    /// `durability.mode`).
+    pub async fn commit(&self, prepared: Prepared<'_>) -> Result<(), SubmitError> {
+        let Prepared { tenant, checked } = prepared;
+        let tenant = &tenant;
+        let mut acks = Vec::new();
+        let mut appends = Vec::new();
         // Every share passed its checks before any is handed on: a refused request leaves
         // nothing behind in any region.
         for (region, sinks, work) in checked {
@@ -751,6 +786,55 @@ mod tests {
             &DecodeLimits::default(),
         )
         .unwrap()
+    }
+
+    /// A prepared submission hands nothing on until it is committed, and a refusal comes
+    /// from `prepare`: a caller with several batches (OTLP tenants) can check them all first.
+    #[tokio::test]
+    async fn prepare_refuses_without_side_effects_and_commit_hands_on() {
+        let policy = residency_rules::load(
+            "regions: [{ id: eu, jurisdiction: EU }]\ntenants: [{ id: acme, home: eu }]\n",
+        )
+        .unwrap();
+        let eu = RegionId::parse("eu").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let pipeline = Pipeline::new(
+            [SinkHandle::new(
+                "null/eu".into(),
+                eu.clone(),
+                vec![tx],
+                false,
+            )],
+            Durability::None,
+            "tenant",
+            "region",
+        )
+        .with_series_limits([(eu.clone(), 200)]);
+        let tenant = TenantId::parse("acme").unwrap();
+        let view = policy.tenant(&tenant).unwrap();
+        let small = || batch(&[("__name__", "up")]);
+        let long = "v".repeat(300);
+        let big = batch(&[("__name__", "up"), ("big", &long)]);
+
+        let good = pipeline
+            .prepare(&view, &tenant, small(), Plan::all(view.default_regions()))
+            .unwrap();
+        let refused = pipeline.prepare(&view, &tenant, big, Plan::all(view.default_regions()));
+        assert!(
+            matches!(refused, Err(SubmitError::Unstorable { .. })),
+            "a series over the region's limit is refused by prepare"
+        );
+        drop(good);
+        assert!(
+            rx.try_recv().is_err(),
+            "a dropped preparation handed nothing on"
+        );
+
+        let good = pipeline
+            .prepare(&view, &tenant, small(), Plan::all(view.default_regions()))
+            .unwrap();
+        pipeline.commit(good).await.unwrap();
+        assert!(rx.try_recv().is_ok(), "commit hands the share to the sink");
     }
 
     /// Region choice follows the fleet's view of upstream health inside the tenant's
