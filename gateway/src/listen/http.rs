@@ -202,12 +202,13 @@ impl Written {
 /// `durability.mode`), with the counts of what was written; never a 2xx for a partial write.
 async fn remote_write(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let mut tenant: Option<TenantId> = None;
+    // The request's `tenant` label, set once it authenticated (see `remote_write_inner`).
+    let mut label: Option<String> = None;
     // Known before anything can fail but the Content-Type itself (then counted as 1.0).
     let version = check_content_type(req.headers()).unwrap_or(RwVersion::V1);
     let protocol = version.protocol();
-    let result = remote_write_inner(req, state, &mut tenant).await;
-    let tenant_label = crate::telemetry::tenant_label(tenant.as_ref());
+    let result = remote_write_inner(req, state, &mut label).await;
+    let tenant_label = label.unwrap_or_else(|| crate::telemetry::tenant_label(None));
     let response = match result {
         Ok(w) => Response::builder()
             .status(StatusCode::NO_CONTENT)
@@ -237,7 +238,7 @@ async fn remote_write(req: Request<Incoming>, state: &AppState) -> Response<Full
 async fn remote_write_inner(
     req: Request<Incoming>,
     state: &AppState,
-    tenant_out: &mut Option<TenantId>,
+    label_out: &mut Option<String>,
 ) -> Result<Written, ApiError> {
     if state.draining.load(Ordering::Relaxed) {
         return Err(ApiError::Draining);
@@ -250,8 +251,9 @@ async fn remote_write_inner(
     let policy = state.policy.load_full();
     let view = state.tenant_view(&policy, &tenant)?;
     // Only a tenant that passed authentication and the policy names itself in self-metrics:
-    // ids a client makes up must not become series on `/metrics`.
-    *tenant_out = Some(tenant.clone());
+    // ids a client makes up must not become series on `/metrics`. Computed once per request.
+    let tenant_label = crate::telemetry::tenant_label(Some(&tenant));
+    *label_out = Some(tenant_label.clone());
 
     let limits = state.config.limits;
     let mut reservation = state.budget.reservation();
@@ -261,7 +263,7 @@ async fn remote_write_inner(
         .await?;
     let labels = [
         ("protocol", version.protocol().to_string()),
-        ("tenant", crate::telemetry::tenant_label(Some(&tenant))),
+        ("tenant", tenant_label),
     ];
     metrics::counter!("traceo_received_bytes_total", &labels).increment(body.len() as u64);
 

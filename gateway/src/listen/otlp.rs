@@ -226,22 +226,26 @@ fn inflate(
     }
 }
 
-fn record(protocol: &'static str, tenant: &Option<TenantId>, code: String, started: Instant) {
-    let tenant = crate::telemetry::tenant_label(tenant.as_ref());
+/// The request's `tenant` label: `unknown` until it authenticated (see
+/// [`crate::telemetry::tenant_label`]). Computed once per request.
+fn label_of(tenant: &Option<TenantId>) -> String {
+    crate::telemetry::tenant_label(tenant.as_ref())
+}
+
+fn record(protocol: &'static str, tenant: &str, code: String, started: Instant) {
     metrics::counter!("traceo_requests_total",
-        "protocol" => protocol, "tenant" => tenant.clone(), "code" => code)
+        "protocol" => protocol, "tenant" => tenant.to_string(), "code" => code)
     .increment(1);
     metrics::histogram!("traceo_request_duration_seconds",
-        "protocol" => protocol, "tenant" => tenant)
+        "protocol" => protocol, "tenant" => tenant.to_string())
     .record(started.elapsed().as_secs_f64());
 }
 
-fn rejected(protocol: &'static str, tenant: &Option<TenantId>, e: &ApiError) {
-    let t = crate::telemetry::tenant_label(tenant.as_ref());
+fn rejected(protocol: &'static str, tenant: &str, e: &ApiError) {
     metrics::counter!("traceo_rejections_total",
-        "protocol" => protocol, "tenant" => t.clone(), "reason" => e.reason())
+        "protocol" => protocol, "tenant" => tenant.to_string(), "reason" => e.reason())
     .increment(1);
-    debug!(protocol, tenant = %t, status = %e.status(), error = %e, "OTLP export rejected");
+    debug!(protocol, tenant, status = %e.status(), error = %e, "OTLP export rejected");
 }
 
 /// The gRPC code for an error, and the retry delay when the client should retry.
@@ -376,6 +380,7 @@ pub async fn http_export(req: Request<Incoming>, state: &AppState) -> Response<F
         .await
     }
     .await;
+    let label = label_of(&tenant);
     let response = match result {
         Ok(accepted) => Response::builder()
             .status(StatusCode::OK)
@@ -383,7 +388,7 @@ pub async fn http_export(req: Request<Incoming>, state: &AppState) -> Response<F
             .body(Full::new(http_body(reply_encoding, &accepted)))
             .expect("static headers are valid"),
         Err(e) => {
-            rejected(PROTOCOL, &tenant, &e);
+            rejected(PROTOCOL, &label, &e);
             let (code, retry) = grpc_code(&e);
             let status = grpc::status(code, &e.to_string(), retry);
             let body = status_body(reply_encoding, &status, retry);
@@ -398,7 +403,7 @@ pub async fn http_export(req: Request<Incoming>, state: &AppState) -> Response<F
     };
     record(
         PROTOCOL,
-        &tenant,
+        &label,
         response.status().as_u16().to_string(),
         started,
     );
@@ -434,7 +439,7 @@ pub async fn grpc_export(req: Request<Incoming>, state: &AppState) -> Response<G
         // Per the gRPC spec an unsupported content type is an HTTP error, not a gRPC status.
         let mut r = Response::new(GrpcBody::default());
         *r.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
-        record(PROTOCOL, &tenant, "415".into(), started);
+        record(PROTOCOL, &label_of(&tenant), "415".into(), started);
         return r;
     }
     let result: Result<Accepted, GrpcFailure> = async {
@@ -494,10 +499,11 @@ pub async fn grpc_export(req: Request<Incoming>, state: &AppState) -> Response<G
         .await?)
     }
     .await;
+    let label = label_of(&tenant);
     let (response, code) = match result {
         Ok(accepted) => (grpc::ok(&accepted.response()), Code::Ok),
         Err(GrpcFailure::Api(e)) => {
-            rejected(PROTOCOL, &tenant, &e);
+            rejected(PROTOCOL, &label, &e);
             let (code, retry) = grpc_code(&e);
             (
                 grpc::error(&grpc::status(code, &e.to_string(), retry)),
@@ -509,7 +515,7 @@ pub async fn grpc_export(req: Request<Incoming>, state: &AppState) -> Response<G
             (grpc::error(&grpc::status(f.code, &f.message, None)), f.code)
         }
     };
-    record(PROTOCOL, &tenant, format!("grpc_{}", code as i32), started);
+    record(PROTOCOL, &label, format!("grpc_{}", code as i32), started);
     response
 }
 

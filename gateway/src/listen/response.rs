@@ -175,8 +175,8 @@ impl ApiError {
             ApiError::Unauthorized(_) if status == StatusCode::UNAUTHORIZED => {
                 b = b.header(header::WWW_AUTHENTICATE, "Basic realm=\"traceo\"");
             }
-            _ if status == StatusCode::BAD_REQUEST || status == StatusCode::PAYLOAD_TOO_LARGE => {}
-            ApiError::Unavailable(_) | ApiError::Draining | ApiError::OverBudget(_) => {
+            // Every 503 is retryable and says when; refusals mapped to 4xx say nothing.
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
                 b = b.header(header::RETRY_AFTER, RETRY_AFTER_SECS);
             }
             ApiError::MethodNotAllowed(allow) => b = b.header(header::ALLOW, *allow),
