@@ -318,15 +318,20 @@ mod tests {
     use super::super::WalLimits;
     use super::*;
 
+    /// One-segment test logs of `max_bytes`, with no owner shares.
+    fn limits_of(max_bytes: u64) -> WalLimits {
+        WalLimits {
+            segment_bytes: 1 << 20,
+            max_bytes,
+            max_bytes_per_owner: u64::MAX,
+            owner_of: |_| None,
+        }
+    }
+
     #[tokio::test]
     async fn requests_queued_during_a_sync_share_one_group() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = WalLimits {
-            segment_bytes: 1 << 20,
-            max_bytes: 1 << 30,
-            max_bytes_per_owner: u64::MAX,
-            owner_of: |_| None,
-        };
+        let limits = limits_of(1 << 30);
         let (wal, _) = Wal::open(dir.path(), limits).unwrap();
         let (tx, rx) = queue(64);
         let mut replies = Vec::new();
@@ -383,12 +388,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_log_refuses_only_what_does_not_fit() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = WalLimits {
-            segment_bytes: 1 << 20,
-            max_bytes: 16 + 3 * (8 + 100),
-            max_bytes_per_owner: u64::MAX,
-            owner_of: |_| None,
-        };
+        let limits = limits_of(16 + 3 * (8 + 100));
         let (wal, _) = Wal::open(dir.path(), limits).unwrap();
         let (tx, rx) = queue(8);
         let mut replies = Vec::new();
@@ -413,12 +413,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_disk_marks_the_log_failing_until_an_append_succeeds() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = WalLimits {
-            segment_bytes: 1 << 20,
-            max_bytes: 1 << 30,
-            max_bytes_per_owner: u64::MAX,
-            owner_of: |_| None,
-        };
+        let limits = limits_of(1 << 30);
         let (mut wal, _) = Wal::open(dir.path(), limits).unwrap();
         // The group's write and then the request's own retry both hit ENOSPC.
         const ENOSPC: i32 = 28;
