@@ -95,17 +95,49 @@ fn compare(
     (missing, duplicates)
 }
 
-fn kafka_counts(broker: &Broker, topic: &str) -> HashMap<(String, i64), u64> {
+/// Samples per (tenant, timestamp) in `topic`, and the offsets seen per partition.
+fn kafka_counts(
+    broker: &Broker,
+    topic: &str,
+) -> (HashMap<(String, i64), u64>, BTreeMap<i64, Vec<i64>>) {
     let mut found = HashMap::new();
+    let mut offsets: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     for l in tail_json(GATEWAY, &broker.addr(), topic, 3) {
         let tenant = l["tenant"].as_str().unwrap_or_default().to_string();
         let ts = l["timestamp_ms"].as_i64().unwrap_or_default();
         *found.entry((tenant, ts)).or_insert(0) += 1;
+        let p = l["partition"].as_i64().unwrap_or(-1);
+        offsets
+            .entry(p)
+            .or_default()
+            .push(l["offset"].as_i64().unwrap_or(-1));
     }
-    found
+    (found, offsets)
+}
+
+/// Offsets missing inside each partition's range (the broker assigned them, yet they are not
+/// read back), as `partition: [offsets]`, at most 20 per partition. Empty when every
+/// partition is contiguous: then a missing message never got an offset at all.
+fn offset_gaps(offsets: &BTreeMap<i64, Vec<i64>>) -> Vec<String> {
+    let mut gaps = Vec::new();
+    for (p, seen) in offsets {
+        let mut seen = seen.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        let mut missing = Vec::new();
+        for w in seen.windows(2) {
+            missing.extend((w[0] + 1..w[1]).take(20usize.saturating_sub(missing.len())));
+        }
+        if !missing.is_empty() {
+            gaps.push(format!("partition {p}: {missing:?}"));
+        }
+    }
+    gaps
 }
 
 /// Compares with Kafka until nothing is missing or 90 s passed (the log may still drain).
+/// On a shortfall it prints the offset gaps of the topic: a gap means the broker took the
+/// message and cannot give it back; no gap means it never reached the broker's log.
 fn kafka_eventually(
     want: &BTreeMap<(String, i64), u64>,
     broker: &Broker,
@@ -113,8 +145,12 @@ fn kafka_eventually(
 ) -> (Vec<String>, u64) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let k = compare(want, &kafka_counts(broker, topic));
+        let (found, offsets) = kafka_counts(broker, topic);
+        let k = compare(want, &found);
         if k.0.is_empty() || Instant::now() > deadline {
+            if !k.0.is_empty() {
+                println!("offset gaps in {topic}: {:?}", offset_gaps(&offsets));
+            }
             return k;
         }
         std::thread::sleep(Duration::from_secs(2));
