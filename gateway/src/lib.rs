@@ -4,6 +4,7 @@
 //! - [`cluster`]: upstream health, the fleet rule and the route table (being built, issue 8);
 //! - [`config`]: the YAML format, validation, the embedded default;
 //! - [`listen`]: HTTP listener, routes, the mapping of errors to answers;
+//! - [`ingest`]: the one path of every protocol's decoded request (tenant, plan, submit);
 //! - [`tenant`]: who sent a request;
 //! - [`pipeline`]: routing a tagged batch to its region's sinks and awaiting durability;
 //! - [`sinks`]: where a region's data goes (Parquet, Kafka, null);
@@ -18,6 +19,7 @@ pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod explain;
+pub mod ingest;
 pub mod listen;
 pub mod pipeline;
 pub mod quarantine;

@@ -10,13 +10,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ResidencySettings};
-use crate::listen::AppState;
+use crate::ingest::Ingest;
 
 /// Watches the policy file until `stop` fires.
 pub async fn watch_policy(
     config: Arc<Config>,
     settings: ResidencySettings,
-    state: Arc<AppState>,
+    ingest: Arc<Ingest>,
     stop: CancellationToken,
 ) {
     let mut hup = match signal(SignalKind::hangup()) {
@@ -26,8 +26,9 @@ pub async fn watch_policy(
             None
         }
     };
-    let read = || std::fs::read_to_string(&settings.policy_file);
-    let mut last = read().ok();
+    // Read on the blocking pool: a slow or hung filesystem must not stall a runtime worker.
+    let read = || tokio::fs::read_to_string(&settings.policy_file);
+    let mut last = read().await.ok();
     let mut tick = tokio::time::interval(settings.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     metrics::gauge!("traceo_policy_last_reload_success").set(1.0);
@@ -40,9 +41,9 @@ pub async fn watch_policy(
                     Some(h) => h.recv().await,
                     None => std::future::pending().await,
                 }
-            } => ("SIGHUP", read()),
+            } => ("SIGHUP", read().await),
             _ = tick.tick() => {
-                let now = read();
+                let now = read().await;
                 if now.as_ref().ok() == last.as_ref() {
                     continue;
                 }
@@ -57,7 +58,7 @@ pub async fn watch_policy(
         };
         match result {
             Ok(policy) => {
-                state.policy.store(Arc::new(policy));
+                ingest.replace_policy(Arc::new(policy));
                 metrics::counter!("traceo_policy_reloads_total", "result" => "success")
                     .increment(1);
                 metrics::gauge!("traceo_policy_last_reload_success").set(1.0);

@@ -2,7 +2,6 @@
 //! order that loses nothing: stop answering ready, stop accepting, let in-flight requests
 //! finish (their sinks still run), then flush and stop the sinks.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -12,6 +11,7 @@ use tracing::info;
 
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::ingest::Ingest;
 use crate::listen::{serve, AppState};
 use std::collections::HashMap;
 
@@ -186,25 +186,19 @@ pub async fn run(
         "traceo-gateway ready"
     );
 
+    let ingest = Arc::new(Ingest::new(config.clone(), pipeline));
     let state = Arc::new(AppState {
         config: config.clone(),
-        pipeline,
+        ingest: ingest.clone(),
         cluster,
         metrics: metrics.clone(),
-        draining: AtomicBool::new(false),
-        policy: arc_swap::ArcSwap::new(config.policy()),
-        unknown_tenant_status: config
-            .residency
-            .as_ref()
-            .and_then(|r| http::StatusCode::from_u16(r.unknown_tenant_status).ok())
-            .unwrap_or(http::StatusCode::FORBIDDEN),
         budget: crate::listen::budget::MemoryBudget::new(config.listen.max_inflight_bytes),
     });
     if let Some(settings) = config.residency.clone() {
         tokio::spawn(crate::reload::watch_policy(
             config.clone(),
             settings,
-            state.clone(),
+            ingest.clone(),
             shutdown.clone(),
         ));
     }
@@ -226,7 +220,7 @@ pub async fn run(
         .collect();
 
     shutdown.cancelled().await;
-    state.draining.store(true, Ordering::Relaxed);
+    ingest.drain();
     info!(delay = ?config.drain_delay, "draining: readiness now fails");
     tokio::time::sleep(config.drain_delay).await;
     stop_accepting.cancel();
@@ -239,6 +233,7 @@ pub async fn run(
     delivery_stop.cancel();
     sink_stop.cancel();
     drop(state);
+    drop(ingest);
     for t in delivery_tasks {
         let _ = t.await;
     }

@@ -1,14 +1,16 @@
 //! Listeners: the HTTP server (HTTP/1.1 and h2c on every port: remote-write, OTLP/HTTP and
 //! OTLP/gRPC) and the mapping of every internal outcome to a protocol answer.
 //!
-//! Owns request parsing up to the decoder and the answer codes. May call `tenant`, `protocols`
-//! and `pipeline`; never touches storage.
+//! Owns connections, request parsing up to the decoder and the answer codes; everything
+//! between a decoded request and the pipeline is [`crate::ingest`]. May call `ingest`,
+//! `protocols`, `cluster` (status page) and `config`; never touches storage.
 
 pub mod budget;
 mod conn;
 mod grpc;
 mod http;
 mod otlp;
+mod remote_write;
 mod response;
 
 pub use self::http::AppState;

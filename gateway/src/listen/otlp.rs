@@ -1,16 +1,13 @@
 //! OTLP metrics export over HTTP (`POST /v1/metrics`, protobuf or JSON, optionally gzip) and
 //! gRPC (`MetricsService/Export`).
 //!
-//! Both transports share one path: authenticate, decode, translate, plan residency, submit,
-//! and answer once every sink made the data durable. They differ only in how an outcome is
-//! spelled. OTLP clients retry HTTP 429/502/503/504 and gRPC `UNAVAILABLE` (or
+//! Both transports read and decode the same way and hand the translated tenant groups to
+//! [`crate::ingest`], which answers once every sink made the data durable. They differ only
+//! in how an outcome is spelled. OTLP clients retry HTTP 429/502/503/504 and gRPC `UNAVAILABLE` (or
 //! `RESOURCE_EXHAUSTED` with `RetryInfo`) and nothing else, so every condition that retrying
 //! can fix (backpressure, a sink down, shutdown) is a 503 / `UNAVAILABLE` with a retry delay;
 //! bad input is 400 / `INVALID_ARGUMENT`, which clients drop. A `partial_success` (a 200 the
 //! client does not retry) is used only for points the translation refused as unrepresentable.
-
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -24,9 +21,9 @@ use tracing::debug;
 
 use super::budget::Reservation;
 use super::grpc::{self, Code, GrpcBody};
-use super::http::{plan, AppState};
+use super::http::AppState;
 use super::ApiError;
-use crate::tenant::{self, ORG_ID_HEADER};
+use crate::ingest::{Group, Protocol, RequestMetrics};
 
 /// The gRPC method of an OTLP metrics export.
 pub const GRPC_EXPORT_PATH: &str =
@@ -61,65 +58,26 @@ impl Accepted {
     }
 }
 
-/// The tenant of the whole request, or `None` when it comes from a resource attribute (then
-/// each resource is authenticated with its own tenant after decoding).
-fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Option<TenantId>, ApiError> {
-    if state.draining.load(Ordering::Relaxed) {
-        return Err(ApiError::Draining);
-    }
-    if state.config.otlp.translate.tenant_attribute.is_some() {
-        // Each resource names its tenant, known only after decoding; what the headers can
-        // prove (credentials) is checked now, before the body is read.
-        tenant::precheck(headers, &state.config).map_err(ApiError::Unauthorized)?;
-        return Ok(None);
-    }
-    let tenant = tenant::identify(headers, &state.config).map_err(ApiError::Unauthorized)?;
-    // Refuse a tenant the policy does not know before reading its body.
-    state.tenant_view(&state.policy.load(), &tenant)?;
-    Ok(Some(tenant))
-}
-
-/// The tenant of one resource group: its attribute value counts as that resource's
-/// `X-Scope-OrgID`, checked against the credentials exactly like the header.
-fn group_tenant(
+/// The tenant of the whole request, or `None` when each resource names its own (then each
+/// resource group is authenticated with its own tenant after decoding).
+fn admit(
     headers: &HeaderMap,
-    attribute: Option<&str>,
     state: &AppState,
-) -> Result<TenantId, ApiError> {
-    let Some(value) = attribute else {
-        return tenant::identify(headers, &state.config).map_err(ApiError::Unauthorized);
-    };
-    let header = headers.get(ORG_ID_HEADER).and_then(|v| v.to_str().ok());
-    if let Some(h) = header.filter(|h| h.trim() != value) {
-        return Err(ApiError::TenantConflict(format!(
-            "X-Scope-OrgID names tenant {h:?} but a resource's {:?} attribute names {value:?}",
-            state
-                .config
-                .otlp
-                .translate
-                .tenant_attribute
-                .as_deref()
-                .unwrap_or_default()
-        )));
-    }
-    let mut with_tenant = headers.clone();
-    let v = HeaderValue::from_str(value).map_err(|_| {
-        ApiError::Unauthorized(tenant::AuthError::Malformed(
-            "the tenant attribute is not a valid header value",
-        ))
-    })?;
-    with_tenant.insert(ORG_ID_HEADER, v);
-    tenant::identify(&with_tenant, &state.config).map_err(ApiError::Unauthorized)
+    metrics: &mut RequestMetrics,
+) -> Result<Option<TenantId>, ApiError> {
+    let per_resource = state.config.otlp.translate.tenant_attribute.is_some();
+    Ok(state.ingest.admit(headers, per_resource, metrics)?)
 }
 
-/// Decodes, translates and submits one export; answers once every sink made it durable.
+/// Decodes and translates one export and hands its tenant groups to ingest; answers once
+/// every sink made them durable.
 async fn export(
     headers: &HeaderMap,
     fixed_tenant: Option<TenantId>,
     message: &[u8],
     encoding: Encoding,
     state: &AppState,
-    tenant_out: &mut Option<TenantId>,
+    metrics: &mut RequestMetrics,
     reservation: &mut Reservation,
 ) -> Result<Accepted, ApiError> {
     let limits = state.config.limits;
@@ -141,62 +99,21 @@ async fn export(
         rejected: translation.rejected_points,
         message: translation.error_message(),
     };
-    let policy = state.policy.load_full();
-    // Every group is authenticated and planned before anything is submitted, so a request
-    // refused for one tenant leaves nothing behind for another.
-    let mut work = Vec::with_capacity(translation.batches.len());
-    for group in translation.batches {
-        let tenant = match &fixed_tenant {
-            Some(t) => t.clone(),
-            None => group_tenant(headers, group.tenant.as_deref(), state)?,
-        };
-        let view = state.tenant_view(&policy, &tenant)?;
-        // Labelled in self-metrics only once authenticated and known to the policy.
-        if tenant_out.is_none() {
-            *tenant_out = Some(tenant.clone());
-        }
-        let (plan, _dropped) = plan(&view, &tenant, &group.batch)?;
-        work.push((tenant, view, plan, group.batch, group.points));
-    }
-    if tenant_out.is_none() {
-        *tenant_out = fixed_tenant;
-    }
-    // Every group passes the pipeline's checks (regions, record rules) before any is handed
-    // on, so a group refused 400 leaves nothing of the others stored either.
-    let mut prepared = Vec::with_capacity(work.len());
-    for (tenant, view, plan, batch, points) in work {
-        let samples = batch.sample_count() as u64;
-        let histograms = batch.histogram_count() as u64;
-        let ready = if plan.is_empty() {
-            None
-        } else {
-            Some(
-                state
-                    .pipeline
-                    .prepare(&view, &tenant, batch, plan)
-                    .map_err(ApiError::Unavailable)?,
-            )
-        };
-        prepared.push((tenant, ready, points, samples, histograms));
-    }
-    for (tenant, ready, points, samples, histograms) in prepared {
-        if let Some(ready) = ready {
-            state
-                .pipeline
-                .commit(ready)
-                .await
-                .map_err(ApiError::Unavailable)?;
-        }
-        let labels = [
-            ("protocol", "otlp".to_string()),
-            ("tenant", crate::telemetry::tenant_label(Some(&tenant))),
-        ];
-        metrics::counter!("traceo_otlp_points_total", &labels).increment(points);
-        metrics::counter!("traceo_samples_total", &labels).increment(samples);
-        metrics::counter!("traceo_histograms_total", &labels).increment(histograms);
-    }
+    let groups = translation
+        .batches
+        .into_iter()
+        .map(|g| Group {
+            tenant_attribute: g.tenant,
+            batch: g.batch,
+            points: Some(g.points),
+        })
+        .collect();
+    state
+        .ingest
+        .ingest(metrics, headers, fixed_tenant, groups)
+        .await?;
     if refused.rejected > 0 {
-        let tenant = crate::telemetry::tenant_label(tenant_out.as_ref());
+        let tenant = metrics.tenant_label().to_string();
         metrics::counter!("traceo_otlp_rejected_points_total", "tenant" => tenant)
             .increment(refused.rejected);
     }
@@ -224,28 +141,6 @@ fn inflate(
         (Err(_), Some(e)) => Err(ApiError::OverBudget(e)),
         (Err(e), None) => Err(ApiError::Decode(e)),
     }
-}
-
-/// The request's `tenant` label: `unknown` until it authenticated (see
-/// [`crate::telemetry::tenant_label`]). Computed once per request.
-fn label_of(tenant: &Option<TenantId>) -> String {
-    crate::telemetry::tenant_label(tenant.as_ref())
-}
-
-fn record(protocol: &'static str, tenant: &str, code: String, started: Instant) {
-    metrics::counter!("traceo_requests_total",
-        "protocol" => protocol, "tenant" => tenant.to_string(), "code" => code)
-    .increment(1);
-    metrics::histogram!("traceo_request_duration_seconds",
-        "protocol" => protocol, "tenant" => tenant.to_string())
-    .record(started.elapsed().as_secs_f64());
-}
-
-fn rejected(protocol: &'static str, tenant: &str, e: &ApiError) {
-    metrics::counter!("traceo_rejections_total",
-        "protocol" => protocol, "tenant" => tenant.to_string(), "reason" => e.reason())
-    .increment(1);
-    debug!(protocol, tenant, status = %e.status(), error = %e, "OTLP export rejected");
 }
 
 /// The gRPC code for an error, and the retry delay when the client should retry.
@@ -347,22 +242,20 @@ fn status_body(encoding: Encoding, status: &Status, retry_after: Option<u32>) ->
 
 /// `POST /v1/metrics`.
 pub async fn http_export(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
-    const PROTOCOL: &str = "otlp_http";
-    let started = Instant::now();
-    let mut tenant = None;
+    let mut metrics = RequestMetrics::start(Protocol::OtlpHttp);
     let encoding = http_encoding(req.headers());
     let reply_encoding = *encoding.as_ref().unwrap_or(&Encoding::Json);
     let result = async {
         let encoding = encoding?;
         let gzip = http_gzip(req.headers())?;
         let (parts, body) = req.into_parts();
-        let fixed = authenticate(&parts.headers, state)?;
-        tenant.clone_from(&fixed);
+        let fixed = admit(&parts.headers, state, &mut metrics)?;
         let limits = state.config.limits;
         let mut reservation = state.budget.reservation();
         let body = state
             .read_body(body, &parts.headers, 0, &mut reservation)
             .await?;
+        metrics.received(body.len());
         let message = if gzip {
             inflate(&body, &limits, &mut reservation)?
         } else {
@@ -374,13 +267,12 @@ pub async fn http_export(req: Request<Incoming>, state: &AppState) -> Response<F
             &message,
             encoding,
             state,
-            &mut tenant,
+            &mut metrics,
             &mut reservation,
         )
         .await
     }
     .await;
-    let label = label_of(&tenant);
     let response = match result {
         Ok(accepted) => Response::builder()
             .status(StatusCode::OK)
@@ -388,7 +280,7 @@ pub async fn http_export(req: Request<Incoming>, state: &AppState) -> Response<F
             .body(Full::new(http_body(reply_encoding, &accepted)))
             .expect("static headers are valid"),
         Err(e) => {
-            rejected(PROTOCOL, &label, &e);
+            metrics.rejected(e.reason(), e.status(), &e);
             let (code, retry) = grpc_code(&e);
             let status = grpc::status(code, &e.to_string(), retry);
             let body = status_body(reply_encoding, &status, retry);
@@ -401,12 +293,7 @@ pub async fn http_export(req: Request<Incoming>, state: &AppState) -> Response<F
             r
         }
     };
-    record(
-        PROTOCOL,
-        &label,
-        response.status().as_u16().to_string(),
-        started,
-    );
+    metrics.finish(response.status().as_u16().to_string());
     response
 }
 
@@ -427,9 +314,7 @@ impl From<ApiError> for GrpcFailure {
 
 /// `opentelemetry.proto.collector.metrics.v1.MetricsService/Export`.
 pub async fn grpc_export(req: Request<Incoming>, state: &AppState) -> Response<GrpcBody> {
-    const PROTOCOL: &str = "otlp_grpc";
-    let started = Instant::now();
-    let mut tenant = None;
+    let mut metrics = RequestMetrics::start(Protocol::OtlpGrpc);
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -439,7 +324,7 @@ pub async fn grpc_export(req: Request<Incoming>, state: &AppState) -> Response<G
         // Per the gRPC spec an unsupported content type is an HTTP error, not a gRPC status.
         let mut r = Response::new(GrpcBody::default());
         *r.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
-        record(PROTOCOL, &label_of(&tenant), "415".into(), started);
+        metrics.finish("415".into());
         return r;
     }
     let result: Result<Accepted, GrpcFailure> = async {
@@ -453,14 +338,14 @@ pub async fn grpc_export(req: Request<Incoming>, state: &AppState) -> Response<G
             }));
         }
         let (parts, body) = req.into_parts();
-        let fixed = authenticate(&parts.headers, state)?;
-        tenant.clone_from(&fixed);
+        let fixed = admit(&parts.headers, state, &mut metrics)?;
         let limits = state.config.limits;
         let mut reservation = state.budget.reservation();
         // Five bytes of gRPC message framing come on top of the message.
         let body = state
             .read_body(body, &parts.headers, 5, &mut reservation)
             .await?;
+        metrics.received(body.len());
         let (compressed, message) = grpc::unframe(&body).map_err(GrpcFailure::Frame)?;
         let message = if compressed {
             let encoding = parts
@@ -493,17 +378,16 @@ pub async fn grpc_export(req: Request<Incoming>, state: &AppState) -> Response<G
             &message,
             Encoding::Protobuf,
             state,
-            &mut tenant,
+            &mut metrics,
             &mut reservation,
         )
         .await?)
     }
     .await;
-    let label = label_of(&tenant);
     let (response, code) = match result {
         Ok(accepted) => (grpc::ok(&accepted.response()), Code::Ok),
         Err(GrpcFailure::Api(e)) => {
-            rejected(PROTOCOL, &label, &e);
+            metrics.rejected(e.reason(), e.status(), &e);
             let (code, retry) = grpc_code(&e);
             (
                 grpc::error(&grpc::status(code, &e.to_string(), retry)),
@@ -511,11 +395,11 @@ pub async fn grpc_export(req: Request<Incoming>, state: &AppState) -> Response<G
             )
         }
         Err(GrpcFailure::Frame(f)) => {
-            debug!(protocol = PROTOCOL, error = %f.message, "gRPC framing refused");
+            debug!(protocol = metrics.protocol().label(), error = %f.message, "gRPC framing refused");
             (grpc::error(&grpc::status(f.code, &f.message, None)), f.code)
         }
     };
-    record(PROTOCOL, &label, format!("grpc_{}", code as i32), started);
+    metrics.finish(format!("grpc_{}", code as i32));
     response
 }
 

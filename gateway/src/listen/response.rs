@@ -9,6 +9,7 @@ use http_body_util::Full;
 
 use protocols::DecodeError;
 
+use crate::ingest::IngestError;
 use crate::pipeline::SubmitError;
 use crate::tenant::AuthError;
 use crate::wal::writer::AppendError;
@@ -71,6 +72,21 @@ pub enum ApiError {
     /// Path exists, method does not.
     #[error("method not allowed; use {0}")]
     MethodNotAllowed(&'static str),
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Unauthorized(a) => ApiError::Unauthorized(a),
+            IngestError::UnknownTenant { status, message } => {
+                ApiError::UnknownTenant { status, message }
+            }
+            IngestError::TenantConflict(m) => ApiError::TenantConflict(m),
+            IngestError::PolicyDenied(m) => ApiError::PolicyDenied(m),
+            IngestError::Unavailable(s) => ApiError::Unavailable(s),
+            IngestError::Draining => ApiError::Draining,
+        }
+    }
 }
 
 impl ApiError {
