@@ -3,7 +3,7 @@
 
 use residency_rules::{CompiledPolicy, DenyScope, EditOp, SeriesDecision, TenantId};
 
-use crate::pipeline::{gateway_tags, output_labels, ResolvedEdit};
+use crate::share::{gateway_tags, output_labels, ResolvedEdit};
 use serde::Serialize;
 
 /// Parses `{name="value", ...}` or `metric{name="value", ...}` (PromQL selector syntax with

@@ -7,6 +7,7 @@
 //! - [`ingest`]: the one path of every protocol's decoded request (tenant, plan, submit);
 //! - [`tenant`]: who sent a request;
 //! - [`pipeline`]: routing a tagged batch to its region's sinks and awaiting durability;
+//! - [`share`]: the tagged share of a request and the log record codec;
 //! - [`sinks`]: where a region's data goes (Parquet, Kafka, null);
 //! - [`wal`]: the write-ahead log files of a region;
 //! - [`delivery`]: from each region's log to its sinks, with per-sink cursors;
@@ -25,6 +26,7 @@ pub mod pipeline;
 pub mod quarantine;
 pub mod reload;
 pub mod server;
+pub mod share;
 pub mod sinks;
 pub mod tail;
 pub mod telemetry;

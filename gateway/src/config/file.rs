@@ -193,7 +193,7 @@ impl DurabilityFile {
                 segment_bytes: self.segment_bytes,
                 max_bytes: self.max_bytes_per_region,
                 max_bytes_per_owner: per_tenant,
-                owner_of: crate::pipeline::record::tenant_of,
+                owner_of: crate::share::record::tenant_of,
             },
             max_bytes: self.max_bytes,
             quarantine_max_bytes: self.quarantine_max_bytes,
@@ -941,8 +941,8 @@ impl ConfigFile {
         }
         // What a client may send must fit what a log record may hold, with room for the
         // gateway's tags (the pipeline refuses, with 400, any series that still does not).
-        let rules = crate::pipeline::record::RULES;
-        let room = crate::pipeline::record::RECORD_TAG_ROOM;
+        let rules = crate::share::record::RULES;
+        let room = crate::share::record::RECORD_TAG_ROOM;
         for (field, v, max) in [
             (
                 "max_labels_per_series",

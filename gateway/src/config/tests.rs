@@ -509,8 +509,8 @@ fn a_tenant_share_defaults_to_a_quarter_of_the_region_log() {
     assert_eq!(c.durability.limits.max_bytes_per_owner, 1000);
     // The log learns a record's tenant from the record's own header.
     let tenant_of = c.durability.limits.owner_of;
-    let share = crate::sinks::frame::tests::share(1);
-    let record = crate::pipeline::record::encode(&share, 1);
+    let share = crate::share::testing::share(1);
+    let record = crate::share::record::encode(&share, 1);
     assert_eq!(tenant_of(&record), Some(share.tenant.as_str().as_bytes()));
 }
 

@@ -51,9 +51,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::pipeline::{now_ms, record, SubmitError, TaggedBatch};
 use crate::quarantine::{self, Quarantine, QuarantineError, Refusal};
-use crate::sinks::{Reason, SinkError, SinkHandle};
+use crate::share::{now_ms, record, TaggedBatch};
+use crate::sinks::{EnqueueError, Reason, SinkError, SinkHandle};
 use crate::wal::reader::WalReader;
 use crate::wal::writer::{self, WalHandle};
 use crate::wal::{SharedBudget, Wal, WalError, WalLimits};
@@ -671,7 +671,7 @@ impl Feeder {
         loop {
             match self.sink.enqueue(share.clone()) {
                 Ok(ack) => return Some(ack),
-                Err(SubmitError::Overloaded { .. }) => {
+                Err(EnqueueError::Overloaded { .. }) => {
                     if stop.is_cancelled() {
                         return None;
                     }
@@ -720,7 +720,7 @@ async fn gauges(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sinks::frame::tests::share;
+    use crate::share::testing::share;
     use residency_rules::TenantId;
     use tokio::sync::mpsc;
 
@@ -763,7 +763,7 @@ mod tests {
             segment_bytes: 1 << 20,
             max_bytes: 64 << 20,
             max_bytes_per_owner: u64::MAX,
-            owner_of: crate::pipeline::record::tenant_of,
+            owner_of: crate::share::record::tenant_of,
         };
         let started = start_region(
             &region,

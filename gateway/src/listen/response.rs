@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn an_unstorable_series_is_a_client_error_without_retry_after() {
-        use crate::pipeline::record::{LabelProblem, Unstorable};
+        use crate::share::record::{LabelProblem, Unstorable};
         let region = residency_rules::RegionId::parse("eu").unwrap();
         let e = ApiError::Unavailable(SubmitError::Unstorable {
             region: region.clone(),

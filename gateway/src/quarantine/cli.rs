@@ -8,7 +8,7 @@ use std::path::Path;
 use residency_rules::RegionId;
 
 use super::{dir_of, entry_ids, read_entry, Entry, QuarantineError};
-use crate::pipeline::record;
+use crate::share::record;
 
 /// A label value is printed up to this many characters: a 16 KiB value would bury the rest.
 const MAX_SHOWN_VALUE_CHARS: usize = 120;

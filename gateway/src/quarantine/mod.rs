@@ -26,7 +26,7 @@
 //!   refused cannot fill the disk the log needs.
 //! - Residency: a region's entries stay in that region's directory, and a replay appends
 //!   them only to that region's log, and only records that name that region
-//!   ([`crate::pipeline::record`] checks it); anything else stays here, refused.
+//!   ([`crate::share::record`] checks it); anything else stays here, refused.
 //! - Records the whole region cannot read (`undecodable`, `foreign_region`, `corrupt`) are
 //!   found by every feeder of the region; the first one's entry is kept and the others
 //!   confirm against it, so they are stored once.
@@ -47,7 +47,7 @@ use std::sync::Mutex;
 use residency_rules::RegionId;
 use tracing::{error, info, warn};
 
-use crate::pipeline::now_ms;
+use crate::share::now_ms;
 use crate::sinks::Reason;
 pub use entry::Entry;
 

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::{Quarantine, QuarantineError};
-use crate::pipeline::record;
+use crate::share::record;
 use crate::wal::writer::WalHandle;
 
 /// How often the gateway looks for a request: a person waits at most this long, and an idle

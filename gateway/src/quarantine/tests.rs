@@ -3,8 +3,8 @@ use std::time::Duration;
 
 use super::replay::{self, ReplayRequest};
 use super::*;
-use crate::pipeline::record;
-use crate::sinks::frame::tests::share;
+use crate::share::record;
+use crate::share::testing::share;
 use crate::wal::{writer, Wal, WalLimits};
 
 const ROOMY: u64 = 64 << 20;
@@ -141,7 +141,7 @@ fn log_writer(dir: &Path) -> (writer::WalHandle, std::thread::JoinHandle<Wal>) {
         segment_bytes: 1 << 20,
         max_bytes: 64 << 20,
         max_bytes_per_owner: u64::MAX,
-        owner_of: crate::pipeline::record::tenant_of,
+        owner_of: crate::share::record::tenant_of,
     };
     let (wal, _) = Wal::open(dir, limits).unwrap();
     let (tx, rx) = writer::queue(16);

@@ -17,11 +17,28 @@ use std::thread::JoinHandle;
 use residency_rules::RegionId;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::pipeline::{SubmitError, TaggedBatch};
+use crate::share::TaggedBatch;
 
 pub use error::{Reason, SinkError};
 
 mod error;
+
+/// Why a sink did not take a batch into its queue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnqueueError {
+    /// A queue is full: backpressure.
+    #[error("sink {sink} is overloaded, retry later")]
+    Overloaded {
+        /// The sink.
+        sink: String,
+    },
+    /// The sink is stopping.
+    #[error("sink {sink} is shutting down")]
+    ShuttingDown {
+        /// The sink.
+        sink: String,
+    },
+}
 
 /// A batch (or one shard's part of it) queued for a sink, with the acknowledgement to
 /// complete.
@@ -251,7 +268,7 @@ impl SinkHandle {
     pub(crate) fn enqueue(
         &self,
         batch: Arc<TaggedBatch>,
-    ) -> Result<oneshot::Receiver<Result<(), SinkError>>, SubmitError> {
+    ) -> Result<oneshot::Receiver<Result<(), SinkError>>, EnqueueError> {
         debug_assert_eq!(batch.region, self.region, "pipeline routes by region");
         // (worker, positions) of every part to queue.
         let parts: Vec<(usize, Option<Vec<u32>>)> =
@@ -280,12 +297,12 @@ impl SinkHandle {
             match self.txs[*i].try_reserve() {
                 Ok(permit) => permits.push(permit),
                 Err(mpsc::error::TrySendError::Full(())) => {
-                    return Err(SubmitError::Overloaded {
+                    return Err(EnqueueError::Overloaded {
                         sink: self.name.clone(),
                     })
                 }
                 Err(mpsc::error::TrySendError::Closed(())) => {
-                    return Err(SubmitError::ShuttingDown {
+                    return Err(EnqueueError::ShuttingDown {
                         sink: self.name.clone(),
                     })
                 }

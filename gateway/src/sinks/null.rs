@@ -88,7 +88,7 @@ mod tests {
         };
         let region = residency_rules::RegionId::parse("eu").unwrap();
         let (handle, threads) = spawn(region, cfg, 3, cancel.clone()).unwrap();
-        let share = Arc::new(super::super::frame::tests::share(100));
+        let share = Arc::new(crate::share::testing::share(100));
         let ack = handle.enqueue(share).unwrap();
         assert_eq!(ack.await.unwrap(), Ok(()));
         cancel.cancel();

@@ -44,13 +44,11 @@ const VERSION: u32 = 1;
 const HEADER_BYTES: u64 = 16;
 /// Length and CRC in front of every payload.
 pub const RECORD_OVERHEAD: u64 = 8;
-/// The largest payload a record may hold; a length above it can only be corruption.
-pub const MAX_RECORD_BYTES: usize = 256 << 20;
-
-/// The first bytes of a payload [`WalLimits::owner_of`] is shown: enough for the record
-/// header of the pipeline (13 bytes) and the longest tenant id (150 bytes), so that opening
-/// a log reads a little of each record rather than all of it.
-pub const OWNER_PEEK_BYTES: usize = 256;
+/// The largest payload a record may hold (the record codec's bound); a length above it can
+/// only be corruption.
+pub use crate::share::record::MAX_RECORD_BYTES;
+/// The first bytes of a payload [`WalLimits::owner_of`] is shown (see the record codec).
+pub use crate::share::record::OWNER_PEEK_BYTES;
 
 /// Reads a record's owner from the first [`OWNER_PEEK_BYTES`] of its payload; `None`: no
 /// owner (counted under the log's bound only).
@@ -66,7 +64,7 @@ pub struct WalLimits {
     /// Appends that would take one owner's records (framed, in all segments) past this are
     /// refused, for that owner only.
     pub max_bytes_per_owner: u64,
-    /// Whose a record is (the pipeline's [`crate::pipeline::record::tenant_of`]).
+    /// Whose a record is (the pipeline's [`crate::share::record::tenant_of`]).
     pub owner_of: OwnerOf,
 }
 

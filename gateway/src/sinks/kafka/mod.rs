@@ -2,7 +2,7 @@
 //! librdkafka producer, framing buffers and metadata cache, so workers share no lock.
 //!
 //! A request's series are split over the workers and grouped by partition, both by the
-//! series' identity hash ([`crate::pipeline::series_hash`]), so a series always meets the same
+//! series' identity hash ([`crate::share::series_hash`]), so a series always meets the same
 //! worker, lands in one partition and keeps its order there; they are framed
 //! into `prometheus.WriteRequest` messages of about `message_bytes`, with headers `tenant`,
 //! `region`, `content-type` and `schema-version`. A request is acknowledged when the broker

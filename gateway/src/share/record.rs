@@ -28,6 +28,15 @@ use residency_rules::{RegionId, TenantId};
 
 use super::{output_labels, MergeSorted, ResolvedEdit, TaggedBatch};
 
+/// The largest payload one record may hold: the write-ahead log refuses (and on reading
+/// takes for corruption) anything longer.
+pub const MAX_RECORD_BYTES: usize = 256 << 20;
+
+/// The first bytes of a payload that name its owner: the record header (13 bytes) and the
+/// longest tenant id (150 bytes), so that opening a log reads a little of each record rather
+/// than all of it (see [`tenant_of`]).
+pub const OWNER_PEEK_BYTES: usize = 256;
+
 const VERSION: u8 = 1;
 
 /// Bytes in front of the tenant id: version and acceptance time.
@@ -51,7 +60,7 @@ const TENANT_AT: usize = 1 + 8;
 /// values, and the log's own record bound for the message.
 pub const RULES: DecodeLimits = DecodeLimits {
     max_compressed_bytes: usize::MAX,
-    max_decompressed_bytes: crate::wal::MAX_RECORD_BYTES,
+    max_decompressed_bytes: MAX_RECORD_BYTES,
     max_series: usize::MAX,
     max_labels_per_series: 4096,
     max_label_name_bytes: 64 * 1024,
@@ -115,7 +124,7 @@ pub enum Unstorable {
     RecordTooLarge {
         /// The record's size.
         bytes: usize,
-        /// [`crate::wal::MAX_RECORD_BYTES`].
+        /// [`MAX_RECORD_BYTES`].
         limit: usize,
     },
 }
@@ -303,7 +312,7 @@ fn check_series(share: &TaggedBatch, index: u32, series: &SeriesRef<'_>) -> Resu
 
 /// The tenant a record belongs to, from its header: how the log accounts each tenant's share
 /// of it (`durability.max_bytes_per_tenant`) without knowing the record format. Sees only
-/// the first [`crate::wal::OWNER_PEEK_BYTES`] of a payload, which hold the longest tenant id.
+/// the first [`OWNER_PEEK_BYTES`] of a payload, which hold the longest tenant id.
 pub fn tenant_of(payload: &[u8]) -> Option<&[u8]> {
     let len = payload.get(TENANT_AT..TENANT_AT + 2)?;
     let len = u16::from_le_bytes([len[0], len[1]]) as usize;
@@ -358,10 +367,10 @@ pub fn encode_checked(
     let mut out = header(share, accepted_ms);
     share.put_v1_metadata(&mut out);
     put_series_checked(share, max_series_bytes, &mut out)?;
-    if out.len() > crate::wal::MAX_RECORD_BYTES {
+    if out.len() > MAX_RECORD_BYTES {
         return Err(Unstorable::RecordTooLarge {
             bytes: out.len(),
-            limit: crate::wal::MAX_RECORD_BYTES,
+            limit: MAX_RECORD_BYTES,
         });
     }
     Ok(out)
@@ -379,7 +388,7 @@ fn put_series_checked(
     max_series_bytes: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), Unstorable> {
-    let max_series_bytes = max_series_bytes.min(crate::wal::MAX_RECORD_BYTES);
+    let max_series_bytes = max_series_bytes.min(MAX_RECORD_BYTES);
     for pos in 0..share.len() {
         let index = share.series_index(pos);
         let Some(series) = share.batch.series_at(index as usize) else {
@@ -395,7 +404,7 @@ fn put_series_checked(
                 series: describe(index, labels.iter().map(|(k, v)| (k.as_ref(), *v))),
                 bytes,
                 limit: max_series_bytes,
-                what: if max_series_bytes == crate::wal::MAX_RECORD_BYTES {
+                what: if max_series_bytes == MAX_RECORD_BYTES {
                     "one write-ahead log record".to_string()
                 } else {
                     format!("one message of a sink of region {}", share.region)
@@ -627,7 +636,7 @@ fn read(payload: Vec<u8>, region: &RegionId, raw: bool) -> Result<Record, Record
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sinks::frame::tests::share;
+    use crate::share::testing::share;
 
     #[test]
     fn a_share_reads_back_with_its_tags_hashes_and_metadata() {
@@ -795,7 +804,7 @@ mod tests {
         let payload = encode(&share(2), 1);
         assert_eq!(tenant_of(&payload), Some(&b"acme"[..]));
         assert_eq!(
-            tenant_of(&payload[..crate::wal::OWNER_PEEK_BYTES.min(payload.len())]),
+            tenant_of(&payload[..OWNER_PEEK_BYTES.min(payload.len())]),
             Some(&b"acme"[..])
         );
         assert_eq!(tenant_of(&payload[..11]), None, "cut inside the header");
