@@ -32,3 +32,4 @@ pub mod tail;
 pub mod telemetry;
 pub mod tenant;
 pub mod wal;
+pub mod yaml;

@@ -21,9 +21,6 @@ use crate::pipeline::{Durability, Pipeline};
 use crate::sinks;
 use crate::wal::SharedBudget;
 
-/// Record bytes a Kafka or null sink's feeder may have in flight.
-const DEFAULT_WINDOW: usize = 64 << 20;
-
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -37,16 +34,7 @@ pub enum StartError {
     },
     /// A sink could not start.
     #[error(transparent)]
-    Sink(#[from] sinks::parquet::StartError),
-    /// A Kafka sink could not start.
-    #[error(transparent)]
-    Kafka(#[from] sinks::kafka::StartError),
-    /// A null sink could not start.
-    #[error(transparent)]
-    Null(#[from] sinks::null::StartError),
-    /// A remote-write sink could not start.
-    #[error(transparent)]
-    RemoteWrite(#[from] sinks::remote_write::StartError),
+    Sink(#[from] sinks::StartError),
     /// A region's write-ahead log could not open.
     #[error("write-ahead log: {0}")]
     Wal(#[from] crate::delivery::StartError),
@@ -62,57 +50,28 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let config = Arc::new(config);
-    let cluster = Cluster::new(&config);
+    let watched = config
+        .regions
+        .iter()
+        .flat_map(|r| r.sinks.iter().filter_map(|s| s.upstreams(&r.id)))
+        .collect();
+    let cluster = Cluster::new(&config.cluster, watched);
     let sink_stop = CancellationToken::new();
     let mut handles = Vec::new();
     let mut tasks = Vec::new();
-    // Record bytes each sink's feeder may have in flight: a Parquet file fills from it.
-    let mut windows: HashMap<String, usize> = HashMap::new();
+    // Each sink's handle, with the record bytes its feeder may have in flight.
+    let mut slots: Vec<SinkSlot> = Vec::new();
     let mut sink_threads = Vec::new();
     for region in &config.regions {
-        let id = || region.id.clone();
-        if let Some(p) = &region.parquet {
-            let (h, t) = sinks::parquet::spawn(id(), p.clone(), sink_stop.clone())?;
-            windows.insert(
-                h.name().to_string(),
-                (2 * p.max_file_bytes).max(DEFAULT_WINDOW),
-            );
-            handles.push(h);
-            tasks.push(t);
-        }
-        // The threaded sinks: `pipeline.shards` workers each.
-        let mut threaded = Vec::new();
-        if let Some(k) = &region.kafka {
-            let route = cluster
-                .route(&region.id)
-                .expect("Cluster::new gives every region with a Kafka sink its route");
-            threaded.push(sinks::kafka::spawn(
-                id(),
-                k.clone(),
-                config.shards,
-                sink_stop.clone(),
-                route,
-            )?);
-        }
-        for w in &region.remote_write {
-            threaded.push(sinks::remote_write::spawn(
-                id(),
-                w.clone(),
-                config.shards,
-                sink_stop.clone(),
-            )?);
-        }
-        if let Some(n) = &region.null {
-            threaded.push(sinks::null::spawn(
-                id(),
-                n.clone(),
-                config.shards,
-                sink_stop.clone(),
-            )?);
-        }
-        for (h, t) in threaded {
-            handles.push(h);
-            sink_threads.extend(t);
+        for sink in &region.sinks {
+            let started = sink.spawn(&region.id, config.shards, &sink_stop, &cluster)?;
+            handles.push(started.handle.clone());
+            slots.push(SinkSlot {
+                sink: started.handle,
+                window_bytes: sink.window_bytes(),
+            });
+            tasks.extend(started.tasks);
+            sink_threads.extend(started.threads);
         }
     }
     let delivery_stop = CancellationToken::new();
@@ -122,14 +81,11 @@ pub async fn run(
             let budget = SharedBudget::new(config.durability.max_bytes);
             let mut logs = HashMap::new();
             for region in &config.regions {
-                let slots: Vec<SinkSlot> = handles
-                    .iter()
-                    .filter(|h| h.region() == &region.id)
-                    .map(|h| SinkSlot {
-                        sink: h.clone(),
-                        window_bytes: windows.get(h.name()).copied().unwrap_or(DEFAULT_WINDOW),
-                    })
-                    .collect();
+                let (mine, rest) = std::mem::take(&mut slots)
+                    .into_iter()
+                    .partition(|s| s.sink.region() == &region.id);
+                slots = rest;
+                let slots: Vec<SinkSlot> = mine;
                 if slots.is_empty() {
                     continue;
                 }

@@ -95,13 +95,13 @@ fn compare(
     (missing, duplicates)
 }
 
+/// Offsets seen, by partition.
+type Offsets = BTreeMap<i64, Vec<i64>>;
+
 /// Samples per (tenant, timestamp) in `topic`, and the offsets seen per partition.
-fn kafka_counts(
-    broker: &Broker,
-    topic: &str,
-) -> (HashMap<(String, i64), u64>, BTreeMap<i64, Vec<i64>>) {
+fn kafka_counts(broker: &Broker, topic: &str) -> (HashMap<(String, i64), u64>, Offsets) {
     let mut found = HashMap::new();
-    let mut offsets: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    let mut offsets = Offsets::new();
     for l in tail_json(GATEWAY, &broker.addr(), topic, 3) {
         let tenant = l["tenant"].as_str().unwrap_or_default().to_string();
         let ts = l["timestamp_ms"].as_i64().unwrap_or_default();
@@ -118,7 +118,7 @@ fn kafka_counts(
 /// Offsets missing inside each partition's range (the broker assigned them, yet they are not
 /// read back), as `partition: [offsets]`, at most 20 per partition. Empty when every
 /// partition is contiguous: then a missing message never got an offset at all.
-fn offset_gaps(offsets: &BTreeMap<i64, Vec<i64>>) -> Vec<String> {
+fn offset_gaps(offsets: &Offsets) -> Vec<String> {
     let mut gaps = Vec::new();
     for (p, seen) in offsets {
         let mut seen = seen.clone();

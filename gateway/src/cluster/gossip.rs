@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use chitchat::transport::UdpTransport;
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 
+use super::config::GossipSettings;
 use super::Health;
-use crate::config::GossipSettings;
 
 /// Key prefix of observations.
 const PREFIX: &str = "upstream.";

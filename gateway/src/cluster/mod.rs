@@ -9,6 +9,7 @@
 //! inside the region: while a region has no usable upstream its write-ahead log holds the
 //! data.
 
+pub mod config;
 pub mod gossip;
 pub mod health;
 pub mod probe;

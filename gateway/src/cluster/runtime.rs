@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,10 +16,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::config::ClusterSettings;
 use super::gossip::{self, Gossip, Member, PeerView};
-use super::probe::{self, KafkaProbeTarget, ObjectStoreProbeTarget, ProbeLoop, ProbeResult};
+use super::probe::{ProbeLoop, ProbeResult, ProbeSetup, SinkUpstreams};
 use super::{fleet_health, Health, PeerObservation, Probe, RouteTable, UpstreamHealth, UpstreamId};
-use crate::config::{ClusterSettings, Config};
 
 /// How many failovers the status page keeps.
 const FAILOVERS_KEPT: usize = 32;
@@ -181,60 +181,39 @@ pub struct View {
 pub struct Cluster {
     settings: ClusterSettings,
     upstreams: Vec<Upstream>,
-    probes: Vec<KafkaProbeTarget>,
-    stores: Vec<ObjectStoreProbeTarget>,
+    /// Each upstream's probe (by index in `upstreams`), until [`Cluster::start`] takes them.
+    probes: Mutex<Vec<(usize, ProbeSetup)>>,
     routes: HashMap<RegionId, Arc<RegionRoute>>,
     table: RouteTable,
     view: ArcSwap<View>,
 }
 
 impl Cluster {
-    /// The upstreams and routes `config` describes; nothing runs until [`Cluster::start`].
-    pub fn new(config: &Config) -> Arc<Cluster> {
+    /// The upstreams the sinks named (`sinks`, in configuration order) and the routes of
+    /// those that fail over; nothing runs until [`Cluster::start`].
+    pub fn new(settings: &ClusterSettings, sinks: Vec<SinkUpstreams>) -> Arc<Cluster> {
         let mut upstreams = Vec::new();
         let mut probes = Vec::new();
-        let mut stores = Vec::new();
         let mut routes = HashMap::new();
-        for region in &config.regions {
-            // An object store is watched and shown; a region has one, so it has no route.
-            if let Some(p) = &region.parquet {
-                let name = format!("parquet-{}", region.id);
-                stores.push(ObjectStoreProbeTarget {
-                    upstream: upstreams.len(),
-                    name: name.clone(),
-                    root: p.path.clone(),
-                });
+        for sink in sinks {
+            let names: Vec<String> = sink.upstreams.iter().map(|u| u.name.clone()).collect();
+            for u in sink.upstreams {
+                probes.push((upstreams.len(), u.setup));
                 upstreams.push(Upstream {
-                    id: name,
-                    region: region.id.as_str().to_string(),
-                    kind: "object_store",
+                    id: u.name,
+                    region: sink.region.as_str().to_string(),
+                    kind: u.kind,
                 });
             }
-            let Some(k) = &region.kafka else { continue };
-            for u in &k.upstreams {
-                probes.push(KafkaProbeTarget {
-                    upstream: upstreams.len(),
-                    name: u.name.clone(),
-                    brokers: u.brokers.clone(),
-                    topic: k.health_topic.clone(),
-                    properties: k.properties.clone(),
-                });
-                upstreams.push(Upstream {
-                    id: u.name.clone(),
-                    region: region.id.as_str().to_string(),
-                    kind: "kafka",
-                });
+            if sink.failover {
+                routes.insert(
+                    sink.region.clone(),
+                    Arc::new(RegionRoute::new(sink.region.clone(), names)),
+                );
             }
-            routes.insert(
-                region.id.clone(),
-                Arc::new(RegionRoute::new(
-                    region.id.clone(),
-                    k.upstreams.iter().map(|u| u.name.clone()).collect(),
-                )),
-            );
         }
         let view = View {
-            node: config.cluster.node_id.clone(),
+            node: settings.node_id.clone(),
             routes: routes
                 .iter()
                 .map(|(r, route)| (r.as_str().to_string(), route.name(0).to_string()))
@@ -246,10 +225,9 @@ impl Cluster {
             (r.clone(), ids)
         }));
         Arc::new(Cluster {
-            settings: config.cluster.clone(),
+            settings: settings.clone(),
             upstreams,
-            probes,
-            stores,
+            probes: Mutex::new(probes),
             routes,
             table,
             view: ArcSwap::new(Arc::new(view)),
@@ -263,7 +241,7 @@ impl Cluster {
             .map(|(r, route)| (r.clone(), route.clone()))
     }
 
-    /// The route of `region`'s Kafka sink.
+    /// The route of `region`'s failing-over sink.
     pub fn route(&self, region: &RegionId) -> Option<Arc<RegionRoute>> {
         self.routes.get(region).cloned()
     }
@@ -297,18 +275,10 @@ impl Cluster {
             stop: stop_probes.clone(),
         };
         let mut threads = Vec::new();
-        let kafka = self.probes.iter().map(|t| {
-            (
-                t.name.clone(),
-                probe::spawn_kafka(t.clone(), probe_loop.clone()),
-            )
-        });
-        let stores = self.stores.iter().map(|t| {
-            let started = probe::spawn_object_store(t.clone(), probe_loop.clone());
-            (t.name.clone(), started)
-        });
-        for (name, started) in kafka.chain(stores).collect::<Vec<_>>() {
-            match started {
+        let probes = std::mem::take(&mut *self.probes.lock().unwrap_or_else(|p| p.into_inner()));
+        for (upstream, setup) in probes {
+            let name = &self.upstreams[upstream].id;
+            match probe_loop.clone().spawn(upstream, name, setup) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     warn!(upstream = %name, error = %e, "cannot start the probe thread; the upstream stays in its last state")

@@ -5,13 +5,11 @@
 //! [`ConfigFile::validate`] checks meaning and collects *every* problem, each naming the file,
 //! the field path and the bad value, before failing once.
 
-mod cluster;
-mod duration;
 mod file;
 mod listen;
 
-pub use cluster::{ClusterFile, ClusterSettings, GossipSettings};
-pub use duration::HumanDuration;
+pub use crate::cluster::config::{ClusterFile, ClusterSettings, GossipSettings};
+pub use crate::yaml::HumanDuration;
 pub use file::*;
 pub use listen::{ListenFile, ListenSettings};
 
@@ -125,106 +123,13 @@ impl std::fmt::Debug for SecretDigest {
     }
 }
 
-/// The Parquet sink of one region.
-#[derive(Debug, Clone)]
-pub struct ParquetSinkConfig {
-    /// Local directory the object store is rooted at.
-    pub path: PathBuf,
-    /// Close a file once its buffered rows reach this many bytes (estimated, uncompressed).
-    pub max_file_bytes: usize,
-    /// Close a file once its first row is this old.
-    pub max_file_age: Duration,
-    /// Requests queued for the sink before new ones are refused with 503.
-    pub queue_capacity: usize,
-}
-
 /// A region and its sinks.
 #[derive(Debug, Clone)]
 pub struct Region {
-    /// The region.
+    /// Region id.
     pub id: RegionId,
-    /// Its Parquet sink, if any.
-    pub parquet: Option<ParquetSinkConfig>,
-    /// Its Kafka sink, if any.
-    pub kafka: Option<KafkaSinkConfig>,
-    /// Its null sink (measurement only), if any.
-    pub null: Option<NullSinkConfig>,
-    /// Its remote-write endpoints.
-    pub remote_write: Vec<RemoteWriteSinkConfig>,
-}
-
-/// One remote-write endpoint of a region (`regions[].sinks.remote_write[]`).
-#[derive(Debug, Clone)]
-pub struct RemoteWriteSinkConfig {
-    /// Unique within the region.
-    pub name: String,
-    /// `http://...` endpoint.
-    pub url: String,
-    /// 1.0 or 2.0.
-    pub format: KafkaFormat,
-    /// Header carrying the tenant id; empty for none.
-    pub tenant_header: String,
-    /// Extra headers.
-    pub headers: std::collections::BTreeMap<String, String>,
-    /// Per attempt.
-    pub timeout: Duration,
-    /// First retry wait.
-    pub min_backoff: Duration,
-    /// Longest retry wait.
-    pub max_backoff: Duration,
-    /// Give up on a batch after this long.
-    pub max_retry_time: Duration,
-    /// Batch size before compression.
-    pub max_batch_bytes: usize,
-    /// Queue capacity.
-    pub queue_capacity: usize,
-}
-
-/// The null sink of one region: frames like the Kafka sink, then drops the messages.
-#[derive(Debug, Clone)]
-pub struct NullSinkConfig {
-    /// Message format.
-    pub format: KafkaFormat,
-    /// Partitions framed for.
-    pub partitions: u32,
-    /// Target message size before compression.
-    pub message_bytes: usize,
-    /// Requests queued before 503.
-    pub queue_capacity: usize,
-}
-
-/// The Kafka sink of one region (see `KafkaFile` for the meaning of each field).
-#[derive(Debug, Clone)]
-pub struct KafkaSinkConfig {
-    /// The region's clusters in failover order (one when the file gave `brokers`).
-    pub upstreams: Vec<KafkaUpstream>,
-    /// Topic the health probes produce to.
-    pub health_topic: String,
-    /// Topic template.
-    pub topic: String,
-    /// Compression codec.
-    pub compression: KafkaCompression,
-    /// Message format.
-    pub format: KafkaFormat,
-    /// Producer linger.
-    pub linger: Duration,
-    /// Target message size before compression.
-    pub message_bytes: usize,
-    /// Per-message delivery timeout.
-    pub delivery_timeout: Duration,
-    /// Request queue capacity.
-    pub queue_capacity: usize,
-    /// Extra librdkafka settings.
-    pub properties: std::collections::BTreeMap<String, String>,
-}
-
-/// One Kafka cluster of a region.
-#[derive(Debug, Clone)]
-pub struct KafkaUpstream {
-    /// Unique over all regions.
-    pub name: String,
-    /// Bootstrap brokers.
-    pub brokers: String,
+    /// Its sinks, each validated by its kind (see [`crate::sinks::SinkConfig`]); at least one.
+    pub sinks: Vec<crate::sinks::SinkConfig>,
 }
 
 /// The validated runtime configuration.
@@ -391,9 +296,9 @@ impl Config {
     pub fn check_policy(&self, policy: &CompiledPolicy, policy_name: &str) -> Vec<String> {
         let mut problems = Vec::new();
         let has_sink = |r: &RegionId| {
-            self.regions.iter().any(|g| {
-                &g.id == r && (g.parquet.is_some() || g.kafka.is_some() || g.null.is_some())
-            })
+            self.regions
+                .iter()
+                .any(|g| &g.id == r && !g.sinks.is_empty())
         };
         for (i, r) in self.regions.iter().enumerate() {
             if !policy.has_region(&r.id) {

@@ -178,26 +178,14 @@ pub struct Pipeline {
     series_limits: Arc<HashMap<RegionId, usize>>,
 }
 
-/// Bytes a Kafka message carries besides one series' `WriteRequest` field: the record's
-/// headers (`tenant`, `region`, `content-type`), key, and the batch and record framing.
-/// Generous, since a too small allowance only refuses a series a little early.
-const KAFKA_MESSAGE_ALLOWANCE: usize = 4096;
-
-/// The largest one series may encode to for the sinks of `region`: a Kafka sink takes
-/// messages up to its producer's `message.max.bytes` (as `sinks::kafka` sets it, or as
-/// `properties:` overrides it), and one series is never split over two messages.
+/// The largest one series may encode to for the sinks of `region`: the smallest message any
+/// of them takes (see [`crate::sinks::SinkConfig::max_series_bytes`]), at most a log record.
 pub fn max_series_bytes(region: &crate::config::Region) -> usize {
-    let mut limit = crate::wal::MAX_RECORD_BYTES;
-    if let Some(k) = &region.kafka {
-        // The sink's own default (see `sinks::kafka`), unless `properties:` sets it.
-        let max = k
-            .properties
-            .get("message.max.bytes")
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or_else(|| k.message_bytes.saturating_mul(2).max(1 << 20));
-        limit = limit.min(max.saturating_sub(KAFKA_MESSAGE_ALLOWANCE));
-    }
-    limit
+    region
+        .sinks
+        .iter()
+        .filter_map(|s| s.max_series_bytes())
+        .fold(crate::wal::MAX_RECORD_BYTES, usize::min)
 }
 
 impl Pipeline {

@@ -4,8 +4,21 @@
 
 use protocols::remote_write::v2::V2Writer;
 
+use serde::Deserialize;
+
 use super::SinkRequest;
-use crate::config::KafkaFormat;
+
+/// The message format a sink frames into (`format:` of the Kafka, null and remote-write
+/// sinks).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaFormat {
+    /// `prometheus.WriteRequest`.
+    #[default]
+    RemoteWriteV1,
+    /// `io.prometheus.write.v2.Request`.
+    RemoteWriteV2,
+}
 
 /// One partition's message under construction; its buffer is kept for the next one.
 enum Framer {

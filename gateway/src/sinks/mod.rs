@@ -6,6 +6,7 @@
 
 pub(crate) mod frame;
 pub mod kafka;
+mod kinds;
 pub mod null;
 pub mod parquet;
 pub mod remote_write;
@@ -20,6 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::share::TaggedBatch;
 
 pub use error::{Reason, SinkError};
+pub use frame::KafkaFormat;
+pub use kinds::{SinkConfig, SinksFile, StartError, Started};
 
 mod error;
 
@@ -38,6 +41,12 @@ pub enum EnqueueError {
         /// The sink.
         sink: String,
     },
+}
+
+/// Enough for Prometheus' default 50 shards x several in-flight requests per node, small
+/// enough that a stalled sink fills it (and answers 503) within a second of traffic.
+pub(crate) const fn default_queue_capacity() -> usize {
+    1024
 }
 
 /// A batch (or one shard's part of it) queued for a sink, with the acknowledgement to

@@ -224,7 +224,10 @@ pub fn start(
                 let all = group
                     .iter()
                     .flat_map(|r| r.payloads.iter().map(Vec::as_slice));
-                match wal.append(all) {
+                let appended = wal.append(all);
+                // Counted before anyone is answered, so an answered request's group is seen.
+                counted.fetch_add(1, Ordering::Relaxed);
+                match appended {
                     Ok(first_seq) => {
                         shared.full.store(false, Ordering::Relaxed);
                         shared.set_failure(None);
@@ -257,7 +260,6 @@ pub fn start(
                     }
                 }
                 sync_seconds.record(started.elapsed().as_secs_f64());
-                counted.fetch_add(1, Ordering::Relaxed);
                 publish(&shared, &wal);
                 tenant_gauges(&region, &wal, &mut gauged);
                 let _ = durable_tx.send(wal.next_seq());

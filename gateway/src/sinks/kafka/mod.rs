@@ -35,7 +35,12 @@ use tracing::{error, info, warn};
 use super::frame::Framing;
 use super::{spawn_shards, Ack, Reason, ShardWorker, SinkError, SinkHandle, SinkRequest};
 use crate::cluster::RegionRoute;
-use crate::config::{KafkaCompression, KafkaFormat, KafkaSinkConfig};
+pub mod config;
+pub mod probe;
+
+pub use config::{KafkaCompression, KafkaFile, KafkaSinkConfig, KafkaUpstream};
+
+use super::frame::KafkaFormat;
 
 /// `content-type` header of remote-write 1.0 messages.
 pub const CONTENT_TYPE_V1: &str = "application/x-protobuf;proto=prometheus.WriteRequest";

@@ -27,7 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::{Ack, Reason, SinkError, SinkHandle, SinkRequest};
-use crate::config::ParquetSinkConfig;
+pub mod config;
+pub mod probe;
+
+pub use config::{ParquetFile, ParquetSinkConfig};
 use rows::Rows;
 
 pub use rows::schema;

@@ -1,3 +1,9 @@
+//! Building blocks of the YAML configuration that every section's format shares (a duration
+//! written for people). Each component defines and validates its own section with these; the
+//! `config` module only composes the sections.
+//!
+//! May call: nothing of the crate.
+
 use std::fmt;
 use std::time::Duration;
 

@@ -25,7 +25,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{spawn_shards, Reason, ShardWorker, SinkError, SinkHandle, SinkRequest};
-use crate::config::{KafkaFormat, RemoteWriteSinkConfig};
+pub mod config;
+
+pub use config::{RemoteWriteFile, RemoteWriteSinkConfig};
+
+use super::frame::KafkaFormat;
 
 /// Why the sink could not start.
 #[derive(Debug, thiserror::Error)]

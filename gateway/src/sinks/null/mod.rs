@@ -11,7 +11,11 @@ use tracing::info;
 
 use super::frame::Framing;
 use super::{spawn_shards, ShardWorker, SinkHandle, SinkRequest};
-use crate::config::{KafkaFormat, NullSinkConfig};
+pub mod config;
+
+pub use config::{NullFile, NullSinkConfig};
+
+use super::frame::KafkaFormat;
 
 /// Why the sink could not start.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +79,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::config::KafkaFormat;
+    use crate::sinks::KafkaFormat;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn frames_drops_and_acknowledges() {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::HumanDuration;
-use crate::cluster::HealthPolicy;
+use super::HealthPolicy;
+use crate::yaml::HumanDuration;
 
 /// `cluster:` as written.
 #[derive(Debug, Deserialize)]
@@ -166,7 +166,8 @@ fn host_name() -> String {
 }
 
 impl ClusterFile {
-    pub(super) fn validate(self, problems: &mut Vec<String>) -> ClusterSettings {
+    /// Checks meaning; every problem names its field under `cluster.`.
+    pub fn validate(self, problems: &mut Vec<String>) -> ClusterSettings {
         let node_id = self.node_id.unwrap_or_else(host_name);
         if node_id.is_empty() || node_id.chars().any(char::is_whitespace) {
             problems.push(format!(
