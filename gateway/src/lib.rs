@@ -16,6 +16,7 @@
 //! - [`server`]: wiring them together and shutting down in order.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod cluster;
 pub mod config;
 pub mod delivery;

@@ -51,6 +51,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::backoff::Backoff;
 use crate::quarantine::{self, Quarantine, QuarantineError, Refusal};
 use crate::share::{now_ms, record, TaggedBatch};
 use crate::sinks::{EnqueueError, Reason, SinkError, SinkHandle};
@@ -63,7 +64,7 @@ use crate::wal::{SharedBudget, Wal, WalError, WalLimits};
 pub const PERSIST_EVERY: Duration = Duration::from_millis(200);
 /// Records one feeder has handed its sink and not yet seen confirmed.
 const MAX_IN_FLIGHT_RECORDS: usize = 8192;
-/// Backoff after a failed record, doubling to [`MAX_BACKOFF`].
+/// Backoff after a failed record, doubling to [`MAX_BACKOFF`] (jittered, see [`Backoff`]).
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a feeder waits for a full sink queue before trying again.
@@ -314,6 +315,103 @@ fn read_damaged(path: &Path, offset: u64, one: bool) -> std::io::Result<Vec<u8>>
     Ok(out)
 }
 
+/// How much one read of the log may bring: up to the durable end, within the window.
+struct Want {
+    end: u64,
+    records: usize,
+    bytes: usize,
+}
+
+/// What one read of the log brought, in log order.
+enum Read {
+    /// A record, by sequence number.
+    Record(u64, Vec<u8>),
+    /// Records `at..end` lost to corruption, with the bytes to quarantine.
+    Corrupt {
+        at: u64,
+        end: u64,
+        answer: String,
+        damaged: Vec<u8>,
+    },
+    /// The log could not be read here now; the reader stays put and is tried again.
+    Failed(String),
+}
+
+/// Reads up to `want` from `reader` on the blocking pool; gives the reader back. Past a
+/// record whose CRC failed the reader steps over it; where the framing itself is lost it
+/// skips the rest of the segment (see the module doc); either way the lost stretch comes
+/// back as [`Read::Corrupt`] with its bytes, so that it is quarantined, never skipped unseen.
+async fn read_batch(
+    mut reader: WalReader,
+    want: Want,
+) -> Result<(WalReader, Vec<Read>), tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while out.len() < want.records && bytes < want.bytes {
+            let at = reader.position();
+            match reader.next_record(want.end) {
+                Ok(Some((seq, payload))) => {
+                    bytes += payload.len();
+                    out.push(Read::Record(seq, payload));
+                }
+                Ok(None) => break,
+                Err(WalError::Corrupt {
+                    path,
+                    offset,
+                    reason,
+                    ..
+                }) => {
+                    let one = reader.position() > at;
+                    let end = if one {
+                        reader.position()
+                    } else {
+                        match reader.skip_segment() {
+                            Ok(next) => next,
+                            Err(e) => {
+                                out.push(Read::Failed(format!(
+                                    "cannot step over the corruption: {e}"
+                                )));
+                                break;
+                            }
+                        }
+                    };
+                    let answer = format!(
+                        "write-ahead log {} at byte {offset}: {reason}; records {at}..{end} cannot be read",
+                        path.display()
+                    );
+                    let damaged = read_damaged(&path, offset, one).unwrap_or_else(|e| {
+                        warn!(path = %path.display(), offset, error = %e, "cannot copy the corrupt bytes; the quarantine entry says where they were");
+                        Vec::new()
+                    });
+                    bytes += damaged.len();
+                    out.push(Read::Corrupt {
+                        at,
+                        end,
+                        answer,
+                        damaged,
+                    });
+                }
+                Err(e) => {
+                    out.push(Read::Failed(e.to_string()));
+                    break;
+                }
+            }
+        }
+        (reader, out)
+    })
+    .await
+}
+
+/// Opens the log at `seq` on the blocking pool.
+async fn reopen(dir: &Path, seq: u64) -> Result<WalReader, String> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || WalReader::open(&dir, seq))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
 enum Event {
     Ack(Result<Result<(), SinkError>, oneshot::error::RecvError>),
     More,
@@ -357,123 +455,117 @@ impl Feeder {
         let mut committed = reader.position();
         let mut persisted = committed;
         let mut last_persist = Instant::now();
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         let mut stopping = false;
         // Reads refused records back for the quarantine; they come in log order, so one
         // reader moving forward serves them all.
         let mut rereader: Option<WalReader> = None;
         loop {
-            // Fill the window from the log.
-            while !stopping
+            // Fill the window from the log: a batch of records read on the blocking pool
+            // (segment reads must not stall a runtime worker), then handed on in order.
+            'fill: while !stopping
                 && in_flight.len() < MAX_IN_FLIGHT_RECORDS
                 && bytes_in_flight < self.window_bytes
             {
                 let end = *durable.borrow();
-                let at = reader.position();
-                let (seq, payload) = match reader.next_record(end) {
-                    Ok(Some(r)) => r,
-                    Ok(None) => break,
-                    Err(WalError::Corrupt {
-                        path,
-                        offset,
-                        reason,
-                        ..
-                    }) => {
-                        // The reader stepped over one record whose CRC failed, or stays put
-                        // where the framing is lost: then the rest of the segment is given up.
-                        let one = reader.position() > at;
-                        let end = if one {
-                            reader.position()
-                        } else {
-                            match reader.skip_segment() {
-                                Ok(next) => next,
-                                Err(e) => {
-                                    error!(region = %self.region, error = %e, "cannot step over the corruption; retrying");
-                                    pause(&stop, Duration::from_secs(1)).await;
-                                    break;
-                                }
-                            }
-                        };
-                        corrupt.increment(end - at);
-                        let answer = format!(
-                            "write-ahead log {} at byte {offset}: {reason}; records {at}..{end} cannot be read",
-                            path.display()
-                        );
-                        error!(region = %self.region, sink = self.sink.name(), first = at, end, error = %answer, "write-ahead log records lost to corruption; their bytes go to quarantine and delivery goes on after them");
-                        let damaged = match tokio::task::spawn_blocking(move || {
-                            read_damaged(&path, offset, one)
-                        })
-                        .await
-                        {
-                            Ok(Ok(bytes)) => bytes,
-                            Ok(Err(e)) => {
-                                warn!(region = %self.region, error = %e, "cannot copy the corrupt bytes; the quarantine entry says where they were");
-                                Vec::new()
-                            }
-                            Err(e) => {
-                                warn!(region = %self.region, error = %e, "cannot copy the corrupt bytes");
-                                Vec::new()
-                            }
-                        };
-                        bytes_in_flight += damaged.len();
-                        in_flight.push_back(InFlight {
-                            seq: at,
-                            end,
-                            bytes: damaged.len(),
-                            accepted_ms: 0,
-                            ack: resolved(Err(SinkError::permanent(Reason::Corrupt, answer))),
-                            damaged: Some(damaged),
-                        });
-                        continue;
-                    }
+                let want = Want {
+                    end,
+                    records: MAX_IN_FLIGHT_RECORDS - in_flight.len(),
+                    bytes: self.window_bytes - bytes_in_flight,
+                };
+                let (back, items) = match read_batch(reader, want).await {
+                    Ok(read) => read,
                     Err(e) => {
+                        // The reading task itself failed: the reader is gone with it, so the
+                        // log is opened again where the window ends.
                         error!(region = %self.region, sink = self.sink.name(), error = %e, "cannot read the write-ahead log; retrying");
                         pause(&stop, Duration::from_secs(1)).await;
+                        let at = in_flight.back().map_or(committed, |f| f.end);
+                        match reopen(&self.dir, at).await {
+                            Ok(r) => reader = r,
+                            Err(e) => {
+                                error!(region = %self.region, sink = self.sink.name(), seq = at, error = %e, "cannot reopen the write-ahead log");
+                                return;
+                            }
+                        }
                         break;
                     }
                 };
-                let bytes = payload.len();
-                let read = if self.sink.forwards_v1() {
-                    record::read_raw(payload, &self.region)
-                } else {
-                    record::decode(payload, &self.region)
-                };
-                let (accepted_ms, ack) = match read {
-                    Ok(rec) => match self.enqueue(Arc::new(rec.share), &stop).await {
-                        Some(ack) => (rec.accepted_ms, ack),
-                        None => {
-                            // Stopping: this record is delivered after the restart.
-                            stopping = true;
-                            break;
-                        }
-                    },
-                    Err(e) => {
-                        let reason = if matches!(e, record::RecordError::ForeignRegion { .. }) {
-                            foreign.increment(1);
-                            Reason::ForeignRegion
-                        } else {
-                            corrupt.increment(1);
-                            Reason::Undecodable
-                        };
-                        error!(region = %self.region, sink = self.sink.name(), seq, error = %e, "write-ahead log record cannot be delivered here; it goes to quarantine");
-                        (
-                            0,
-                            resolved(Err(SinkError::permanent(reason, e.to_string()))),
-                        )
-                    }
-                };
-                if seq < self.replay_until {
-                    replayed.increment(1);
+                reader = back;
+                if items.is_empty() {
+                    break;
                 }
-                in_flight.push_back(InFlight {
-                    seq,
-                    end: seq + 1,
-                    bytes,
-                    accepted_ms,
-                    ack,
-                    damaged: None,
-                });
-                bytes_in_flight += bytes;
+                for item in items {
+                    let (seq, payload) = match item {
+                        Read::Record(seq, payload) => (seq, payload),
+                        Read::Corrupt {
+                            at,
+                            end,
+                            answer,
+                            damaged,
+                        } => {
+                            corrupt.increment(end - at);
+                            error!(region = %self.region, sink = self.sink.name(), first = at, end, error = %answer, "write-ahead log records lost to corruption; their bytes go to quarantine and delivery goes on after them");
+                            bytes_in_flight += damaged.len();
+                            in_flight.push_back(InFlight {
+                                seq: at,
+                                end,
+                                bytes: damaged.len(),
+                                accepted_ms: 0,
+                                ack: resolved(Err(SinkError::permanent(Reason::Corrupt, answer))),
+                                damaged: Some(damaged),
+                            });
+                            continue;
+                        }
+                        Read::Failed(e) => {
+                            error!(region = %self.region, sink = self.sink.name(), error = %e, "cannot read the write-ahead log; retrying");
+                            pause(&stop, Duration::from_secs(1)).await;
+                            break 'fill;
+                        }
+                    };
+                    let bytes = payload.len();
+                    let read = if self.sink.forwards_v1() {
+                        record::read_raw(payload, &self.region)
+                    } else {
+                        record::decode(payload, &self.region)
+                    };
+                    let (accepted_ms, ack) = match read {
+                        Ok(rec) => match self.enqueue(Arc::new(rec.share), &stop).await {
+                            Some(ack) => (rec.accepted_ms, ack),
+                            None => {
+                                // Stopping: this record is delivered after the restart.
+                                stopping = true;
+                                break;
+                            }
+                        },
+                        Err(e) => {
+                            let reason = if matches!(e, record::RecordError::ForeignRegion { .. }) {
+                                foreign.increment(1);
+                                Reason::ForeignRegion
+                            } else {
+                                corrupt.increment(1);
+                                Reason::Undecodable
+                            };
+                            error!(region = %self.region, sink = self.sink.name(), seq, error = %e, "write-ahead log record cannot be delivered here; it goes to quarantine");
+                            (
+                                0,
+                                resolved(Err(SinkError::permanent(reason, e.to_string()))),
+                            )
+                        }
+                    };
+                    if seq < self.replay_until {
+                        replayed.increment(1);
+                    }
+                    in_flight.push_back(InFlight {
+                        seq,
+                        end: seq + 1,
+                        bytes,
+                        accepted_ms,
+                        ack,
+                        damaged: None,
+                    });
+                    bytes_in_flight += bytes;
+                }
             }
             self.progress.oldest_ms[self.slot].store(
                 in_flight.front().map_or(0, |f| f.accepted_ms.max(1)),
@@ -505,7 +597,7 @@ impl Feeder {
                         bytes_in_flight -= f.bytes;
                         delivered.increment(1);
                     }
-                    backoff = MIN_BACKOFF;
+                    backoff.reset();
                 }
                 Event::Ack(Ok(Err(e))) if e.is_permanent() => {
                     if let Some(f) = in_flight.pop_front() {
@@ -517,7 +609,7 @@ impl Feeder {
                         }
                         committed = f.end;
                     }
-                    backoff = MIN_BACKOFF;
+                    backoff.reset();
                 }
                 Event::Ack(result) => {
                     let seq = in_flight.front().map_or(committed, |f| f.seq);
@@ -530,15 +622,15 @@ impl Feeder {
                         _ => "the sink dropped the record".to_string(),
                     };
                     retries.increment(1);
-                    warn!(region = %self.region, sink = self.sink.name(), seq, error = %why, retry_in = ?backoff, "delivery failed; retrying from this record");
-                    pause(&stop, backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let wait = backoff.next_wait();
+                    warn!(region = %self.region, sink = self.sink.name(), seq, error = %why, retry_in = ?wait, "delivery failed; retrying from this record");
+                    pause(&stop, wait).await;
                     // Stopped while waiting: the rest is delivered after the restart.
                     stopping = stop.is_cancelled();
                     // Everything after it goes again too (at-least-once), in log order.
                     in_flight.clear();
                     bytes_in_flight = 0;
-                    match WalReader::open(&self.dir, seq) {
+                    match reopen(&self.dir, seq).await {
                         Ok(r) => reader = r,
                         Err(e) => {
                             error!(region = %self.region, sink = self.sink.name(), seq, error = %e, "cannot reread the write-ahead log");
@@ -549,14 +641,14 @@ impl Feeder {
                 Event::Stop => stopping = true,
             }
             if committed != persisted && (stopping || last_persist.elapsed() >= PERSIST_EVERY) {
-                if self.persist(committed) {
+                if self.persist(committed).await {
                     persisted = committed;
                 }
                 last_persist = Instant::now();
             }
         }
         if committed != persisted {
-            self.persist(committed);
+            self.persist(committed).await;
         }
         self.progress.oldest_ms[self.slot].store(0, Ordering::Relaxed);
     }
@@ -570,7 +662,7 @@ impl Feeder {
         rereader: &mut Option<WalReader>,
         stop: &CancellationToken,
     ) -> bool {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         loop {
             let record = match &f.damaged {
                 Some(bytes) => Ok(bytes.clone()),
@@ -594,7 +686,7 @@ impl Feeder {
                     match kept {
                         Ok(Ok(_)) => return true,
                         Ok(Err(e)) => {
-                            error!(region = %self.region, sink = self.sink.name(), seq = f.seq, error = %e, retry_in = ?backoff, "cannot quarantine a refused record; it is not confirmed, retrying")
+                            error!(region = %self.region, sink = self.sink.name(), seq = f.seq, error = %e, retry_in = ?backoff.step(), "cannot quarantine a refused record; it is not confirmed, retrying")
                         }
                         Err(e) => {
                             error!(region = %self.region, seq = f.seq, error = %e, "quarantine task failed; retrying")
@@ -602,11 +694,10 @@ impl Feeder {
                     }
                 }
                 Err(e) => {
-                    error!(region = %self.region, sink = self.sink.name(), seq = f.seq, error = %e, retry_in = ?backoff, "cannot reread a refused record to quarantine it; retrying")
+                    error!(region = %self.region, sink = self.sink.name(), seq = f.seq, error = %e, retry_in = ?backoff.step(), "cannot reread a refused record to quarantine it; retrying")
                 }
             }
-            pause(stop, backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            pause(stop, backoff.next_wait()).await;
             if stop.is_cancelled() {
                 return false;
             }
@@ -643,9 +734,14 @@ impl Feeder {
         }
     }
 
-    /// Writes the cursor and lets the log delete what every sink of the region is past.
-    fn persist(&self, committed: u64) -> bool {
-        if let Err(e) = write_cursor(&self.cursor_path, committed) {
+    /// Writes the cursor (on the blocking pool: it fsyncs) and lets the log delete what
+    /// every sink of the region is past.
+    async fn persist(&self, committed: u64) -> bool {
+        let path = self.cursor_path.clone();
+        let written = tokio::task::spawn_blocking(move || write_cursor(&path, committed))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        if let Err(e) = written {
             error!(path = %self.cursor_path.display(), error = %e, "cannot write the delivery cursor; the log keeps the records");
             return false;
         }

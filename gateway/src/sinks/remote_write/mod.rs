@@ -30,6 +30,7 @@ pub mod config;
 pub use config::{RemoteWriteFile, RemoteWriteSinkConfig};
 
 use super::frame::KafkaFormat;
+use crate::backoff::Backoff;
 
 /// Why the sink could not start.
 #[derive(Debug, thiserror::Error)]
@@ -165,14 +166,17 @@ impl RwWorker {
         let series = std::mem::take(&mut self.series);
         let labels = [("sink", self.name.clone())];
         let started = Instant::now();
-        let mut backoff = self.cfg.min_backoff;
+        let mut backoff = Backoff::new(self.cfg.min_backoff, self.cfg.max_backoff);
         let outcome = loop {
             match self.attempt(&compressed, content_type, version, tenant.as_ref()) {
                 Attempt::Sent => break Ok(()),
                 Attempt::Rejected(status, body) => break Err((status, body)),
                 Attempt::Retry(why, after) => {
                     metrics::counter!("traceo_remote_write_retries_total", &labels).increment(1);
-                    let wait = after.unwrap_or(backoff).min(self.cfg.max_backoff);
+                    // The endpoint's own Retry-After is taken as given (up to max_backoff).
+                    let wait = after
+                        .unwrap_or_else(|| backoff.next_wait())
+                        .min(self.cfg.max_backoff);
                     if started.elapsed() + wait > self.cfg.max_retry_time
                         || self.cancel.is_cancelled()
                     {
@@ -188,7 +192,6 @@ impl RwWorker {
                     }
                     warn!(sink = %self.name, error = %why, retry_in = ?wait, "remote-write attempt failed; retrying");
                     std::thread::sleep(wait);
-                    backoff = (backoff * 2).min(self.cfg.max_backoff);
                 }
             }
         };
