@@ -1,10 +1,55 @@
 //! `traceo-gateway explain`: a residency decision for a person (or, with `--json`, a script).
 //! Pure functions over a compiled policy, so the exact output is unit-tested.
 
-use residency_rules::{CompiledPolicy, DenyScope, EditOp, SeriesDecision, TenantId};
+use std::collections::HashSet;
 
-use crate::share::{gateway_tags, output_labels, ResolvedEdit};
+use residency_rules::{CompiledPolicy, DenyScope, RegionId, SeriesDecision, TenantId};
 use serde::Serialize;
+
+use crate::pipeline::choose_region;
+use crate::share::{gateway_tags, output_labels, resolve_edits};
+
+/// What of the gateway's configuration shapes a decision beyond the policy: the names of the
+/// tags it adds (`tags.*`) and which regions have sinks (the region choice skips the others).
+/// The default is what a gateway without a configuration file would do: `tenant` and
+/// `region`, and every region counted as having sinks.
+#[derive(Debug, Clone)]
+pub struct WritePath {
+    /// `tags.tenant_label`.
+    pub tenant_label: String,
+    /// `tags.region_label`.
+    pub region_label: String,
+    /// Regions with sinks; `None`: every region.
+    pub regions_with_sinks: Option<HashSet<RegionId>>,
+}
+
+impl Default for WritePath {
+    fn default() -> Self {
+        Self {
+            tenant_label: "tenant".into(),
+            region_label: "region".into(),
+            regions_with_sinks: None,
+        }
+    }
+}
+
+impl WritePath {
+    /// The write path of `config`.
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self {
+            tenant_label: config.tenant_label.clone(),
+            region_label: config.region_label.clone(),
+            regions_with_sinks: Some(
+                config
+                    .regions
+                    .iter()
+                    .filter(|r| !r.sinks.is_empty())
+                    .map(|r| r.id.clone())
+                    .collect(),
+            ),
+        }
+    }
+}
 
 /// Parses `{name="value", ...}` or `metric{name="value", ...}` (PromQL selector syntax with
 /// `=` only; values may use `\"`, `\\` and `\n`). Returns the labels sorted by name.
@@ -106,7 +151,11 @@ pub struct Explanation {
     pub reason: Option<String>,
     /// Every rule that matched, in evaluation order.
     pub matched: Vec<Matched>,
-    /// The labels as stored in the first region, with the gateway's tags (default names).
+    /// The region the write path stores it in: the first allowed region with sinks (absent
+    /// when denied, or when no allowed region has one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_in: Option<String>,
+    /// The labels as stored there, with the gateway's tags.
     pub stored_labels: Vec<(String, String)>,
 }
 
@@ -121,11 +170,23 @@ pub struct Matched {
     pub effect: String,
 }
 
-/// Explains the decision for `tenant` and `labels` (sorted, as [`parse_labels`] returns).
+/// Explains the decision for `tenant` and `labels` (sorted, as [`parse_labels`] returns) for
+/// a gateway without a configuration file (see [`WritePath::default`]).
 pub fn explain(
     policy: &CompiledPolicy,
     tenant: &TenantId,
     labels: &[(String, String)],
+) -> Explanation {
+    explain_for(policy, tenant, labels, &WritePath::default())
+}
+
+/// Explains the decision as the gateway with `write_path` would take it: the same decoder,
+/// the same label edits, tags and region choice as the write path.
+pub fn explain_for(
+    policy: &CompiledPolicy,
+    tenant: &TenantId,
+    labels: &[(String, String)],
+    write_path: &WritePath,
 ) -> Explanation {
     let mut out = Explanation {
         tenant: tenant.to_string(),
@@ -137,6 +198,7 @@ pub fn explain(
         denied_by: None,
         reason: None,
         matched: Vec::new(),
+        stored_in: None,
         stored_labels: Vec::new(),
     };
     let view = match policy.tenant(tenant) {
@@ -149,7 +211,7 @@ pub fn explain(
     out.home = Some(view.home().to_string());
     out.allowed = view.route(view.allowed()).map(|r| r.to_string()).collect();
     // The series as the gateway would decode it, so the stored labels below come from the
-    // same code the write path uses (`pipeline::output_labels`), not a copy of its rules.
+    // same code the write path uses (`share::output_labels`), not a copy of its rules.
     let batch = match single_series(labels) {
         Ok(b) => b,
         Err(e) => {
@@ -174,22 +236,22 @@ pub fn explain(
         SeriesDecision::Allow { regions, edits } => {
             out.decision = "allow";
             out.regions = view.route(regions).map(|r| r.to_string()).collect();
-            let edits: Vec<ResolvedEdit> = edits
-                .iter()
-                .map(|e| ResolvedEdit {
-                    index: e.index,
-                    replacement: match e.op {
-                        EditOp::Drop => None,
-                        EditOp::Hash => series
-                            .labels()
-                            .iter()
-                            .nth(e.index as usize)
-                            .map(|(_, v)| policy.hash_value(v)),
-                    },
-                })
-                .collect();
-            if let Some(region) = view.route(regions).next() {
-                let tags = gateway_tags("tenant", "region", tenant, region, policy);
+            let edits = resolve_edits(&edits, &series, policy);
+            let serves = |r: &RegionId| {
+                write_path
+                    .regions_with_sinks
+                    .as_ref()
+                    .is_none_or(|s| s.contains(r))
+            };
+            if let Some(region) = choose_region(&view, regions, serves, |_| true) {
+                out.stored_in = Some(region.to_string());
+                let tags = gateway_tags(
+                    &write_path.tenant_label,
+                    &write_path.region_label,
+                    tenant,
+                    region,
+                    policy,
+                );
                 out.stored_labels = output_labels(&series, &edits, &tags)
                     .into_iter()
                     .map(|(k, v)| (k.into_owned(), v.to_string()))
@@ -282,7 +344,10 @@ pub fn render_text(e: &Explanation, labels: &[(String, String)]) -> String {
         }
     }
     if e.decision == "allow" {
-        s.push_str(&format!("stored:   {}\n", selector(&e.stored_labels)));
+        match &e.stored_in {
+            Some(_) => s.push_str(&format!("stored:   {}\n", selector(&e.stored_labels))),
+            None => s.push_str("stored:   nowhere: no allowed region has a sink\n"),
+        }
     }
     s
 }
@@ -359,6 +424,35 @@ stored:   {{__name__=\"x\", email=\"a@b\", exported_region=\"us\", jurisdiction=
 "
             )
         );
+    }
+
+    #[test]
+    fn follows_the_configured_tags_and_skips_regions_without_sinks() {
+        let policy = residency_rules::load(POLICY).unwrap();
+        let labels = parse_labels(r#"{__name__="x",job="j"}"#).unwrap();
+        let tenant = TenantId::parse("acme-eu").unwrap();
+        let write_path = WritePath {
+            tenant_label: "org".into(),
+            region_label: "site".into(),
+            regions_with_sinks: Some([RegionId::parse("eu-central").unwrap()].into()),
+        };
+        let e = explain_for(&policy, &tenant, &labels, &write_path);
+        assert_eq!(e.stored_in.as_deref(), Some("eu-central"));
+        let tags: Vec<(&str, &str)> = e
+            .stored_labels
+            .iter()
+            .filter(|(k, _)| k == "org" || k == "site")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(tags, [("org", "acme-eu"), ("site", "eu-central")]);
+        // No allowed region has a sink: nothing is stored, and the text says so.
+        let nowhere = WritePath {
+            regions_with_sinks: Some(HashSet::new()),
+            ..WritePath::default()
+        };
+        let e = explain_for(&policy, &tenant, &labels, &nowhere);
+        assert_eq!(e.stored_in, None);
+        assert!(render_text(&e, &labels).contains("stored:   nowhere"));
     }
 
     #[test]

@@ -72,6 +72,10 @@ enum Command {
         /// The series, e.g. '{__name__="x",email="a@b"}' or 'x{email="a@b"}'.
         #[arg(long)]
         labels: String,
+        /// The gateway's YAML configuration, for its tag names (`tags.*`) and which regions
+        /// have sinks (default: tags `tenant` and `region`, every region with sinks).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -150,8 +154,9 @@ fn main() -> ExitCode {
             policy,
             tenant,
             labels,
+            config,
             json,
-        } => explain(&policy, &tenant, &labels, json),
+        } => explain(&policy, &tenant, &labels, config.as_deref(), json),
         Command::Quarantine { action } => quarantine(action),
     };
     match result {
@@ -181,7 +186,13 @@ fn check_config(file: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn explain(policy: &Path, tenant: &str, labels: &str, json: bool) -> anyhow::Result<()> {
+fn explain(
+    policy: &Path,
+    tenant: &str,
+    labels: &str,
+    config: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(policy).with_context(|| format!("reading {}", policy.display()))?;
     let compiled =
@@ -189,7 +200,11 @@ fn explain(policy: &Path, tenant: &str, labels: &str, json: bool) -> anyhow::Res
     let tenant = residency_rules::TenantId::parse(tenant).context("--tenant")?;
     let labels =
         gateway::explain::parse_labels(labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
-    let e = gateway::explain::explain(&compiled, &tenant, &labels);
+    let write_path = match config {
+        Some(file) => gateway::explain::WritePath::of(&Config::load(file)?),
+        None => gateway::explain::WritePath::default(),
+    };
+    let e = gateway::explain::explain_for(&compiled, &tenant, &labels, &write_path);
     if json {
         println!("{}", serde_json::to_string_pretty(&e)?);
     } else {

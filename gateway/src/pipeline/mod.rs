@@ -13,11 +13,11 @@ use std::sync::Arc;
 
 use protocols::remote_write::v1::ExtraLabels;
 use protocols::{Batch, SeriesRef};
-use residency_rules::{EditOp, LabelEdit, RegionId, RegionSet, TenantId, TenantView};
+use residency_rules::{LabelEdit, RegionId, RegionSet, TenantId, TenantView};
 
 use crate::cluster::RegionRoute;
 use crate::share::record;
-use crate::share::{gateway_tags, ResolvedEdit, TaggedBatch};
+use crate::share::{gateway_tags, resolve_edits, ResolvedEdit, TaggedBatch};
 use crate::sinks::{EnqueueError, SinkError, SinkHandle};
 use crate::wal::writer::{AppendError, WalHandle};
 
@@ -70,20 +70,7 @@ impl Plan {
             None => self.groups.push((set, vec![series])),
         }
         if !edits.is_empty() {
-            let resolved = edits
-                .iter()
-                .map(|e| ResolvedEdit {
-                    index: e.index,
-                    replacement: match e.op {
-                        EditOp::Drop => None,
-                        EditOp::Hash => labels
-                            .labels()
-                            .iter()
-                            .nth(e.index as usize)
-                            .map(|(_, v)| view.policy().hash_value(v)),
-                    },
-                })
-                .collect();
+            let resolved = resolve_edits(edits, labels, view.policy());
             self.edits.insert(series, resolved);
         }
     }
@@ -188,6 +175,26 @@ pub fn max_series_bytes(region: &crate::config::Region) -> usize {
         .fold(crate::wal::MAX_RECORD_BYTES, usize::min)
 }
 
+/// The region a set of allowed regions resolves to (see [`Pipeline`]'s region choice): the
+/// first, in the tenant's failover order, that `serves` (has sinks) and is `usable`; when
+/// none is usable, the first that serves. Only [`TenantView::route`] yields candidates, so
+/// the answer is always an allowed region. `explain` asks the same question offline.
+pub fn choose_region<'v>(
+    view: &TenantView<'v>,
+    set: RegionSet,
+    serves: impl Fn(&RegionId) -> bool,
+    usable: impl Fn(&RegionId) -> bool,
+) -> Option<&'v RegionId> {
+    let mut first = None;
+    for r in view.route(set).filter(|r| serves(r)) {
+        if usable(r) {
+            return Some(r);
+        }
+        first.get_or_insert(r);
+    }
+    first
+}
+
 impl Pipeline {
     /// Builds the routing table from sink handles, each tagged with its one region.
     pub fn new(
@@ -287,14 +294,12 @@ impl Pipeline {
     /// sinks, whose write-ahead log keeps the data until an upstream is back. Only
     /// [`TenantView::route`] yields candidates, so the answer is always an allowed region.
     fn resolve<'v>(&self, view: &TenantView<'v>, set: RegionSet) -> Option<&'v RegionId> {
-        let mut first = None;
-        for r in view.route(set).filter(|r| self.serves(r)) {
-            if self.health.get(r).is_none_or(|h| h.any_usable()) {
-                return Some(r);
-            }
-            first.get_or_insert(r);
-        }
-        first
+        choose_region(
+            view,
+            set,
+            |r| self.serves(r),
+            |r| self.health.get(r).is_none_or(|h| h.any_usable()),
+        )
     }
 
     /// Hands each group of `plan` to every sink of its region and waits until all made it

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use protocols::remote_write::v1::{encode_metadata, encode_series_with_labels, ExtraLabels};
 use protocols::{Batch, SeriesRef};
-use residency_rules::{RegionId, TenantId};
+use residency_rules::{CompiledPolicy, EditOp, LabelEdit, RegionId, TenantId};
 
 pub mod record;
 #[cfg(test)]
@@ -32,6 +32,29 @@ pub struct ResolvedEdit {
     pub index: u16,
     /// `None`: drop the label; `Some(v)`: replace its value with `v`.
     pub replacement: Option<String>,
+}
+
+/// The policy's label edits of `series`, with each replacement value computed (a hash needs
+/// the policy's key, which sinks do not hold).
+pub fn resolve_edits(
+    edits: &[LabelEdit],
+    series: &SeriesRef<'_>,
+    policy: &CompiledPolicy,
+) -> Box<[ResolvedEdit]> {
+    edits
+        .iter()
+        .map(|e| ResolvedEdit {
+            index: e.index,
+            replacement: match e.op {
+                EditOp::Drop => None,
+                EditOp::Hash => series
+                    .labels()
+                    .iter()
+                    .nth(e.index as usize)
+                    .map(|(_, v)| policy.hash_value(v)),
+            },
+        })
+        .collect()
 }
 
 /// One region's share of a request, with the identity and tags the gateway attached.
