@@ -712,7 +712,7 @@ fn eu_primary_outage_moves_eu_traffic_to_the_eu_secondary_on_every_node_and_back
                             && route_of(&s, "eu") == Some("eu-primary")
                             && route_of(&s, "us") == Some("us-primary")
                     }) && get(&n.gw.url("/metrics"))
-                        .and_then(|(_, page)| metric_with(&page, "gossip_members", &[]))
+                        .and_then(|(_, page)| metric_with(&page, "traceo_gossip_members", &[]))
                         == Some(3.0)
                 })
                 .then_some(())
@@ -732,12 +732,12 @@ fn eu_primary_outage_moves_eu_traffic_to_the_eu_secondary_on_every_node_and_back
         );
         let page = metrics_now(n);
         assert_eq!(
-            metric_with(&page, "gossip_members", &[]),
+            metric_with(&page, "traceo_gossip_members", &[]),
             Some(3.0),
             "{}",
             n.name
         );
-        let up = |u, r| metric_with(&page, "upstream_up", &[("upstream", u), ("region", r)]);
+        let up = |u, r| metric_with(&page, "traceo_upstream_up", &[("upstream", u), ("region", r)]);
         assert_eq!(up("eu-primary", "eu"), Some(1.0), "{}", n.name);
         assert_eq!(up("us-primary", "us"), Some(1.0), "{}", n.name);
     }
@@ -820,7 +820,7 @@ fn eu_primary_outage_moves_eu_traffic_to_the_eu_secondary_on_every_node_and_back
             n.name
         );
         let page = metrics_now(n);
-        let up = |u, r| metric_with(&page, "upstream_up", &[("upstream", u), ("region", r)]);
+        let up = |u, r| metric_with(&page, "traceo_upstream_up", &[("upstream", u), ("region", r)]);
         assert_eq!(up("eu-primary", "eu"), Some(0.0), "{}", n.name);
         assert_eq!(up("eu-secondary", "eu"), Some(1.0), "{}", n.name);
         assert_eq!(up("us-primary", "us"), Some(1.0), "{}", n.name);
@@ -890,14 +890,14 @@ fn eu_primary_outage_moves_eu_traffic_to_the_eu_secondary_on_every_node_and_back
         println!(
             "{}: route switch to first delivery: {} switches, {:.3} s in total; detection by own probes: {:.3} s",
             n.name,
-            stat("failover_seconds_count", &[("region", "eu")]).unwrap_or(0.0),
-            stat("failover_seconds_sum", &[("region", "eu")]).unwrap_or(0.0),
-            stat("upstream_detection_seconds_sum", &[("upstream", "eu-primary")]).unwrap_or(0.0),
+            stat("traceo_failover_seconds_count", &[("region", "eu")]).unwrap_or(0.0),
+            stat("traceo_failover_seconds_sum", &[("region", "eu")]).unwrap_or(0.0),
+            stat("traceo_upstream_detection_seconds_sum", &[("upstream", "eu-primary")]).unwrap_or(0.0),
         );
         let events = |from, to| {
             metric_with(
                 &page,
-                "failover_events_total",
+                "traceo_failover_events_total",
                 &[("region", "eu"), ("from", from), ("to", to)],
             )
             .unwrap_or(0.0)
@@ -913,7 +913,7 @@ fn eu_primary_outage_moves_eu_traffic_to_the_eu_secondary_on_every_node_and_back
             n.name
         );
         assert_eq!(
-            metric_with(&page, "failover_events_total", &[("region", "us")]).unwrap_or(0.0),
+            metric_with(&page, "traceo_failover_events_total", &[("region", "us")]).unwrap_or(0.0),
             0.0,
             "{}: US never failed over",
             n.name
@@ -921,7 +921,7 @@ fn eu_primary_outage_moves_eu_traffic_to_the_eu_secondary_on_every_node_and_back
         assert_eq!(
             metric_with(
                 &page,
-                "upstream_up",
+                "traceo_upstream_up",
                 &[("upstream", "eu-primary"), ("region", "eu")]
             ),
             Some(1.0),
@@ -1176,7 +1176,7 @@ fn a_node_that_alone_cannot_reach_an_upstream_fails_over_alone_and_a_killed_node
         let page = metrics_now(n);
         let events = metric_with(
             &page,
-            "failover_events_total",
+            "traceo_failover_events_total",
             &[
                 ("region", "eu"),
                 ("from", "eu-primary"),
@@ -1186,7 +1186,7 @@ fn a_node_that_alone_cannot_reach_an_upstream_fails_over_alone_and_a_killed_node
         .unwrap_or(0.0);
         let primary_up = metric_with(
             &page,
-            "upstream_up",
+            "traceo_upstream_up",
             &[("upstream", "eu-primary"), ("region", "eu")],
         );
         if n.name == "gw-c" {
@@ -1251,14 +1251,14 @@ fn a_node_that_alone_cannot_reach_an_upstream_fails_over_alone_and_a_killed_node
     let mut routes_seen = BTreeSet::new();
     let left = first_time_each(
         &survivors,
-        "gw-a and gw-b to drop gw-c from their members and gossip_members",
+        "gw-a and gw-b to drop gw-c from their members and traceo_gossip_members",
         killed,
         Duration::from_secs(60),
         &mut routes_seen,
         |n, s| {
             !members(s).contains("gw-c")
                 && get(&n.gw.url("/metrics"))
-                    .and_then(|(_, page)| metric_with(&page, "gossip_members", &[]))
+                    .and_then(|(_, page)| metric_with(&page, "traceo_gossip_members", &[]))
                     == Some(2.0)
         },
     );
@@ -1269,7 +1269,7 @@ fn a_node_that_alone_cannot_reach_an_upstream_fails_over_alone_and_a_killed_node
         let s = status_now(n);
         assert_eq!(members(&s), names(&["gw-a", "gw-b"]), "{}: {s}", n.name);
         assert_eq!(
-            metric_with(&metrics_now(n), "gossip_members", &[]),
+            metric_with(&metrics_now(n), "traceo_gossip_members", &[]),
             Some(2.0),
             "{}",
             n.name

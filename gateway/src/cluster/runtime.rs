@@ -51,21 +51,21 @@ pub struct RegionRoute {
     usable: Vec<AtomicBool>,
     /// Unix ms of the last switch until its first delivery; 0 when none is pending.
     switched_ms: AtomicU64,
-    failover_seconds: metrics::Histogram,
+    traceo_failover_seconds: metrics::Histogram,
 }
 
 impl RegionRoute {
     fn new(region: RegionId, upstreams: Vec<String>) -> Self {
         let usable = upstreams.iter().map(|_| AtomicBool::new(true)).collect();
-        let failover_seconds =
-            metrics::histogram!("failover_seconds", "region" => region.as_str().to_string());
+        let traceo_failover_seconds =
+            metrics::histogram!("traceo_failover_seconds", "region" => region.as_str().to_string());
         Self {
             region,
             upstreams,
             current: AtomicUsize::new(0),
             usable,
             switched_ms: AtomicU64::new(0),
-            failover_seconds,
+            traceo_failover_seconds,
         }
     }
 
@@ -122,7 +122,7 @@ impl RegionRoute {
         let since = self.switched_ms.swap(0, Ordering::Relaxed);
         if since != 0 {
             let took = unix_ms().saturating_sub(since);
-            self.failover_seconds.record(took as f64 / 1000.0);
+            self.traceo_failover_seconds.record(took as f64 / 1000.0);
             info!(region = %self.region, upstream = self.name(i), took_ms = took, "first delivery after the route switched");
         }
     }
@@ -345,15 +345,15 @@ async fn control_loop(
                 failing_since: None,
                 since_ms: unix_ms(),
                 probes: 0,
-                up_gauge: metrics::gauge!("upstream_up", &labels),
+                up_gauge: metrics::gauge!("traceo_upstream_up", &labels),
                 detection: metrics::histogram!(
-                    "upstream_detection_seconds",
+                    "traceo_upstream_detection_seconds",
                     "upstream" => u.id.clone()
                 ),
             }
         })
         .collect();
-    let members_gauge = metrics::gauge!("gossip_members");
+    let members_gauge = metrics::gauge!("traceo_gossip_members");
     let mut peers = PeerView::default();
     let mut failovers = VecDeque::new();
     let tick_every = s
@@ -481,7 +481,7 @@ fn decide(
                 to: route.name(want).to_string(),
             };
             warn!(region = %f.region, from = %f.from, to = %f.to, "route switched");
-            metrics::counter!("failover_events_total", "region" => f.region.clone(), "from" => f.from.clone(), "to" => f.to.clone()).increment(1);
+            metrics::counter!("traceo_failover_events_total", "region" => f.region.clone(), "from" => f.from.clone(), "to" => f.to.clone()).increment(1);
             route.switched_ms.store(f.at_ms, Ordering::Relaxed);
             route.current.store(want, Ordering::Relaxed);
             if failovers.len() == FAILOVERS_KEPT {
