@@ -1,20 +1,25 @@
 //! Traceo Gateway: the server behind the `traceo-gateway` binary.
 //!
-//! Modules, one per concern (each says what it owns and may call):
-//! - [`cluster`]: upstream health, the fleet rule and the route table (being built, issue 8);
-//! - [`config`]: the YAML format, validation, the embedded default;
-//! - [`listen`]: HTTP listener, routes, the mapping of errors to answers;
+//! Modules, one per concern, in layers that depend one way (top to bottom; the request's
+//! path through them and the enforced layering are in `docs/architecture.md`):
+//! - [`server`], [`explain`], [`tail`]: wiring and shutdown; the command-line tools;
+//! - [`reload`]: the residency policy reload;
+//! - [`listen`]: sockets, the router, the protocol handlers, the answers;
 //! - [`ingest`]: the one path of every protocol's decoded request (tenant, plan, submit);
 //! - [`tenant`]: who sent a request;
-//! - [`pipeline`]: routing a tagged batch to its region's sinks and awaiting durability;
-//! - [`share`]: the tagged share of a request and the log record codec;
-//! - [`sinks`]: where a region's data goes (Parquet, Kafka, null);
-//! - [`wal`]: the write-ahead log files of a region;
+//! - [`pipeline`]: region choice, log records, the durable submit;
+//! - [`config`]: the YAML file, composed of sections each component validates;
 //! - [`delivery`]: from each region's log to its sinks, with per-sink cursors;
 //! - [`quarantine`]: each region's records its upstreams refused for good, replayable;
-//! - [`telemetry`]: self-metrics and logs;
-//! - [`server`]: wiring them together and shutting down in order.
+//! - [`sinks`]: the sink contract and its kinds (Parquet, Kafka, remote-write, null);
+//! - [`cluster`]: upstream probes, gossip, fleet health and routes;
+//! - [`wal`]: the write-ahead log files of a region;
+//! - [`share`]: the tagged share of a request and the log record codec;
+//! - [`backoff`], [`telemetry`], [`yaml`]: retry policy, self-metrics and logs, YAML units.
 #![forbid(unsafe_code)]
+
+#[cfg(test)]
+mod architecture;
 
 pub mod backoff;
 pub mod cluster;

@@ -737,7 +737,13 @@ fn eu_primary_outage_moves_eu_traffic_to_the_eu_secondary_on_every_node_and_back
             "{}",
             n.name
         );
-        let up = |u, r| metric_with(&page, "traceo_upstream_up", &[("upstream", u), ("region", r)]);
+        let up = |u, r| {
+            metric_with(
+                &page,
+                "traceo_upstream_up",
+                &[("upstream", u), ("region", r)],
+            )
+        };
         assert_eq!(up("eu-primary", "eu"), Some(1.0), "{}", n.name);
         assert_eq!(up("us-primary", "us"), Some(1.0), "{}", n.name);
     }
@@ -820,7 +826,13 @@ fn eu_primary_outage_moves_eu_traffic_to_the_eu_secondary_on_every_node_and_back
             n.name
         );
         let page = metrics_now(n);
-        let up = |u, r| metric_with(&page, "traceo_upstream_up", &[("upstream", u), ("region", r)]);
+        let up = |u, r| {
+            metric_with(
+                &page,
+                "traceo_upstream_up",
+                &[("upstream", u), ("region", r)],
+            )
+        };
         assert_eq!(up("eu-primary", "eu"), Some(0.0), "{}", n.name);
         assert_eq!(up("eu-secondary", "eu"), Some(1.0), "{}", n.name);
         assert_eq!(up("us-primary", "us"), Some(1.0), "{}", n.name);

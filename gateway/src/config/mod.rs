@@ -4,6 +4,11 @@
 //! Parse, then validate: serde checks shape and types (unknown fields are refused), then
 //! [`ConfigFile::validate`] checks meaning and collects *every* problem, each naming the file,
 //! the field path and the bad value, before failing once.
+//!
+//! This module composes the top-level sections; a component's own section (its format,
+//! defaults and checks) lives with the component: `sinks/<kind>/config.rs` for
+//! `regions[].sinks`, `cluster/config.rs` for `cluster:`. May call those components' config
+//! types, `wal` (its limits), `share` (the record rules) and `yaml`.
 
 mod file;
 mod listen;

@@ -7,6 +7,7 @@
 //! [`TenantView::route`] (which only yields the tenant's allowed regions) to the first region
 //! that has sinks. A route outside a tenant's allowed regions has no way to be expressed here.
 //! It never touches bytes on the wire (that is `listen` and `protocols`) nor storage (`sinks`).
+//! May call: `share`, `sinks` (handles), `wal` (appends), `cluster` (region health), `config`.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,7 +1,13 @@
 //! Sinks: where a region's data goes. Each sink belongs to exactly one region, runs as its own
 //! task fed by a bounded queue, and acknowledges a batch only once it is durable there.
 //!
-//! Sinks may call object stores and the network; they never decide routing (that is
+//! Every kind has one contract ([`SinkConfig`]: spawn, feeder window, series bound, watched
+//! upstreams; deliveries end in [`SinkError`], retryable or permanent) and one folder that
+//! owns its config section, validation, probe and workers; `kinds.rs` is the one list of
+//! kinds.
+//!
+//! Sinks may call object stores and the network, and use `cluster` (routes, the probe
+//! contract) and `share` (what they are handed); they never decide routing (that is
 //! `pipeline`) and never answer clients (that is `listen`).
 
 pub(crate) mod frame;
