@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -113,7 +113,27 @@ fn builder(s: &ListenSettings) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// Per-listener handles of the connection metrics.
+#[derive(Clone)]
+struct ConnMetrics {
+    open: metrics::Gauge,
+    closed_idle: metrics::Counter,
+}
+
 /// Accepts connections until `stop` fires, then lets in-flight requests finish.
+///
+/// The listener's layers, outermost first, are composed here and nowhere else:
+/// 1. **limit**: a connection permit, taken before `accept` (`listen.max_connections`);
+/// 2. **accept** the TCP connection;
+/// 3. **transport**: the byte stream the HTTP layer reads ([`transport`]: plain TCP; TLS
+///    terminates here);
+/// 4. **http**: HTTP/1.1 or h2c with the head deadline and the HTTP/2 stream and keep-alive
+///    limits ([`builder`]);
+/// 5. **idle watch**: requests in flight and the idle deadline ([`Activity`]), and the
+///    graceful close at shutdown;
+/// 6. **router** ([`dispatch`]), then the protocol handler, whose first step is ingest's
+///    admission (draining, credentials, tenant) and whose metrics are ingest's
+///    `RequestMetrics`.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
     let settings = state.config.listen;
     let builder = Arc::new(builder(&settings));
@@ -122,18 +142,22 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Cancellati
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let open = metrics::gauge!("traceo_connections_open", "listener" => local.clone());
-    let closed_idle = metrics::counter!("traceo_connections_closed_total",
-        "listener" => local.clone(), "reason" => "idle");
+    let conn_metrics = ConnMetrics {
+        open: metrics::gauge!("traceo_connections_open", "listener" => local.clone()),
+        closed_idle: metrics::counter!("traceo_connections_closed_total",
+            "listener" => local.clone(), "reason" => "idle"),
+    };
     metrics::gauge!("traceo_connections_limit", "listener" => local)
         .set(settings.max_connections as f64);
     // Connections end by themselves too; their tasks watch this to close gracefully.
     let closing = CancellationToken::new();
     loop {
+        // 1. limit
         let permit = tokio::select! {
             _ = stop.cancelled() => break,
             p = permits.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
         };
+        // 2. accept
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -145,50 +169,15 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Cancellati
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        let activity = Activity::new();
-        let svc = {
-            let (state, activity) = (state.clone(), activity.clone());
-            service_fn(move |req| {
-                let state = state.clone();
-                let in_flight = activity.begin();
-                async move {
-                    let response = dispatch(req, &state).await;
-                    drop(in_flight);
-                    Ok::<_, Infallible>(response)
-                }
-            })
+        let conn = Connection {
+            state: state.clone(),
+            builder: builder.clone(),
+            settings,
+            closing: closing.clone(),
+            metrics: conn_metrics.clone(),
         };
-        let builder = builder.clone();
-        let closing = closing.clone();
-        let open = open.clone();
-        let closed_idle = closed_idle.clone();
-        open.increment(1.0);
         tokio::spawn(async move {
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            let mut conn = std::pin::pin!(conn);
-            let mut shutting_down = false;
-            loop {
-                tokio::select! {
-                    res = conn.as_mut() => {
-                        if let Err(e) = res {
-                            debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = closing.cancelled(), if !shutting_down => {
-                        conn.as_mut().graceful_shutdown();
-                        shutting_down = true;
-                    }
-                    _ = activity.idle(settings.header_read_timeout, settings.idle_timeout), if !shutting_down => {
-                        debug!(%peer, "closing an idle connection");
-                        closed_idle.increment(1);
-                        conn.as_mut().graceful_shutdown();
-                        shutting_down = true;
-                    }
-                }
-            }
-            open.decrement(1.0);
+            conn.serve(stream, peer).await;
             drop(permit);
         });
     }
@@ -201,5 +190,70 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Cancellati
         .is_err()
     {
         warn!("in-flight requests did not finish within {GRACEFUL_TIMEOUT:?}");
+    }
+}
+
+/// The byte stream of an accepted connection, as the HTTP layer reads it.
+fn transport(stream: TcpStream) -> TcpStream {
+    let _ = stream.set_nodelay(true);
+    stream
+}
+
+/// What serving one connection needs (layers 3 to 6 of [`serve`]).
+struct Connection {
+    state: Arc<AppState>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    settings: ListenSettings,
+    closing: CancellationToken,
+    metrics: ConnMetrics,
+}
+
+impl Connection {
+    /// Serves the connection until it ends, is idle past its deadline, or the listener
+    /// closes (then gracefully: requests in flight finish).
+    async fn serve(self, stream: TcpStream, peer: std::net::SocketAddr) {
+        let stream = transport(stream);
+        let activity = Activity::new();
+        let svc = {
+            let (state, activity) = (self.state.clone(), activity.clone());
+            service_fn(move |req| {
+                let state = state.clone();
+                let in_flight = activity.begin();
+                async move {
+                    let response = dispatch(req, &state).await;
+                    drop(in_flight);
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        self.metrics.open.increment(1.0);
+        let conn = self.builder.serve_connection(TokioIo::new(stream), svc);
+        let mut conn = std::pin::pin!(conn);
+        let mut shutting_down = false;
+        let (first, idle) = (
+            self.settings.header_read_timeout,
+            self.settings.idle_timeout,
+        );
+        loop {
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = self.closing.cancelled(), if !shutting_down => {
+                    conn.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
+                _ = activity.idle(first, idle), if !shutting_down => {
+                    debug!(%peer, "closing an idle connection");
+                    self.metrics.closed_idle.increment(1);
+                    conn.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
+            }
+        }
+        self.metrics.open.decrement(1.0);
     }
 }
