@@ -74,6 +74,7 @@ pub fn tail(opts: &TailOptions, out: &mut impl Write) -> anyhow::Result<u64> {
         .set("group.id", "traceo-gateway-tail")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest")
         .create()
         .context("creating the Kafka consumer")?;
     let md = consumer
@@ -92,10 +93,15 @@ pub fn tail(opts: &TailOptions, out: &mut impl Write) -> anyhow::Result<u64> {
         );
     }
     let mut tpl = TopicPartitionList::new();
+    // From the start: offset 0, which a broker whose log no longer begins there answers
+    // "out of range", and `auto.offset.reset` then moves to its earliest offset. Not
+    // `Offset::Beginning`: that asks the broker where the log starts, and tansu 0.6 answers
+    // with its oldest-written batch rather than its lowest offset, so batches written out of
+    // offset order by concurrent producers would be skipped.
     let start = if opts.follow_only_new {
         Offset::End
     } else {
-        Offset::Beginning
+        Offset::Offset(0)
     };
     for p in topic.partitions() {
         tpl.add_partition_offset(&opts.topic, p.id(), start)

@@ -24,7 +24,7 @@ pub mod otlp;
 pub mod remote_write;
 pub mod snappy;
 mod text;
-mod wire;
+pub mod wire;
 
 pub use builder::BatchBuilder;
 pub use error::{DecodeError, Element};

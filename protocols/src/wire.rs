@@ -5,7 +5,8 @@ use crate::DecodeError;
 
 pub(crate) const VARINT: u8 = 0;
 pub(crate) const FIXED64: u8 = 1;
-pub(crate) const LEN: u8 = 2;
+/// The length-delimited wire type (messages, strings, bytes, packed repeated fields).
+pub const LEN: u8 = 2;
 pub(crate) const FIXED32: u8 = 5;
 
 /// A cursor over one protobuf message (or sub-message) inside a larger buffer.
@@ -143,6 +144,41 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// One field of a protobuf message: its number, wire type, and where it lies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    /// Field number.
+    pub number: u32,
+    /// Wire type (0 varint, 1 fixed64, 2 length-delimited, 5 fixed32).
+    pub wire_type: u8,
+    /// The whole field, key included.
+    pub span: std::ops::Range<usize>,
+}
+
+/// The top-level fields of the message `buf`, in order, each checked to lie within `buf`;
+/// the first malformed or truncated field ends the iteration with its error. For code that
+/// copies or counts fields without decoding them (the gateway's log records).
+pub fn fields(buf: &[u8]) -> impl Iterator<Item = Result<Field, DecodeError>> + '_ {
+    let mut r = Reader::new(buf, 0, buf.len());
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed || r.is_empty() {
+            return None;
+        }
+        let start = r.pos;
+        let field = r.key().and_then(|(number, wire_type)| {
+            r.skip(wire_type)?;
+            Ok(Field {
+                number,
+                wire_type,
+                span: start..r.pos,
+            })
+        });
+        failed = field.is_err();
+        Some(field)
+    })
+}
+
 pub(crate) fn zigzag64(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
@@ -223,6 +259,29 @@ pub(crate) fn put_message(out: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_walks_top_level_fields_and_stops_at_the_first_bad_one() {
+        let mut msg = Vec::new();
+        put_bytes(&mut msg, 1, b"abc");
+        put_uvarint_field(&mut msg, 2, 300);
+        put_bytes(&mut msg, 3, b"");
+        let got: Vec<Field> = fields(&msg).collect::<Result<_, _>>().unwrap();
+        assert_eq!(
+            got.iter()
+                .map(|f| (f.number, f.wire_type))
+                .collect::<Vec<_>>(),
+            [(1, LEN), (2, VARINT), (3, LEN)]
+        );
+        assert_eq!(got[0].span, 0..5);
+        assert_eq!(&msg[got[2].span.clone()], &[0x1a, 0]);
+        // A length past the end is an error, and the last item.
+        let mut bad = msg.clone();
+        bad.extend_from_slice(&[0x0a, 0x7f, 1]);
+        let all: Vec<_> = fields(&bad).collect();
+        assert_eq!(all.len(), 4);
+        assert!(all[3].is_err());
+    }
 
     #[test]
     fn varint_round_trips_edges() {

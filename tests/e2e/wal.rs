@@ -115,13 +115,15 @@ fn kafka_counts(broker: &Broker, topic: &str) -> (HashMap<(String, i64), u64>, O
     (found, offsets)
 }
 
-/// Offsets missing inside each partition's range (the broker assigned them, yet they are not
-/// read back), as `partition: [offsets]`, at most 20 per partition. Empty when every
-/// partition is contiguous: then a missing message never got an offset at all.
+/// Offsets missing from each partition's range, from 0 to the highest offset read (the
+/// broker assigned them, yet they are not read back), as `partition: [offsets]`, at most 20
+/// per partition. Empty when every partition is contiguous from 0: then a missing message
+/// never got an offset at all.
 fn offset_gaps(offsets: &Offsets) -> Vec<String> {
     let mut gaps = Vec::new();
     for (p, seen) in offsets {
         let mut seen = seen.clone();
+        seen.push(-1); // the start, so that a partition read from above 0 shows its gap
         seen.sort_unstable();
         seen.dedup();
         let mut missing = Vec::new();
@@ -137,7 +139,8 @@ fn offset_gaps(offsets: &Offsets) -> Vec<String> {
 
 /// Compares with Kafka until nothing is missing or 90 s passed (the log may still drain).
 /// On a shortfall it prints the offset gaps of the topic: a gap means the broker took the
-/// message and cannot give it back; no gap means it never reached the broker's log.
+/// message and did not give it back to the reader; no gap means it never reached the
+/// broker's log.
 fn kafka_eventually(
     want: &BTreeMap<(String, i64), u64>,
     broker: &Broker,

@@ -466,19 +466,6 @@ pub struct RawSeries {
     pub metadata: Vec<std::ops::Range<usize>>,
 }
 
-fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(b & 0x7f) << shift;
-        if b < 0x80 {
-            return Some(v);
-        }
-    }
-    None
-}
-
 /// Splits a `WriteRequest` into its top-level fields (only `timeseries` = 1 and `metadata` =
 /// 3, length-delimited, are written into records).
 fn split_fields(body: Bytes) -> Result<RawSeries, RecordError> {
@@ -487,23 +474,13 @@ fn split_fields(body: Bytes) -> Result<RawSeries, RecordError> {
         series: Vec::new(),
         metadata: Vec::new(),
     };
-    let buf = &raw.body[..];
-    let mut pos = 0;
-    while pos < buf.len() {
-        let start = pos;
-        let key = varint(buf, &mut pos).ok_or(RecordError::Truncated("field key"))?;
-        let len = varint(buf, &mut pos).ok_or(RecordError::Truncated("field length"))?;
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|l| pos.checked_add(l))
-            .filter(|&e| e <= buf.len())
-            .ok_or(RecordError::Truncated("field"))?;
-        match key {
-            0x0a => raw.series.push(start..end),
-            0x1a => raw.metadata.push(start..end),
-            other => return Err(RecordError::Field(other)),
+    for field in protocols::wire::fields(&raw.body) {
+        let field = field.map_err(|_| RecordError::Truncated("field"))?;
+        match (field.number, field.wire_type) {
+            (1, protocols::wire::LEN) => raw.series.push(field.span),
+            (3, protocols::wire::LEN) => raw.metadata.push(field.span),
+            (n, t) => return Err(RecordError::Field((u64::from(n) << 3) | u64::from(t))),
         }
-        pos = end;
     }
     Ok(raw)
 }

@@ -318,4 +318,28 @@ mod tests {
             std::time::Duration::from_secs(30)
         );
     }
+
+    #[test]
+    fn kafka_sink_settings_are_checked() {
+        let yaml = r#"
+    auth: { mode: off, default_region: eu }
+    regions:
+      - id: eu
+        sinks:
+          kafka:
+            brokers: " "
+            topic: "metrics/{region}"
+            message_bytes: 0
+            properties: { acks: "1" }
+    "#;
+        let err = Config::from_yaml("g.yaml", yaml).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "g.yaml: invalid configuration:
+  - regions[0].sinks.kafka.brokers: must not be empty
+  - regions[0].sinks.kafka.topic: \"metrics/{region}\" does not make valid topic names (ASCII letters, digits, '.', '_', '-'; placeholders {region} and {tenant})
+  - regions[0].sinks.kafka.message_bytes: 0 is outside 1..=67108864
+  - regions[0].sinks.kafka.properties.acks: set by the gateway (acknowledgements depend on it); remove it"
+        );
+    }
 }
