@@ -69,6 +69,7 @@ pub async fn run(
             slots.push(SinkSlot {
                 sink: started.handle,
                 window_bytes: sink.window_bytes(),
+                cursor: sink.cursor_name(),
             });
             tasks.extend(started.tasks);
             sink_threads.extend(started.threads);

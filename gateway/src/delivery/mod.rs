@@ -102,6 +102,9 @@ pub struct SinkSlot {
     pub sink: SinkHandle,
     /// Record bytes in flight at most.
     pub window_bytes: usize,
+    /// Its cursor file's name in the region's `cursors/`, unique in the region (see
+    /// [`crate::sinks::SinkConfig::cursor_name`]).
+    pub cursor: String,
 }
 
 /// What the feeders of one region share: each sink's persisted cursor (for segment deletion)
@@ -169,7 +172,7 @@ pub fn start_region(
     })?;
     let mut starts = Vec::new();
     for (slot, s) in slots.iter().enumerate() {
-        let path = cursor_dir.join(cursor_name(s.sink.name()));
+        let path = cursor_dir.join(&s.cursor);
         let cursor = match read_cursor(&path) {
             Some(c) if (first..=next).contains(&c) => c,
             Some(c) => {
@@ -226,26 +229,6 @@ pub fn start_region(
         stop.clone(),
     )));
     Ok(StartedRegion { wal: handle, tasks })
-}
-
-/// The cursor file of a sink: its name without the region (the log's directory has it):
-/// `kafka/eu` -> `kafka`, `remote_write/eu/prom` -> `remote_write_prom`.
-fn cursor_name(sink: &str) -> String {
-    let parts: Vec<&str> = sink.split('/').collect();
-    let kept: Vec<&str> = match parts.as_slice() {
-        [kind, _region, rest @ ..] => std::iter::once(*kind).chain(rest.iter().copied()).collect(),
-        _ => parts.clone(),
-    };
-    kept.join("_")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 fn read_cursor(path: &Path) -> Option<u64> {
@@ -870,6 +853,7 @@ mod tests {
             vec![SinkSlot {
                 sink,
                 window_bytes: 1 << 20,
+                cursor: "test".into(),
             }],
             &stop,
         )
@@ -926,16 +910,5 @@ mod tests {
     fn record_of_seq(root: &Path, seq: u64) -> Vec<u8> {
         let mut r = WalReader::open(&root.join("eu"), seq).unwrap();
         r.next_record(seq + 1).unwrap().unwrap().1
-    }
-
-    #[test]
-    fn cursor_names_are_unique_per_sink_of_a_region() {
-        assert_eq!(cursor_name("kafka/eu-west"), "kafka");
-        assert_eq!(cursor_name("parquet/eu"), "parquet");
-        assert_eq!(cursor_name("remote_write/eu/prom-a"), "remote_write_prom-a");
-        assert_ne!(
-            cursor_name("remote_write/eu/a"),
-            cursor_name("remote_write/eu/b")
-        );
     }
 }

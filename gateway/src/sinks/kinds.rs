@@ -163,6 +163,27 @@ impl SinkConfig {
         })
     }
 
+    /// The name of the sink's delivery cursor file in its region's log directory: the kind,
+    /// and for a kind a region may have several of, the sink's name (characters other than
+    /// ASCII letters, digits and `-` become `_`). Part of the on-disk format of existing logs.
+    pub fn cursor_name(&self) -> String {
+        let name = match self {
+            SinkConfig::Parquet(_) => "parquet".to_string(),
+            SinkConfig::Kafka(_) => "kafka".to_string(),
+            SinkConfig::Null(_) => "null".to_string(),
+            SinkConfig::RemoteWrite(w) => format!("remote_write_{}", w.name),
+        };
+        name.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
+
     /// Record bytes the sink's feeder may have in flight: a Parquet file fills from it, so
     /// it takes at least two files' worth.
     pub fn window_bytes(&self) -> usize {
@@ -213,5 +234,39 @@ impl SinkConfig {
             }),
             SinkConfig::Null(_) | SinkConfig::RemoteWrite(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn cursor_names_are_unique_per_sink_of_a_region() {
+        let c = Config::from_yaml(
+            "g.yaml",
+            r#"
+auth: { mode: off, default_region: eu }
+regions:
+  - id: eu
+    sinks:
+      parquet: { path: /tmp/x }
+      kafka: { brokers: "b:9092" }
+      remote_write:
+        - { name: prom-a, url: "http://a:9090/api/v1/write" }
+        - { name: prom_b, url: "http://b:9090/api/v1/write" }
+"#,
+        )
+        .unwrap();
+        let names: Vec<String> = c.regions[0].sinks.iter().map(|s| s.cursor_name()).collect();
+        assert_eq!(
+            names,
+            [
+                "parquet",
+                "kafka",
+                "remote_write_prom-a",
+                "remote_write_prom_b"
+            ]
+        );
     }
 }
