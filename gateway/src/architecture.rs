@@ -77,6 +77,50 @@ fn ident(s: &str) -> &str {
     &s[..end]
 }
 
+/// The items of a `{...}` group (the text after its `{`), split at its top-level commas.
+fn top_level_items(group: &str) -> Vec<&str> {
+    let mut items = Vec::new();
+    let (mut level, mut start) = (0usize, 0usize);
+    for (k, c) in group.char_indices() {
+        match c {
+            '{' => level += 1,
+            '}' if level == 0 => {
+                items.push(group[start..k].trim());
+                return items;
+            }
+            '}' => level -= 1,
+            ',' if level == 0 => {
+                items.push(group[start..k].trim());
+                start = k + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(group[start..].trim());
+    items
+}
+
+/// The module names a path starting at `s` names: `x::...` gives `x`, `{x, y::z}` gives `x`
+/// and `y`.
+fn names_at(s: &str, out: &mut BTreeSet<String>) {
+    match s.strip_prefix('{') {
+        Some(group) => {
+            for item in top_level_items(group) {
+                let name = ident(item);
+                if !name.is_empty() {
+                    out.insert(name.to_string());
+                }
+            }
+        }
+        None => {
+            let name = ident(s);
+            if !name.is_empty() {
+                out.insert(name.to_string());
+            }
+        }
+    }
+}
+
 /// The top-level modules `code` refers to: `crate::x`, `crate::{x, y::z}`, and `super::`
 /// chains that climb from `depth` (1 for a top-level module's own file) to the crate root.
 fn references(code: &str, depth: usize) -> BTreeSet<String> {
@@ -89,31 +133,7 @@ fn references(code: &str, depth: usize) -> BTreeSet<String> {
         if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
             continue; // `my_crate::`, not `crate::`
         }
-        if let Some(group) = after.strip_prefix('{') {
-            let mut level = 0usize;
-            let mut item_start = true;
-            for (k, c) in group.char_indices() {
-                match c {
-                    '{' => level += 1,
-                    '}' if level == 0 => break,
-                    '}' => level -= 1,
-                    ',' if level == 0 => item_start = true,
-                    c if item_start && !c.is_whitespace() => {
-                        let name = ident(&group[k..]);
-                        if !name.is_empty() {
-                            out.insert(name.to_string());
-                        }
-                        item_start = false;
-                    }
-                    _ => {}
-                }
-            }
-        } else {
-            let name = ident(after);
-            if !name.is_empty() {
-                out.insert(name.to_string());
-            }
-        }
+        names_at(after, &mut out);
     }
     let mut rest = code;
     while let Some(i) = rest.find("super::") {
@@ -129,9 +149,19 @@ fn references(code: &str, depth: usize) -> BTreeSet<String> {
             tail = t;
         }
         if climbs >= depth {
-            let name = ident(tail);
-            if !name.is_empty() {
-                out.insert(name.to_string());
+            names_at(tail, &mut out);
+        } else if let Some(group) = tail.strip_prefix('{') {
+            // `super::{super::x, y}`: the climbs inside the group count too.
+            for item in top_level_items(group) {
+                let mut climbs_in = climbs;
+                let mut t = item;
+                while let Some(rest) = t.strip_prefix("super::") {
+                    climbs_in += 1;
+                    t = rest;
+                }
+                if climbs_in >= depth {
+                    names_at(t, &mut out);
+                }
             }
         }
     }
@@ -146,9 +176,10 @@ fn code_of(src: &str) -> String {
     while let Some(line) = lines.next() {
         let t = line.trim();
         if t == "#[cfg(test)]"
-            && lines
-                .peek()
-                .is_some_and(|n| n.trim().starts_with("mod tests"))
+            && lines.peek().is_some_and(|n| {
+                let n = n.trim();
+                n.starts_with("mod tests") && n.ends_with('{')
+            })
         {
             break;
         }
@@ -401,5 +432,14 @@ mod tests {
             BTreeSet::from(["y".to_string()])
         );
         assert!(references("use my_crate::x;", 1).is_empty());
+        // Groups after `super::` that reach the root, and climbs inside a group.
+        assert_eq!(
+            references("use super::{wal, share::X};", 1),
+            BTreeSet::from(["share".to_string(), "wal".to_string()])
+        );
+        assert_eq!(
+            references("use super::{super::wal::X, y};", 2),
+            BTreeSet::from(["wal".to_string()])
+        );
     }
 }

@@ -152,6 +152,22 @@ regions:
 }
 
 #[test]
+fn a_region_whose_only_sinks_are_remote_write_endpoints_serves_the_policy() {
+    let c = load_with_policy(
+        r#"
+auth: { mode: off }
+residency: { policy: policy.yaml }
+regions:
+  - id: eu-west
+    sinks: { remote_write: [{ name: prom, url: "http://prom-eu:9090/api/v1/write" }] }
+  - { id: us-east, sinks: { parquet: { path: /tmp/us } } }
+"#,
+        TWO_REGION_POLICY,
+    );
+    assert!(c.is_ok(), "{:?}", c.err());
+}
+
+#[test]
 fn refuses_sinks_of_a_region_the_policy_lacks_and_tenants_without_sinks() {
     let err = load_with_policy(
         r#"

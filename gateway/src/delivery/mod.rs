@@ -64,6 +64,11 @@ use crate::wal::{SharedBudget, Wal, WalError, WalLimits};
 pub const PERSIST_EVERY: Duration = Duration::from_millis(200);
 /// Records one feeder has handed its sink and not yet seen confirmed.
 const MAX_IN_FLIGHT_RECORDS: usize = 8192;
+/// One read of the log brings at most this many records and bytes (then they are handed on
+/// before the next read): a small batch keeps the first record's latency and the feeder's
+/// raw-plus-decoded memory low while amortising the blocking-pool hop.
+const READ_BATCH_RECORDS: usize = 256;
+const READ_BATCH_BYTES: usize = 1 << 20;
 /// Backoff after a failed record, doubling to [`MAX_BACKOFF`] (jittered, see [`Backoff`]).
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -443,7 +448,7 @@ impl Feeder {
         // Reads refused records back for the quarantine; they come in log order, so one
         // reader moving forward serves them all.
         let mut rereader: Option<WalReader> = None;
-        loop {
+        'feed: loop {
             // Fill the window from the log: a batch of records read on the blocking pool
             // (segment reads must not stall a runtime worker), then handed on in order.
             'fill: while !stopping
@@ -453,8 +458,8 @@ impl Feeder {
                 let end = *durable.borrow();
                 let want = Want {
                     end,
-                    records: MAX_IN_FLIGHT_RECORDS - in_flight.len(),
-                    bytes: self.window_bytes - bytes_in_flight,
+                    records: (MAX_IN_FLIGHT_RECORDS - in_flight.len()).min(READ_BATCH_RECORDS),
+                    bytes: (self.window_bytes - bytes_in_flight).min(READ_BATCH_BYTES),
                 };
                 let (back, items) = match read_batch(reader, want).await {
                     Ok(read) => read,
@@ -464,12 +469,10 @@ impl Feeder {
                         error!(region = %self.region, sink = self.sink.name(), error = %e, "cannot read the write-ahead log; retrying");
                         pause(&stop, Duration::from_secs(1)).await;
                         let at = in_flight.back().map_or(committed, |f| f.end);
-                        match reopen(&self.dir, at).await {
-                            Ok(r) => reader = r,
-                            Err(e) => {
-                                error!(region = %self.region, sink = self.sink.name(), seq = at, error = %e, "cannot reopen the write-ahead log");
-                                return;
-                            }
+                        match self.reopen_until(at, &stop).await {
+                            Some(r) => reader = r,
+                            // Stopped first: what is unconfirmed is delivered after the restart.
+                            None => break 'feed,
                         }
                         break;
                     }
@@ -613,11 +616,11 @@ impl Feeder {
                     // Everything after it goes again too (at-least-once), in log order.
                     in_flight.clear();
                     bytes_in_flight = 0;
-                    match reopen(&self.dir, seq).await {
-                        Ok(r) => reader = r,
-                        Err(e) => {
-                            error!(region = %self.region, sink = self.sink.name(), seq, error = %e, "cannot reread the write-ahead log");
-                        }
+                    // Never on with the old reader: it is past the window just dropped, and
+                    // going on from there would confirm records never delivered.
+                    match self.reopen_until(seq, &stop).await {
+                        Some(r) => reader = r,
+                        None => break 'feed,
                     }
                 }
                 Event::More | Event::Tick => {}
@@ -636,6 +639,25 @@ impl Feeder {
         self.progress.oldest_ms[self.slot].store(0, Ordering::Relaxed);
     }
 
+    /// Opens the log at `seq`, retrying with backoff while it cannot be opened (it is logged
+    /// each time); `None` once `stop` fires first.
+    async fn reopen_until(&self, seq: u64, stop: &CancellationToken) -> Option<WalReader> {
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
+        loop {
+            match reopen(&self.dir, seq).await {
+                Ok(r) => return Some(r),
+                Err(e) => {
+                    let wait = backoff.next_wait();
+                    error!(region = %self.region, sink = self.sink.name(), seq, error = %e, retry_in = ?wait, "cannot reopen the write-ahead log; delivery waits");
+                    pause(stop, wait).await;
+                }
+            }
+            if stop.is_cancelled() {
+                return None;
+            }
+        }
+    }
+
     /// Puts `f` into the region's quarantine with `why`, retrying a failing disk with backoff;
     /// true once it is durable there, false if `stop` fired first.
     async fn quarantine_record(
@@ -647,6 +669,7 @@ impl Feeder {
     ) -> bool {
         let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         loop {
+            let wait = backoff.next_wait();
             let record = match &f.damaged {
                 Some(bytes) => Ok(bytes.clone()),
                 None => self.reread(f.seq, rereader).await,
@@ -669,7 +692,7 @@ impl Feeder {
                     match kept {
                         Ok(Ok(_)) => return true,
                         Ok(Err(e)) => {
-                            error!(region = %self.region, sink = self.sink.name(), seq = f.seq, error = %e, retry_in = ?backoff.step(), "cannot quarantine a refused record; it is not confirmed, retrying")
+                            error!(region = %self.region, sink = self.sink.name(), seq = f.seq, error = %e, retry_in = ?wait, "cannot quarantine a refused record; it is not confirmed, retrying")
                         }
                         Err(e) => {
                             error!(region = %self.region, seq = f.seq, error = %e, "quarantine task failed; retrying")
@@ -677,10 +700,10 @@ impl Feeder {
                     }
                 }
                 Err(e) => {
-                    error!(region = %self.region, sink = self.sink.name(), seq = f.seq, error = %e, retry_in = ?backoff.step(), "cannot reread a refused record to quarantine it; retrying")
+                    error!(region = %self.region, sink = self.sink.name(), seq = f.seq, error = %e, retry_in = ?wait, "cannot reread a refused record to quarantine it; retrying")
                 }
             }
-            pause(stop, backoff.next_wait()).await;
+            pause(stop, wait).await;
             if stop.is_cancelled() {
                 return false;
             }

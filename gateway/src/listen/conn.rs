@@ -125,8 +125,8 @@ struct ConnMetrics {
 /// The listener's layers, outermost first, are composed here and nowhere else:
 /// 1. **limit**: a connection permit, taken before `accept` (`listen.max_connections`);
 /// 2. **accept** the TCP connection;
-/// 3. **transport**: the byte stream the HTTP layer reads ([`transport`]: plain TCP; TLS
-///    terminates here);
+/// 3. **transport**: the byte stream the HTTP layer reads ([`transport`]: plain TCP today;
+///    TLS will terminate here, issue 19);
 /// 4. **http**: HTTP/1.1 or h2c with the head deadline and the HTTP/2 stream and keep-alive
 ///    limits ([`builder`]);
 /// 5. **idle watch**: requests in flight and the idle deadline ([`Activity`]), and the

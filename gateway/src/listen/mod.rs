@@ -3,7 +3,8 @@
 //!
 //! Owns connections, request parsing up to the decoder and the answer codes; everything
 //! between a decoded request and the pipeline is [`crate::ingest`]. May call `ingest`,
-//! `protocols`, `cluster` (status page) and `config`; never touches storage.
+//! `protocols`, `cluster` (status page), `config`, and the error types of `pipeline`,
+//! `tenant` and `wal` (to map them to answers); never touches storage.
 
 pub mod budget;
 mod conn;

@@ -57,6 +57,11 @@ async fn decode_and_ingest(
     metrics: &mut RequestMetrics,
 ) -> Result<Written, ApiError> {
     let headers = req.headers();
+    // A draining node says so first, whatever else is wrong with the request (load
+    // balancers and senders retry a 503 elsewhere).
+    if state.ingest.is_draining() {
+        return Err(ApiError::Draining);
+    }
     let version = check_content_type(headers)?;
     check_content_encoding(headers)?;
     let tenant = state.ingest.admit(headers, false, metrics)?;

@@ -173,10 +173,10 @@ impl RwWorker {
                 Attempt::Rejected(status, body) => break Err((status, body)),
                 Attempt::Retry(why, after) => {
                     metrics::counter!("traceo_remote_write_retries_total", &labels).increment(1);
-                    // The endpoint's own Retry-After is taken as given (up to max_backoff).
-                    let wait = after
-                        .unwrap_or_else(|| backoff.next_wait())
-                        .min(self.cfg.max_backoff);
+                    // The step grows with every failed attempt; the endpoint's own Retry-After,
+                    // when it sends one, is taken as given (up to max_backoff).
+                    let step = backoff.next_wait();
+                    let wait = after.unwrap_or(step).min(self.cfg.max_backoff);
                     if started.elapsed() + wait > self.cfg.max_retry_time
                         || self.cancel.is_cancelled()
                     {
