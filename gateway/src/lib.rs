@@ -15,7 +15,8 @@
 //! - [`cluster`]: upstream probes, gossip, fleet health and routes;
 //! - [`wal`]: the write-ahead log files of a region;
 //! - [`share`]: the tagged share of a request and the log record codec;
-//! - [`backoff`], [`telemetry`], [`yaml`]: retry policy, self-metrics and logs, YAML units.
+//! - [`backoff`], [`telemetry`], [`tls`], [`yaml`]: retry policy, self-metrics and logs, the
+//!   listeners' TLS, YAML units.
 #![forbid(unsafe_code)]
 
 #[cfg(test)]
@@ -37,5 +38,6 @@ pub mod sinks;
 pub mod tail;
 pub mod telemetry;
 pub mod tenant;
+pub mod tls;
 pub mod wal;
 pub mod yaml;
