@@ -12,7 +12,7 @@ use tracing::info;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::ingest::Ingest;
-use crate::listen::{serve, AppState};
+use crate::listen::{serve, AppState, ListenerTls, Role};
 use std::collections::HashMap;
 
 use crate::config::DurabilityMode;
@@ -41,6 +41,9 @@ pub enum StartError {
     /// Gossip could not start.
     #[error(transparent)]
     Gossip(#[from] crate::cluster::gossip::GossipError),
+    /// The TLS files could not be loaded (they changed since the configuration was checked).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::LoadError),
 }
 
 /// Runs the gateway until `shutdown` fires, then drains and returns.
@@ -125,17 +128,19 @@ pub async fn run(
 
     // Every port serves every endpoint; the OTLP ones exist because clients default to them.
     let mut listeners = Vec::new();
-    for (what, addr) in [
-        ("http", Some(config.http_addr)),
-        ("otlp_grpc", config.otlp.grpc_addr),
-        ("otlp_http", config.otlp.http_addr),
+    for (what, addr, role) in [
+        ("http", Some(config.http_addr), Role::Data),
+        ("otlp_grpc", config.otlp.grpc_addr, Role::Data),
+        ("otlp_http", config.otlp.http_addr, Role::Data),
+        ("telemetry", config.listen.telemetry, Role::Telemetry),
     ] {
         let Some(addr) = addr else { continue };
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        info!(listener = what, %addr, "listening");
-        listeners.push(listener);
+        let tls = role == Role::Data && config.tls.is_some();
+        info!(listener = what, %addr, tls, "listening");
+        listeners.push((listener, role));
     }
     info!(
         regions = config.regions.len(),
@@ -150,7 +155,17 @@ pub async fn run(
         cluster,
         metrics: metrics.clone(),
         budget: crate::listen::budget::MemoryBudget::new(config.listen.max_inflight_bytes),
+        tls: match &config.tls {
+            Some(settings) => Some(Arc::new(ListenerTls {
+                config: arc_swap::ArcSwap::new(crate::tls::server_config(settings)?),
+                settings: settings.clone(),
+            })),
+            None => None,
+        },
     });
+    if let Some(tls) = state.tls.clone() {
+        tokio::spawn(reload_tls(tls, shutdown.clone()));
+    }
     if let Some(settings) = config.residency.clone() {
         tokio::spawn(crate::reload::watch_policy(
             config.clone(),
@@ -173,7 +188,7 @@ pub async fn run(
     let stop_accepting = CancellationToken::new();
     let servers: Vec<_> = listeners
         .into_iter()
-        .map(|l| tokio::spawn(serve(l, state.clone(), stop_accepting.clone())))
+        .map(|(l, role)| tokio::spawn(serve(l, state.clone(), role, stop_accepting.clone())))
         .collect();
 
     shutdown.cancelled().await;
@@ -205,4 +220,72 @@ pub async fn run(
     probing.join().await;
     info!("shutdown complete");
     Ok(())
+}
+
+/// How often the TLS files are checked for a change (cert-manager rewrites them in place).
+const TLS_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reloads the listeners' certificate, key and client CA when any of the files changes; new
+/// connections get the new certificate, open ones keep theirs. A file that does not load keeps
+/// the old configuration (logged and counted). Also keeps the certificate's expiry gauge.
+async fn reload_tls(tls: Arc<ListenerTls>, stop: CancellationToken) {
+    let s = &tls.settings;
+    let files: Vec<std::path::PathBuf> = [
+        Some(&s.cert_file),
+        Some(&s.key_file),
+        s.client_ca_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect();
+    let stamp = |files: Vec<std::path::PathBuf>| async move {
+        tokio::task::spawn_blocking(move || {
+            files
+                .iter()
+                .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default()
+    };
+    let expiry = metrics::gauge!("traceo_tls_certificate_expiry_timestamp_seconds",
+        "file" => s.cert_file.display().to_string());
+    let set_expiry = |path: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || crate::tls::expiry_of(&path))
+            .await
+            .ok()
+            .flatten()
+    };
+    if let Some(t) = set_expiry(s.cert_file.clone()).await {
+        expiry.set(t as f64);
+    }
+    let mut seen = stamp(files.clone()).await;
+    let mut tick = tokio::time::interval(TLS_RELOAD_EVERY);
+    while tokio::select! { _ = tick.tick() => true, _ = stop.cancelled() => false } {
+        let now = stamp(files.clone()).await;
+        if now == seen {
+            continue;
+        }
+        let settings = s.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || crate::tls::server_config(&settings)).await;
+        match loaded {
+            Ok(Ok(config)) => {
+                tls.config.store(config);
+                seen = now;
+                if let Some(t) = set_expiry(s.cert_file.clone()).await {
+                    expiry.set(t as f64);
+                }
+                metrics::counter!("traceo_tls_reloads_total", "result" => "success").increment(1);
+                info!(cert = %s.cert_file.display(), "TLS certificate reloaded");
+            }
+            Ok(Err(e)) => {
+                // Files mid-rewrite load on the next tick; a broken one is logged each time.
+                metrics::counter!("traceo_tls_reloads_total", "result" => "failure").increment(1);
+                tracing::error!(error = %e, "TLS files changed but do not load; the previous certificate stays in use");
+            }
+            Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
+        }
+    }
 }

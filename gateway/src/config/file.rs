@@ -56,6 +56,9 @@ pub struct ConfigFile {
     /// Upstream health probes and gossip with the other gateway nodes.
     #[serde(default)]
     pub cluster: Option<super::ClusterFile>,
+    /// TLS on every listener (see `tls:`); absent: plain TCP.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsFile>,
 }
 
 /// `durability:`
@@ -614,6 +617,10 @@ impl ConfigFile {
         let shards = self.pipeline.validate(&mut problems);
         let durability = self.durability.validate(&mut problems);
         let cluster = self.cluster.unwrap_or_default().validate(&mut problems);
+        let tls = self.tls.map(|t| t.validate(&mut problems));
+        let cert_tenants = tls
+            .as_ref()
+            .is_some_and(|t| t.tenant_from != crate::tls::TenantFrom::None);
 
         let l = &self.limits;
         for (field, v) in [
@@ -859,7 +866,7 @@ impl ConfigFile {
                 }
                 let any_credential =
                     tenants.values().any(|t| !t.passwords.is_empty()) || !bearer_tokens.is_empty();
-                if !any_credential && !self.auth.trust_org_id_header {
+                if !any_credential && !self.auth.trust_org_id_header && !cert_tenants {
                     problems.push(
                         "auth.mode: required, but no tenant has passwords or bearer_tokens, so every request would be refused"
                             .to_string(),
@@ -896,6 +903,7 @@ impl ConfigFile {
                 shards,
                 durability,
                 cluster,
+                tls,
             }),
             _ => Err(problems),
         }

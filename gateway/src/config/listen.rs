@@ -16,6 +16,11 @@ pub struct ListenFile {
     /// HTTP listener (remote-write, health, metrics). Default `0.0.0.0:8080`.
     #[serde(default = "default_http")]
     pub http: String,
+    /// A separate plain-HTTP listener serving only `/metrics`, `/api/v1/status`, `/-/healthy`
+    /// and `/-/ready`, to keep them off the public port (and out of TLS, for in-cluster
+    /// scrapers and probes). Default: none (they are served on every listener).
+    #[serde(default)]
+    pub telemetry: Option<String>,
     /// Open connections per listener at most; past it the listener stops accepting until one
     /// closes (new clients wait in the kernel's backlog). Default 4096.
     #[serde(default = "default_max_connections")]
@@ -95,6 +100,7 @@ impl Default for ListenFile {
             http2_keepalive_interval: default_h2_keepalive_interval(),
             http2_keepalive_timeout: default_h2_keepalive_timeout(),
             max_inflight_bytes: default_max_inflight_bytes(),
+            telemetry: None,
         }
     }
 }
@@ -118,6 +124,8 @@ pub struct ListenSettings {
     pub http2_keepalive_timeout: Duration,
     /// Request bytes in flight over all connections.
     pub max_inflight_bytes: u64,
+    /// The telemetry-only listener, if any.
+    pub telemetry: Option<SocketAddr>,
 }
 
 impl ListenFile {
@@ -166,6 +174,13 @@ impl ListenFile {
             http2_keepalive_interval: self.http2_keepalive_interval.0,
             http2_keepalive_timeout: self.http2_keepalive_timeout.0,
             max_inflight_bytes: self.max_inflight_bytes,
+            telemetry: self.telemetry.as_ref().and_then(|t| {
+                t.parse::<SocketAddr>()
+                    .map_err(|e| {
+                        problems.push(format!("listen.telemetry: {t:?} is not an address: {e}"))
+                    })
+                    .ok()
+            }),
         }
     }
 

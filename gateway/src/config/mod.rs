@@ -173,6 +173,8 @@ pub struct Config {
     pub durability: DurabilitySettings,
     /// Probes and gossip.
     pub cluster: ClusterSettings,
+    /// TLS on every listener, if configured.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 /// `durability:` validated.

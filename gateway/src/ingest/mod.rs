@@ -273,11 +273,14 @@ impl Ingest {
 
     /// Admission, from the headers alone and before the body is read: refuses while
     /// draining, and a request whose credentials fail or whose tenant the policy does not
-    /// know. Returns the request's tenant, or `None` when `tenant_in_data` (each group names
-    /// its own, known only once decoded; what the headers can prove is checked now).
+    /// know. `cert` is the tenant the client certificate names, over TLS with
+    /// `tls.tenant_from`. Returns the request's tenant, or `None` when `tenant_in_data` (each
+    /// group names its own, known only once decoded; what the headers can prove is checked
+    /// now).
     pub fn admit(
         &self,
         headers: &HeaderMap,
+        cert: Option<&str>,
         tenant_in_data: bool,
         metrics: &mut RequestMetrics,
     ) -> Result<Option<TenantId>, IngestError> {
@@ -285,10 +288,11 @@ impl Ingest {
             return Err(IngestError::Draining);
         }
         if tenant_in_data {
-            tenant::precheck(headers, &self.config).map_err(IngestError::Unauthorized)?;
+            tenant::precheck(headers, &self.config, cert).map_err(IngestError::Unauthorized)?;
             return Ok(None);
         }
-        let tenant = tenant::identify(headers, &self.config).map_err(IngestError::Unauthorized)?;
+        let tenant = tenant::identify_with_cert(headers, &self.config, cert)
+            .map_err(IngestError::Unauthorized)?;
         self.tenant_view(&self.policy.load(), &tenant)?;
         metrics.authenticated(&tenant);
         Ok(Some(tenant))
@@ -299,10 +303,12 @@ impl Ingest {
     fn group_tenant(
         &self,
         headers: &HeaderMap,
+        cert: Option<&str>,
         attribute: Option<&str>,
     ) -> Result<TenantId, IngestError> {
         let Some(value) = attribute else {
-            return tenant::identify(headers, &self.config).map_err(IngestError::Unauthorized);
+            return tenant::identify_with_cert(headers, &self.config, cert)
+                .map_err(IngestError::Unauthorized);
         };
         let header = headers.get(ORG_ID_HEADER).and_then(|v| v.to_str().ok());
         if let Some(h) = header.filter(|h| h.trim() != value) {
@@ -323,7 +329,8 @@ impl Ingest {
             ))
         })?;
         with_tenant.insert(ORG_ID_HEADER, v);
-        tenant::identify(&with_tenant, &self.config).map_err(IngestError::Unauthorized)
+        tenant::identify_with_cert(&with_tenant, &self.config, cert)
+            .map_err(IngestError::Unauthorized)
     }
 
     /// Stores a decoded request: each group's tenant, its residency plan, the pipeline's
@@ -336,6 +343,7 @@ impl Ingest {
         &self,
         metrics: &mut RequestMetrics,
         headers: &HeaderMap,
+        cert: Option<&str>,
         fixed: Option<TenantId>,
         groups: Vec<Group>,
     ) -> Result<Written, IngestError> {
@@ -344,7 +352,7 @@ impl Ingest {
         for group in groups {
             let tenant = match &fixed {
                 Some(t) => t.clone(),
-                None => self.group_tenant(headers, group.tenant_attribute.as_deref())?,
+                None => self.group_tenant(headers, cert, group.tenant_attribute.as_deref())?,
             };
             let view = self.tenant_view(&policy, &tenant)?;
             metrics.authenticated(&tenant);

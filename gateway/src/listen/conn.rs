@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::http::{dispatch, AppState};
+use super::http::{dispatch, dispatch_telemetry, AppState};
 use crate::config::ListenSettings;
 
 /// How long in-flight requests get to finish once the listener stops accepting.
@@ -113,11 +113,42 @@ fn builder(s: &ListenSettings) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Every endpoint, over TLS when `tls:` is set.
+    Data,
+    /// Probes, `/metrics` and `/api/v1/status` only, always plain (`listen.telemetry`).
+    Telemetry,
+}
+
 /// Per-listener handles of the connection metrics.
 #[derive(Clone)]
 struct ConnMetrics {
     open: metrics::Gauge,
     closed_idle: metrics::Counter,
+    handshake_failures: metrics::Counter,
+}
+
+/// The tenant a TLS client certificate names (`tls.tenant_from`), carried to the handlers as
+/// a request extension.
+#[derive(Clone)]
+pub(crate) struct CertTenant(Arc<str>);
+
+impl CertTenant {
+    /// The certificate tenant of a request, if its connection's certificate named one.
+    pub(crate) fn of(extensions: &http::Extensions) -> Option<&str> {
+        extensions.get::<CertTenant>().map(|c| &*c.0)
+    }
+}
+
+/// The listeners' TLS: the configuration being served (a reload swaps it whole; a connection
+/// keeps the one it was accepted with) and the settings it was loaded from.
+pub struct ListenerTls {
+    /// The server configuration in force.
+    pub config: arc_swap::ArcSwap<rustls::ServerConfig>,
+    /// Its files and client-certificate policy.
+    pub settings: crate::tls::TlsSettings,
 }
 
 /// Accepts connections until `stop` fires, then lets in-flight requests finish.
@@ -125,8 +156,9 @@ struct ConnMetrics {
 /// The listener's layers, outermost first, are composed here and nowhere else:
 /// 1. **limit**: a connection permit, taken before `accept` (`listen.max_connections`);
 /// 2. **accept** the TCP connection;
-/// 3. **transport**: the byte stream the HTTP layer reads ([`transport`]: plain TCP today;
-///    TLS will terminate here, issue 19);
+/// 3. **transport**: the byte stream the HTTP layer reads ([`transport`]), and TLS when
+///    `tls:` is set (handshake within `header_read_timeout`; the client certificate's tenant
+///    rides on every request of the connection as [`CertTenant`]);
 /// 4. **http**: HTTP/1.1 or h2c with the head deadline and the HTTP/2 stream and keep-alive
 ///    limits ([`builder`]);
 /// 5. **idle watch**: requests in flight and the idle deadline ([`Activity`]), and the
@@ -134,7 +166,12 @@ struct ConnMetrics {
 /// 6. **router** ([`dispatch`]), then the protocol handler, whose first step is ingest's
 ///    admission (draining, credentials, tenant) and whose metrics are ingest's
 ///    `RequestMetrics`.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    role: Role,
+    stop: CancellationToken,
+) {
     let settings = state.config.listen;
     let builder = Arc::new(builder(&settings));
     let permits = Arc::new(Semaphore::new(settings.max_connections));
@@ -146,6 +183,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Cancellati
         open: metrics::gauge!("traceo_connections_open", "listener" => local.clone()),
         closed_idle: metrics::counter!("traceo_connections_closed_total",
             "listener" => local.clone(), "reason" => "idle"),
+        handshake_failures: metrics::counter!("traceo_tls_handshake_failures_total",
+            "listener" => local.clone()),
     };
     metrics::gauge!("traceo_connections_limit", "listener" => local)
         .set(settings.max_connections as f64);
@@ -175,9 +214,40 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Cancellati
             settings,
             closing: closing.clone(),
             metrics: conn_metrics.clone(),
+            role,
         };
+        let tls = state.tls.clone().filter(|_| role == Role::Data);
         tokio::spawn(async move {
-            conn.serve(stream, peer).await;
+            // 3. transport
+            let stream = transport(stream);
+            match tls {
+                None => conn.serve(stream, peer, None).await,
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.load_full());
+                    // The handshake has the same deadline as a request head.
+                    let deadline = conn.settings.header_read_timeout;
+                    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            let cert = s
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| crate::tls::tenant_of(c, &tls.settings))
+                                .map(|t| CertTenant(t.into()));
+                            conn.serve(s, peer, cert).await
+                        }
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                            conn.metrics.handshake_failures.increment(1);
+                        }
+                        Err(_) => {
+                            debug!(%peer, "TLS handshake did not finish within header_read_timeout");
+                            conn.metrics.handshake_failures.increment(1);
+                        }
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -206,21 +276,31 @@ struct Connection {
     settings: ListenSettings,
     closing: CancellationToken,
     metrics: ConnMetrics,
+    role: Role,
 }
 
 impl Connection {
     /// Serves the connection until it ends, is idle past its deadline, or the listener
     /// closes (then gracefully: requests in flight finish).
-    async fn serve(self, stream: TcpStream, peer: std::net::SocketAddr) {
-        let stream = transport(stream);
+    async fn serve<S>(self, stream: S, peer: std::net::SocketAddr, cert: Option<CertTenant>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let activity = Activity::new();
+        let role = self.role;
         let svc = {
             let (state, activity) = (self.state.clone(), activity.clone());
-            service_fn(move |req| {
+            service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                if let Some(c) = &cert {
+                    req.extensions_mut().insert(c.clone());
+                }
                 let state = state.clone();
                 let in_flight = activity.begin();
                 async move {
-                    let response = dispatch(req, &state).await;
+                    let response = match role {
+                        Role::Data => dispatch(req, &state).await,
+                        Role::Telemetry => dispatch_telemetry(req, &state).await,
+                    };
                     drop(in_flight);
                     Ok::<_, Infallible>(response)
                 }

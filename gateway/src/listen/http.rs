@@ -28,6 +28,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Request bytes in flight over every connection (`listen.max_inflight_bytes`).
     pub budget: Arc<MemoryBudget>,
+    /// TLS on every listener, when configured.
+    pub tls: Option<Arc<super::conn::ListenerTls>>,
 }
 
 impl AppState {
@@ -66,6 +68,19 @@ pub(super) async fn dispatch(req: Request<Incoming>, state: &AppState) -> Respon
     } else {
         route(req, state).await.map(Either::Left)
     }
+}
+
+/// The telemetry listener (`listen.telemetry`): the probes, `/metrics` and
+/// `/api/v1/status`, and nothing else.
+pub(super) async fn dispatch_telemetry(
+    req: Request<Incoming>,
+    state: &AppState,
+) -> Response<ResponseBody> {
+    let response = match req.uri().path() {
+        "/-/healthy" | "/-/ready" | "/metrics" | "/api/v1/status" => route(req, state).await,
+        _ => ApiError::NotFound.into_response(),
+    };
+    response.map(Either::Left)
 }
 
 async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {

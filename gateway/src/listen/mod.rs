@@ -15,7 +15,7 @@ mod remote_write;
 mod response;
 
 pub use self::http::AppState;
-pub use conn::serve;
+pub use conn::{serve, ListenerTls, Role};
 pub use grpc::GrpcBody;
 pub use response::ApiError;
 

@@ -20,6 +20,7 @@ use residency_rules::TenantId;
 use tracing::debug;
 
 use super::budget::Reservation;
+use super::conn::CertTenant;
 use super::grpc::{self, Code, GrpcBody};
 use super::http::AppState;
 use super::ApiError;
@@ -61,18 +62,21 @@ impl Accepted {
 /// The tenant of the whole request, or `None` when each resource names its own (then each
 /// resource group is authenticated with its own tenant after decoding).
 fn admit(
-    headers: &HeaderMap,
+    parts: &http::request::Parts,
     state: &AppState,
     metrics: &mut RequestMetrics,
 ) -> Result<Option<TenantId>, ApiError> {
     let per_resource = state.config.otlp.translate.tenant_attribute.is_some();
-    Ok(state.ingest.admit(headers, per_resource, metrics)?)
+    let cert = CertTenant::of(&parts.extensions);
+    Ok(state
+        .ingest
+        .admit(&parts.headers, cert, per_resource, metrics)?)
 }
 
 /// Decodes and translates one export and hands its tenant groups to ingest; answers once
 /// every sink made them durable.
 async fn export(
-    headers: &HeaderMap,
+    parts: &http::request::Parts,
     fixed_tenant: Option<TenantId>,
     message: &[u8],
     encoding: Encoding,
@@ -108,9 +112,10 @@ async fn export(
             points: Some(g.points),
         })
         .collect();
+    let cert = CertTenant::of(&parts.extensions);
     state
         .ingest
-        .ingest(metrics, headers, fixed_tenant, groups)
+        .ingest(metrics, &parts.headers, cert, fixed_tenant, groups)
         .await?;
     if refused.rejected > 0 {
         let tenant = metrics.tenant_label().to_string();
@@ -249,7 +254,7 @@ pub async fn http_export(req: Request<Incoming>, state: &AppState) -> Response<F
         let encoding = encoding?;
         let gzip = http_gzip(req.headers())?;
         let (parts, body) = req.into_parts();
-        let fixed = admit(&parts.headers, state, &mut metrics)?;
+        let fixed = admit(&parts, state, &mut metrics)?;
         let limits = state.config.limits;
         let mut reservation = state.budget.reservation();
         let body = state
@@ -262,7 +267,7 @@ pub async fn http_export(req: Request<Incoming>, state: &AppState) -> Response<F
             body
         };
         export(
-            &parts.headers,
+            &parts,
             fixed,
             &message,
             encoding,
@@ -338,7 +343,7 @@ pub async fn grpc_export(req: Request<Incoming>, state: &AppState) -> Response<G
             }));
         }
         let (parts, body) = req.into_parts();
-        let fixed = admit(&parts.headers, state, &mut metrics)?;
+        let fixed = admit(&parts, state, &mut metrics)?;
         let limits = state.config.limits;
         let mut reservation = state.budget.reservation();
         // Five bytes of gRPC message framing come on top of the message.
@@ -373,7 +378,7 @@ pub async fn grpc_export(req: Request<Incoming>, state: &AppState) -> Response<G
             message
         };
         Ok(export(
-            &parts.headers,
+            &parts,
             fixed,
             &message,
             Encoding::Protobuf,

@@ -8,6 +8,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use protocols::remote_write::{CONTENT_TYPE_PROTOBUF, PROTO_V1, PROTO_V2};
 
+use super::conn::CertTenant;
 use super::http::AppState;
 use super::ApiError;
 use crate::ingest::{Group, Protocol, RequestMetrics, Written};
@@ -64,7 +65,8 @@ async fn decode_and_ingest(
     }
     let version = check_content_type(headers)?;
     check_content_encoding(headers)?;
-    let tenant = state.ingest.admit(headers, false, metrics)?;
+    let cert = CertTenant::of(req.extensions());
+    let tenant = state.ingest.admit(headers, cert, false, metrics)?;
 
     let limits = state.config.limits;
     let mut reservation = state.budget.reservation();
@@ -96,7 +98,13 @@ async fn decode_and_ingest(
     };
     Ok(state
         .ingest
-        .ingest(metrics, &parts.headers, tenant, vec![group])
+        .ingest(
+            metrics,
+            &parts.headers,
+            CertTenant::of(&parts.extensions),
+            tenant,
+            vec![group],
+        )
         .await?)
 }
 

@@ -117,7 +117,10 @@ fn org_id(headers: &HeaderMap) -> Result<Option<TenantId>, AuthError> {
 /// required authentication and an untrusted header there must be credentials. Run before the
 /// body is read, so a client without valid credentials cannot make the gateway read and
 /// decode anything.
-pub fn precheck(headers: &HeaderMap, config: &Config) -> Result<(), AuthError> {
+pub fn precheck(headers: &HeaderMap, config: &Config, cert: Option<&str>) -> Result<(), AuthError> {
+    if cert.is_some() {
+        return identify_with_cert(headers, config, cert).map(drop);
+    }
     match (&config.auth, credentials(headers)?) {
         (
             AuthPolicy::Required {
@@ -128,6 +131,38 @@ pub fn precheck(headers: &HeaderMap, config: &Config) -> Result<(), AuthError> {
         (_, Credentials::None) => org_id(headers).map(drop),
         _ => identify(headers, config).map(drop),
     }
+}
+
+/// Identifies the tenant of a request from its headers and, over TLS, the tenant its client
+/// certificate names (`cert`: the certificate field `tls.tenant_from` picks, verified by the
+/// handshake). A certificate tenant is a credential: a header or other credentials naming
+/// another tenant are refused, as any two credentials that disagree are.
+pub fn identify_with_cert(
+    headers: &HeaderMap,
+    config: &Config,
+    cert: Option<&str>,
+) -> Result<TenantId, AuthError> {
+    let Some(cert) = cert else {
+        return identify(headers, config);
+    };
+    let from_cert = TenantId::parse(cert)?;
+    if let Some(h) = org_id(headers)?.filter(|h| *h != from_cert) {
+        return Err(AuthError::Mismatch {
+            header: h.to_string(),
+            authenticated: from_cert.to_string(),
+        });
+    }
+    if !matches!(credentials(headers)?, Credentials::None) {
+        // Other credentials must be valid, and name the same tenant.
+        let other = identify(headers, config)?;
+        if other != from_cert {
+            return Err(AuthError::Mismatch {
+                header: other.to_string(),
+                authenticated: from_cert.to_string(),
+            });
+        }
+    }
+    Ok(from_cert)
 }
 
 /// Identifies the tenant of a request from its headers, per the configured [`AuthPolicy`].
@@ -362,13 +397,55 @@ tenants:
     #[test]
     fn precheck_refuses_bad_or_missing_credentials_before_any_body() {
         let c = required();
-        assert_eq!(precheck(&HeaderMap::new(), &c), Err(AuthError::Missing));
+        assert_eq!(
+            precheck(&HeaderMap::new(), &c, None),
+            Err(AuthError::Missing)
+        );
         let h = headers(&[("authorization", basic("acme", "wrong"))]);
         assert_eq!(
-            precheck(&h, &c),
+            precheck(&h, &c, None),
             Err(AuthError::BadCredentials("acme".into()))
         );
         let h = headers(&[("authorization", basic("acme", "new"))]);
-        assert_eq!(precheck(&h, &c), Ok(()));
+        assert_eq!(precheck(&h, &c, None), Ok(()));
+    }
+
+    #[test]
+    fn a_certificate_tenant_is_a_credential_that_others_must_agree_with() {
+        let c = required();
+        // Alone it identifies its tenant, even one without passwords here.
+        assert_eq!(
+            identify_with_cert(&HeaderMap::new(), &c, Some("initech"))
+                .unwrap()
+                .as_str(),
+            "initech"
+        );
+        let h = headers(&[("x-scope-orgid", HeaderValue::from_static("acme"))]);
+        assert_eq!(
+            identify_with_cert(&h, &c, Some("acme")).unwrap().as_str(),
+            "acme"
+        );
+        assert_eq!(
+            identify_with_cert(&h, &c, Some("globex")),
+            Err(AuthError::Mismatch {
+                header: "acme".into(),
+                authenticated: "globex".into()
+            })
+        );
+        let h = headers(&[("authorization", basic("acme", "new"))]);
+        assert!(matches!(
+            identify_with_cert(&h, &c, Some("globex")),
+            Err(AuthError::Mismatch { .. })
+        ));
+        let h = headers(&[("authorization", basic("acme", "wrong"))]);
+        assert_eq!(
+            identify_with_cert(&h, &c, Some("acme")),
+            Err(AuthError::BadCredentials("acme".into()))
+        );
+        assert!(matches!(
+            identify_with_cert(&HeaderMap::new(), &c, Some("not a tenant!")),
+            Err(AuthError::InvalidTenant(_))
+        ));
+        assert_eq!(precheck(&HeaderMap::new(), &c, Some("acme")), Ok(()));
     }
 }

@@ -161,7 +161,9 @@ mod tests {
         let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
         client.distinguished_name.push(DnType::CommonName, cn);
         client.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://example.org/tenant/{cn}").try_into().unwrap(),
+            format!("spiffe://example.org/tenant/{cn}")
+                .try_into()
+                .unwrap(),
         )];
         let client = client.signed_by(&client_key, &ca, &ca_key).unwrap();
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
@@ -209,15 +211,25 @@ mod tests {
     fn a_client_certificate_names_its_tenant_by_the_configured_field() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = pki(dir.path(), "team-a");
-        let cert = read_certs(&dir.path().join("client.pem"), "x").unwrap().remove(0);
+        let cert = read_certs(&dir.path().join("client.pem"), "x")
+            .unwrap()
+            .remove(0);
         assert_eq!(tenant_of(&cert, &s).as_deref(), Some("team-a"));
         s.tenant_from = TenantFrom::SanUri;
         s.tenant_prefix = Some("spiffe://example.org/tenant/".into());
         assert_eq!(tenant_of(&cert, &s).as_deref(), Some("team-a"));
         s.tenant_prefix = Some("spiffe://other.org/".into());
-        assert_eq!(tenant_of(&cert, &s), None, "a field without the prefix names no one");
+        assert_eq!(
+            tenant_of(&cert, &s),
+            None,
+            "a field without the prefix names no one"
+        );
         s.tenant_from = TenantFrom::SanDns;
         s.tenant_prefix = None;
-        assert_eq!(tenant_of(&cert, &s), None, "no DNS name in this certificate");
+        assert_eq!(
+            tenant_of(&cert, &s),
+            None,
+            "no DNS name in this certificate"
+        );
     }
 }
