@@ -165,24 +165,39 @@ pub struct Gateway {
     pub port: u16,
     /// Its temp dir (config, logs, data).
     pub dir: PathBuf,
+    /// Its plain telemetry listener (`listen.telemetry`), when the config has one.
+    pub telemetry_port: Option<u16>,
 }
 
 impl Gateway {
-    /// Starts the gateway binary `bin` with `config` (YAML; `{port}` and `{dir}` are
-    /// substituted) and waits until `/-/ready` answers 200.
+    /// Starts the gateway binary `bin` with `config` (YAML; `{port}`, `{dir}` and
+    /// `{telemetry_port}` are substituted) and waits until `/-/ready` answers 200 (on the
+    /// telemetry listener when the config has one, as with TLS on the others).
     pub fn start(bin: &str, dir: &Path, config: &str) -> Gateway {
         let port = free_port();
+        let telemetry_port = config.contains("{telemetry_port}").then(free_port);
         let yaml = config
             .replace("{port}", &port.to_string())
+            .replace(
+                "{telemetry_port}",
+                &telemetry_port.unwrap_or_default().to_string(),
+            )
             .replace("{dir}", &dir.display().to_string());
         let cfg = dir.join("gateway.yaml");
         std::fs::write(&cfg, yaml).expect("write config");
-        let proc = Self::spawn(bin, dir, port, "gateway.log");
+        let proc = Self::spawn(bin, dir, telemetry_port.unwrap_or(port), "gateway.log");
         Gateway {
             proc,
             port,
             dir: dir.to_path_buf(),
+            telemetry_port,
         }
+    }
+
+    /// `http://127.0.0.1:<telemetry port><path>`.
+    pub fn telemetry_url(&self, path: &str) -> String {
+        let port = self.telemetry_port.expect("a config with listen.telemetry");
+        format!("http://127.0.0.1:{port}{path}")
     }
 
     fn spawn(bin: &str, dir: &Path, port: u16, log: &str) -> Proc {
@@ -205,7 +220,8 @@ impl Gateway {
     /// directory (its log goes to `log`); returns once it is ready.
     pub fn kill9_and_restart(&mut self, bin: &str, log: &str) {
         self.proc.kill9();
-        self.proc = Self::spawn(bin, &self.dir, self.port, log);
+        let ready = self.telemetry_port.unwrap_or(self.port);
+        self.proc = Self::spawn(bin, &self.dir, ready, log);
     }
 
     /// `http://127.0.0.1:<port><path>`.
