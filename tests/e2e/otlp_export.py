@@ -5,9 +5,11 @@ Run by tests/e2e/otlp.rs with the interpreter of the virtualenv that .ci/run bui
 ($TRACEO_PYTHON):
 
     python otlp_export.py --transport grpc|http --endpoint URL --tenant T [--gzip] [--header k=v]...
+        [--ca CA.pem [--cert CERT.pem --key KEY.pem]]
 
 `--endpoint` is `http://127.0.0.1:PORT` for gRPC and the full `http://127.0.0.1:PORT/v1/metrics`
-for OTLP/HTTP (protobuf). The tenant rides in `X-Scope-OrgID`. The values are deterministic so
+for OTLP/HTTP (protobuf); with `--ca` it is `https://...` and the exporter checks the server
+against that CA (and presents the client certificate `--cert`/`--key` when given). The tenant rides in `X-Scope-OrgID`. The values are deterministic so
 the test can check every point downstream:
 
 - Counter `shop.orders` {order}, method=card: 3 + 4 (cumulative 7)
@@ -93,6 +95,9 @@ def parse_args():
     p.add_argument("--endpoint", required=True)
     p.add_argument("--tenant", required=True)
     p.add_argument("--gzip", action="store_true", help="compress requests with gzip")
+    p.add_argument("--ca", help="CA bundle (PEM) the server's certificate must chain to: TLS")
+    p.add_argument("--cert", help="client certificate (PEM), with --key: mTLS")
+    p.add_argument("--key", help="client certificate's private key (PEM)")
     p.add_argument(
         "--header",
         action="append",
@@ -115,9 +120,22 @@ def make_exporter(args, headers):
         import grpc
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
+        tls = {}
+        if args.ca:
+
+            def read(path):
+                with open(path, "rb") as f:
+                    return f.read()
+
+            tls["credentials"] = grpc.ssl_channel_credentials(
+                root_certificates=read(args.ca),
+                private_key=read(args.key) if args.key else None,
+                certificate_chain=read(args.cert) if args.cert else None,
+            )
         return OTLPMetricExporter(
             endpoint=args.endpoint,
-            insecure=True,
+            insecure=not args.ca,
+            **tls,
             # gRPC metadata keys must be lowercase (grpcio refuses others); HTTP/2 sends
             # every header name lowercase anyway.
             headers={k.lower(): v for k, v in headers.items()},
@@ -129,6 +147,9 @@ def make_exporter(args, headers):
 
     return OTLPMetricExporter(
         endpoint=args.endpoint,
+        certificate_file=args.ca,
+        client_certificate_file=args.cert,
+        client_key_file=args.key,
         headers=headers,
         timeout=EXPORT_TIMEOUT_S,
         compression=Compression.Gzip if args.gzip else Compression.NoCompression,
