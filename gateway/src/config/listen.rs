@@ -17,8 +17,8 @@ pub struct ListenFile {
     #[serde(default = "default_http")]
     pub http: String,
     /// A separate plain-HTTP listener serving only `/metrics`, `/api/v1/status`, `/-/healthy`
-    /// and `/-/ready`, to keep them off the public port (and out of TLS, for in-cluster
-    /// scrapers and probes). Default: none (they are served on every listener).
+    /// and `/-/ready`, outside TLS for in-cluster scrapers and probes (the data listeners
+    /// still serve them too). Default: none.
     #[serde(default)]
     pub telemetry: Option<String>,
     /// Open connections per listener at most; past it the listener stops accepting until one
