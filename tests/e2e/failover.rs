@@ -144,21 +144,13 @@ fn node_config(name: &str, gossip: u16, seeds: &[u16], eu: &[Upstream], us: &[Up
         .replace("REGIONS", regions.trim_end())
 }
 
-/// A free UDP port on 127.0.0.1 (bound, then released for a gateway's gossip to take).
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("the loopback interface has free UDP ports")
-}
-
 /// Starts one gateway per name in `NODES`, each in its own dir under `root`, each seeded with
 /// the others' gossip addresses; `upstreams(name)` gives that node's (EU, US) upstreams.
 fn start_fleet(
     root: &Path,
     upstreams: impl Fn(&str) -> (Vec<Upstream>, Vec<Upstream>),
 ) -> Vec<Node> {
-    let gossip: Vec<u16> = NODES.iter().map(|_| free_udp_port()).collect();
+    let gossip: Vec<u16> = NODES.iter().map(|_| free_port()).collect();
     NODES
         .iter()
         .enumerate()

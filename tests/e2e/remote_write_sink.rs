@@ -159,7 +159,10 @@ fn serve(
         }
         let mut body = vec![0u8; length];
         reader.read_exact(&mut body)?;
-        let (status, text) = if failing.load(Ordering::SeqCst) {
+        // Only writes are refused and counted: anything else reaching this port by mistake
+        // must not pass for one of the gateway's attempts.
+        let is_write = line.starts_with("POST ");
+        let (status, text) = if is_write && failing.load(Ordering::SeqCst) {
             refused.fetch_add(1, Ordering::SeqCst);
             (500, "injected failure".to_string())
         } else {

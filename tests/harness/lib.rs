@@ -15,12 +15,43 @@ use arrow_array::types::{Float64Type, TimestampMillisecondType};
 use arrow_array::Array;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the child to take).
+/// A free port on 127.0.0.1, free for both TCP and UDP when handed out, for a child process to
+/// take.
+///
+/// Ports come from below the kernel's ephemeral range (`ip_local_port_range`), so nothing that
+/// binds port 0 (a test's own proxy, a client's outgoing connection) can be handed the same
+/// port between this call and the child's bind; each port is handed out once per process, so
+/// two tests running in parallel never share one. The start is spread by process id so test
+/// binaries run side by side rarely meet. A CI failure showed the race this avoids: a port
+/// released by `bind(0)` was taken by another test's proxy, whose 500s then answered the
+/// first test's readiness probe.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("the loopback interface has free ports")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    const LOW: u32 = 10_000;
+    if ephemeral_low <= LOW + 1_000 {
+        // An unusual kernel setting leaves no room below the range: fall back to port 0.
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("the loopback interface has free ports");
+    }
+    let span = ephemeral_low - LOW;
+    let start = (std::process::id() * 97) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % span) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 below {ephemeral_low}");
 }
 
 /// Polls `check` until it returns `Some` or the deadline passes.
