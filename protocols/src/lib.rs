@@ -17,6 +17,7 @@
 
 mod builder;
 mod error;
+pub mod gossip;
 mod hash;
 mod limits;
 mod model;

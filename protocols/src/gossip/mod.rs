@@ -1,0 +1,8 @@
+//! Gossip between gateway nodes on the wire: sealed datagrams ([`seal`]) carrying chitchat
+//! messages, and the check of those messages before chitchat applies them ([`chitchat`]).
+//!
+//! Pure functions over bytes, like the rest of this crate: the gateway's transport draws the
+//! nonces, reads the clock, owns the socket and counts what it drops.
+
+pub mod chitchat;
+pub mod seal;
