@@ -97,7 +97,8 @@ struct Node {
     gw: Gateway,
 }
 
-/// A node's config; `NODE`, `GOSSIP`, `SEEDS` and `REGIONS` are filled in by [`node_config`],
+/// A node's config; `NODE`, `GOSSIP`, `SEEDS`, `KEYS` and `REGIONS` are filled in by
+/// [`node_config`] (every node shares one key file: gossip is sealed),
 /// `{port}` and `{dir}` by the harness. Probe and gossip timings are short so that the test
 /// sees a failover in seconds; `hold_down` is long enough to be told apart from a flap.
 const NODE_CONFIG: &str = r#"
@@ -108,6 +109,7 @@ cluster:
   node_id: NODE
   gossip_listen: "127.0.0.1:GOSSIP"
   seeds: [SEEDS]
+  gossip_keys_file: "KEYS"
   gossip_interval: 200ms
   probe_interval: 500ms
   probe_timeout: 500ms
@@ -125,7 +127,14 @@ tenants:
 
 /// The config of node `name` gossiping on `gossip`, seeded with `seeds`, with the EU and US
 /// upstreams given in failover order (the health topic is left at its default).
-fn node_config(name: &str, gossip: u16, seeds: &[u16], eu: &[Upstream], us: &[Upstream]) -> String {
+fn node_config(
+    name: &str,
+    gossip: u16,
+    seeds: &[u16],
+    keys: &Path,
+    eu: &[Upstream],
+    us: &[Upstream],
+) -> String {
     let seeds: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     let mut regions = String::new();
     for (id, upstreams) in [("eu", eu), ("us", us)] {
@@ -141,6 +150,7 @@ fn node_config(name: &str, gossip: u16, seeds: &[u16], eu: &[Upstream], us: &[Up
         .replace("NODE", name)
         .replace("GOSSIP", &gossip.to_string())
         .replace("SEEDS", &seeds.join(", "))
+        .replace("KEYS", &keys.display().to_string())
         .replace("REGIONS", regions.trim_end())
 }
 
@@ -151,6 +161,9 @@ fn start_fleet(
     upstreams: impl Fn(&str) -> (Vec<Upstream>, Vec<Upstream>),
 ) -> Vec<Node> {
     let gossip: Vec<u16> = NODES.iter().map(|_| free_port()).collect();
+    let keys = root.join("gossip.keys");
+    std::fs::write(&keys, "# the fleet's gossip key\n4a1f0e5c9b7d2a6e8f3c1b0d9e7a5c3b1f2e4d6c8a0b9e7d5c3a1f0e2d4c6b8a\n")
+        .expect("key file");
     NODES
         .iter()
         .enumerate()
@@ -165,7 +178,7 @@ fn start_fleet(
             let gw = Gateway::start(
                 GATEWAY,
                 &dir,
-                &node_config(name, gossip[i], &seeds, &eu, &us),
+                &node_config(name, gossip[i], &seeds, &keys, &eu, &us),
             );
             Node { name, gw }
         })

@@ -2,7 +2,12 @@
 //! Optional: without it the node still probes and fails over by its own view, alone.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use protocols::gossip::chitchat::MAX_NODE_ID_BYTES;
+use protocols::gossip::seal::KeyRing;
 
 use serde::Deserialize;
 
@@ -34,6 +39,20 @@ pub struct ClusterFile {
     /// Time between gossip rounds. Default `500ms`.
     #[serde(default = "default_gossip_interval")]
     pub gossip_interval: HumanDuration,
+    /// File of the fleet's gossip keys, one per line (64 hex digits, or base64 of 32 bytes as
+    /// `openssl rand -base64 32` prints; `#` comments): the first seals every datagram, all
+    /// open them. Required when gossip is on, unless `gossip_insecure` is set.
+    #[serde(default)]
+    pub gossip_keys_file: Option<PathBuf>,
+    /// Gossip unauthenticated, in clear (anyone who can send UDP to the port can join and
+    /// move traffic). Default false; only for a network nobody else can reach.
+    #[serde(default)]
+    pub gossip_insecure: bool,
+    /// A sealed datagram is accepted within this of the receiver's clock, either way, and
+    /// only once (replays inside the window are refused by nonce). Node clocks must agree
+    /// within it (NTP). Default `30s`.
+    #[serde(default = "default_gossip_replay_window")]
+    pub gossip_replay_window: HumanDuration,
     /// A node not heard from (no new heartbeat) for this long leaves the membership and its
     /// observations stop counting. Default `5s`.
     #[serde(default = "default_dead_after")]
@@ -71,6 +90,9 @@ impl Default for ClusterFile {
             seeds: Vec::new(),
             cluster_id: default_cluster_id(),
             gossip_interval: default_gossip_interval(),
+            gossip_keys_file: None,
+            gossip_insecure: false,
+            gossip_replay_window: default_gossip_replay_window(),
             dead_after: default_dead_after(),
             probe_interval: default_probe_interval(),
             probe_timeout: default_probe_timeout(),
@@ -91,6 +113,9 @@ fn default_cluster_id() -> String {
 }
 const fn default_gossip_interval() -> HumanDuration {
     HumanDuration(Duration::from_millis(500))
+}
+const fn default_gossip_replay_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
 }
 const fn default_dead_after() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
@@ -149,6 +174,10 @@ pub struct GossipSettings {
     pub interval: Duration,
     /// Silence after which a node is no member.
     pub dead_after: Duration,
+    /// The key ring that seals and opens datagrams; `None` only with `gossip_insecure`.
+    pub keys: Option<Arc<KeyRing>>,
+    /// Replay window of sealed datagrams.
+    pub replay_window: Duration,
 }
 
 /// The host name, for the default node id.
@@ -174,12 +203,19 @@ impl ClusterFile {
                 "cluster.node_id: {node_id:?} must be non-empty without spaces"
             ));
         }
+        if node_id.len() > MAX_NODE_ID_BYTES {
+            problems.push(format!(
+                "cluster.node_id: {} bytes, at most {MAX_NODE_ID_BYTES}",
+                node_id.len()
+            ));
+        }
         for (field, d) in [
             ("gossip_interval", self.gossip_interval),
             ("dead_after", self.dead_after),
             ("probe_interval", self.probe_interval),
             ("probe_timeout", self.probe_timeout),
             ("fresh", self.fresh),
+            ("gossip_replay_window", self.gossip_replay_window),
         ] {
             if d.0.is_zero() {
                 problems.push(format!("cluster.{field}: must be greater than 0"));
@@ -240,6 +276,43 @@ impl ClusterFile {
                     problems.push(format!("cluster.seeds[{i}]: {s:?} is not host:port"));
                 }
             }
+            let keys = match (&self.gossip_keys_file, self.gossip_insecure) {
+                (Some(_), true) => {
+                    problems.push(
+                        "cluster.gossip_insecure: set together with gossip_keys_file; choose one"
+                            .to_string(),
+                    );
+                    None
+                }
+                (None, true) => None,
+                (None, false) => {
+                    problems.push(
+                        "cluster.gossip_keys_file: required when gossip is on (every datagram is sealed with the fleet's key); generate one with `openssl rand -base64 32`, or set gossip_insecure: true on a network nobody else reaches"
+                            .to_string(),
+                    );
+                    None
+                }
+                (Some(path), false) => match std::fs::read_to_string(path) {
+                    // The error names the file and the line, never a key.
+                    Ok(text) => match KeyRing::parse(&text) {
+                        Ok(ring) => Some(Arc::new(ring)),
+                        Err(e) => {
+                            problems.push(format!(
+                                "cluster.gossip_keys_file: {}: {e}",
+                                path.display()
+                            ));
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        problems.push(format!(
+                            "cluster.gossip_keys_file: cannot read {}: {e}",
+                            path.display()
+                        ));
+                        None
+                    }
+                },
+            };
             Some(GossipSettings {
                 listen,
                 advertise,
@@ -247,6 +320,8 @@ impl ClusterFile {
                 cluster_id: self.cluster_id.clone(),
                 interval: self.gossip_interval.0,
                 dead_after: self.dead_after.0,
+                keys,
+                replay_window: self.gossip_replay_window.0,
             })
         });
         ClusterSettings {

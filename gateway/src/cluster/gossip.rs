@@ -6,18 +6,26 @@
 //! value changes with every probe and a peer can tell a fresh observation from an old one by
 //! its own clock (no clock agreement between nodes is needed).
 //!
+//! Every datagram is sealed with the fleet's key ring and checked before chitchat applies it
+//! ([`super::transport`]). Should chitchat's task end anyway (a bug, a broken socket), the
+//! next read notices, says so loudly, counts `traceo_gossip_restarts_total` and starts it
+//! again under a new generation: peers see a restarted node, not a silent one.
+//!
 //! chitchat's state sits behind a mutex its server task also takes; only the control loop
 //! ([`super::runtime`]) touches it, a few times a second, and publishes what it read into an
 //! `arc-swap`ped view. Nothing on the request or delivery path ever takes that lock.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chitchat::transport::UdpTransport;
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use tracing::{error, info};
 
 use super::config::GossipSettings;
+use super::transport::SealedUdp;
 use super::Health;
 
 /// Key prefix of observations.
@@ -80,6 +88,9 @@ pub struct PeerView {
 pub struct Gossip {
     handle: ChitchatHandle,
     me: ChitchatId,
+    settings: GossipSettings,
+    /// Set when chitchat's task ends without being asked to.
+    ended: Arc<AtomicBool>,
     dead_after: Duration,
     /// Each node's last heartbeat and when it changed.
     beats: HashMap<ChitchatId, (u64, Instant)>,
@@ -95,48 +106,126 @@ pub struct GossipError {
     message: String,
 }
 
+/// How long chitchat keeps a dead node's state, and so how long a node's old generation
+/// still counts toward the fleet's node bound (twice this): long enough for every peer to
+/// agree it is gone, short enough that rolling restarts do not pile up generations.
+fn dead_node_grace(dead_after: Duration) -> Duration {
+    (10 * dead_after).max(Duration::from_secs(60))
+}
+
+/// Starts chitchat for `node_id` under a fresh generation.
+async fn spawn(
+    node_id: &str,
+    s: &GossipSettings,
+) -> Result<(ChitchatHandle, ChitchatId, Arc<AtomicBool>), GossipError> {
+    // The generation tells a restarted node from its previous life.
+    let generation = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let me = ChitchatId::new(node_id.to_string(), generation, s.advertise);
+    let grace = dead_node_grace(s.dead_after);
+    let config = ChitchatConfig {
+        chitchat_id: me.clone(),
+        cluster_id: s.cluster_id.clone(),
+        gossip_interval: s.interval,
+        listen_addr: s.listen,
+        seed_nodes: s.seeds.clone(),
+        failure_detector_config: FailureDetectorConfig {
+            // Our own `dead_after` decides membership; the phi detector's prior is set
+            // to the gossip interval so it does not wait on its 5 s default either.
+            initial_interval: s.interval,
+            dead_node_grace_period: grace,
+            ..FailureDetectorConfig::default()
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+    };
+    let transport = SealedUdp {
+        keys: s.keys.clone(),
+        context: s.cluster_id.as_bytes().to_vec(),
+        replay_window: s.replay_window,
+        node_ttl: 2 * grace,
+    };
+    let handle = spawn_chitchat(config, Vec::new(), &transport)
+        .await
+        .map_err(|e| GossipError {
+            addr: s.listen,
+            message: format!("{e:#}"),
+        })?;
+    let ended = Arc::new(AtomicBool::new(false));
+    let watcher = handle.termination_watcher();
+    let flag = ended.clone();
+    tokio::spawn(async move {
+        let outcome = watcher.await;
+        flag.store(true, Ordering::SeqCst);
+        if let Err(e) = outcome {
+            error!(error = %e, "gossip task ended with an error");
+        }
+    });
+    Ok((handle, me, ended))
+}
+
 impl Gossip {
     /// Binds the UDP socket and starts gossiping with the seeds.
     pub async fn start(node_id: &str, s: &GossipSettings) -> Result<Gossip, GossipError> {
-        // The generation tells a restarted node from its previous life.
-        let generation = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let me = ChitchatId::new(node_id.to_string(), generation, s.advertise);
-        let config = ChitchatConfig {
-            chitchat_id: me.clone(),
-            cluster_id: s.cluster_id.clone(),
-            gossip_interval: s.interval,
-            listen_addr: s.listen,
-            seed_nodes: s.seeds.clone(),
-            failure_detector_config: FailureDetectorConfig {
-                // Our own `dead_after` decides membership; the phi detector's prior is set
-                // to the gossip interval so it does not wait on its 5 s default either.
-                initial_interval: s.interval,
-                dead_node_grace_period: Duration::from_secs(3600),
-                ..FailureDetectorConfig::default()
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-        };
-        let handle = spawn_chitchat(config, Vec::new(), &UdpTransport)
-            .await
-            .map_err(|e| GossipError {
-                addr: s.listen,
-                message: format!("{e:#}"),
-            })?;
+        metrics::counter!("traceo_gossip_restarts_total").absolute(0);
+        for r in protocols::gossip::seal::Rejected::ALL {
+            metrics::counter!("traceo_gossip_rejected_packets_total", "reason" => r.as_str())
+                .absolute(0);
+        }
+        let (handle, me, ended) = spawn(node_id, s).await?;
+        match &s.keys {
+            Some(k) => info!(keys = ?k.ids(), "gossip sealed; the first key id seals"),
+            None => tracing::warn!("gossip is NOT authenticated (cluster.gossip_insecure): anyone who can reach the gossip port can join the fleet and move traffic"),
+        }
         Ok(Gossip {
             handle,
             me,
+            settings: s.clone(),
+            ended,
             dead_after: s.dead_after,
             beats: HashMap::new(),
             seen: HashMap::new(),
         })
     }
 
+    /// Starts chitchat again if its task ended; the caller goes on with the new one.
+    async fn revive(&mut self) {
+        if !self.ended.load(Ordering::SeqCst) {
+            return;
+        }
+        error!(node = %self.me.node_id, "gossip task ended unexpectedly; restarting it under a new generation");
+        metrics::counter!("traceo_gossip_restarts_total").increment(1);
+        // The old task is gone; free its socket before binding the port again.
+        let _ = self.handle.initiate_shutdown();
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match spawn(&self.me.node_id, &self.settings).await {
+                Ok((handle, me, ended)) => {
+                    let old = std::mem::replace(&mut self.handle, handle);
+                    drop(old);
+                    self.me = me;
+                    self.ended = ended;
+                    return;
+                }
+                Err(e) if wait < Duration::from_secs(2) => {
+                    error!(error = %e, "gossip restart failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => {
+                    // Next read tries again; the node routes by its own probes meanwhile.
+                    error!(error = %e, "gossip restart failed; will retry");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Publishes this node's observations.
-    pub async fn publish(&self, values: &[(String, String)]) {
+    pub async fn publish(&mut self, values: &[(String, String)]) {
+        self.revive().await;
         self.handle
             .with_chitchat(|c| {
                 let state = c.self_node_state();
@@ -151,6 +240,7 @@ impl Gossip {
     /// detector calls it live and its heartbeat moved within `dead_after`; the observations
     /// of others are dropped.
     pub async fn read(&mut self) -> PeerView {
+        self.revive().await;
         let now = Instant::now();
         let chitchat = self.handle.chitchat();
         let guard = chitchat.lock().await;
@@ -235,5 +325,111 @@ mod tests {
         );
         assert_eq!(parse_observation("upstream.x.other", "down 1"), None);
         assert_eq!(parse_observation(&key, "sideways 1"), None);
+    }
+
+    fn settings(port: u16, seeds: &[u16], key: Option<u8>) -> GossipSettings {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        GossipSettings {
+            listen: addr,
+            advertise: addr,
+            seeds: seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+            cluster_id: "traceo".into(),
+            interval: Duration::from_millis(50),
+            dead_after: Duration::from_secs(2),
+            keys: key.map(|k| Arc::new(protocols::gossip::seal::KeyRing::new(&[[k; 32]]).unwrap())),
+            replay_window: Duration::from_secs(30),
+        }
+    }
+
+    fn free_udp() -> u16 {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Reads `g` until `done` holds, for at most 10 s.
+    async fn read_until(g: &mut Gossip, done: impl Fn(&PeerView) -> bool) -> PeerView {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = g.read().await;
+            if done(&v) || Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn nodes_sharing_a_key_gossip_through_the_sealed_transport_and_a_stranger_stays_out() {
+        // Real chitchat messages (SYN, SYN-ACK, ACK with deltas) pass the seal and the check.
+        let (pa, pb, px) = (free_udp(), free_udp(), free_udp());
+        let mut a = Gossip::start("a", &settings(pa, &[pb], Some(1)))
+            .await
+            .unwrap();
+        let mut b = Gossip::start("b", &settings(pb, &[pa], Some(1)))
+            .await
+            .unwrap();
+        let mut x = Gossip::start("x", &settings(px, &[pa, pb], Some(2)))
+            .await
+            .unwrap();
+        b.publish(&[(
+            observation_key("eu-primary"),
+            observation_value(Health::Down, 1),
+        )])
+        .await;
+        x.publish(&[(
+            observation_key("eu-primary"),
+            observation_value(Health::Down, 1),
+        )])
+        .await;
+        let v = read_until(&mut a, |v| !v.observations.is_empty()).await;
+        let names: Vec<&str> = v.members.iter().map(|m| m.node.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(v.observations.len(), 1, "{:?}", v.observations);
+        assert_eq!(v.observations[0].node, "b");
+        assert_eq!(v.observations[0].health, Health::Down);
+        let vx = x.read().await;
+        assert_eq!(
+            vx.members.len(),
+            1,
+            "the stranger is alone: {:?}",
+            vx.members
+        );
+        for g in [a, b, x] {
+            g.shutdown().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gossip_task_that_ends_is_restarted_under_a_new_generation() {
+        let (pa, pb) = (free_udp(), free_udp());
+        let mut a = Gossip::start("a", &settings(pa, &[pb], Some(1)))
+            .await
+            .unwrap();
+        let mut b = Gossip::start("b", &settings(pb, &[pa], Some(1)))
+            .await
+            .unwrap();
+        read_until(&mut a, |v| v.members.len() == 2).await;
+        let before = a.me.clone();
+        // End chitchat's task behind the node's back, as a panic would.
+        a.handle.initiate_shutdown().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !a.ended.load(Ordering::SeqCst) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            a.ended.load(Ordering::SeqCst),
+            "the watcher saw the task end"
+        );
+        let v = read_until(&mut a, |v| v.members.len() == 2).await;
+        assert_ne!(a.me.generation_id, before.generation_id);
+        assert!(!a.ended.load(Ordering::SeqCst));
+        assert_eq!(v.members.len(), 2, "back in the fleet: {:?}", v.members);
+        let vb = read_until(&mut b, |v| v.members.len() == 2).await;
+        assert_eq!(vb.members.len(), 2);
+        a.shutdown().await;
+        b.shutdown().await;
     }
 }

@@ -15,6 +15,7 @@ pub mod health;
 pub mod probe;
 pub mod runtime;
 pub mod status;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -394,7 +394,7 @@ async fn control_loop(
                 if matches!(r.probe, Probe::Ok(_)) {
                     l.failing_since = None;
                 }
-                if let Some(g) = &gossip {
+                if let Some(g) = &mut gossip {
                     let key = gossip::observation_key(&u.id);
                     let value = gossip::observation_value(l.machine.state(), l.probes);
                     g.publish(&[(key, value)]).await;
