@@ -54,6 +54,10 @@ enum Command {
         /// Exit after this many seconds without a message.
         #[arg(long)]
         idle_exit_secs: Option<u64>,
+        /// An extra librdkafka setting, KEY=VALUE (repeatable), e.g. to reach a cluster over
+        /// TLS or SASL: `--property security.protocol=SASL_SSL`.
+        #[arg(long = "property", value_name = "KEY=VALUE", value_parser = parse_property)]
+        properties: Vec<(String, String)>,
     },
     /// Records an upstream refused for good (or the gateway could not read): list them, show
     /// one, or give them back to the running gateway once the cause is fixed.
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
             new_only,
             max_messages,
             idle_exit_secs,
+            properties,
         } => gateway::tail::tail(
             &gateway::tail::TailOptions {
                 brokers,
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
                 follow_only_new: new_only,
                 max_messages,
                 idle_exit: idle_exit_secs.map(std::time::Duration::from_secs),
+                properties,
             },
             &mut std::io::stdout().lock(),
         )
@@ -165,6 +171,14 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `KEY=VALUE` of `tail --property`.
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
 }
 

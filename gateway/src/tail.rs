@@ -31,6 +31,8 @@ pub struct TailOptions {
     pub max_messages: Option<u64>,
     /// Stop after this long without a message (`None`: run until interrupted).
     pub idle_exit: Option<Duration>,
+    /// Extra librdkafka settings (`security.protocol`, `ssl.*`, `sasl.*`), set last.
+    pub properties: Vec<(String, String)>,
 }
 
 /// One sample as printed with `--json`.
@@ -69,14 +71,17 @@ fn header<'a>(m: &'a rdkafka::message::BorrowedMessage<'_>, key: &str) -> &'a st
 
 /// Reads and prints until `max_messages` or `idle_exit`; returns the number of messages.
 pub fn tail(opts: &TailOptions, out: &mut impl Write) -> anyhow::Result<u64> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &opts.brokers)
         .set("group.id", "traceo-gateway-tail")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .context("creating the Kafka consumer")?;
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in &opts.properties {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create().context("creating the Kafka consumer")?;
     let md = consumer
         .fetch_metadata(Some(&opts.topic), Duration::from_secs(10))
         .with_context(|| format!("metadata of topic {}", opts.topic))?;

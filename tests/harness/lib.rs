@@ -548,14 +548,21 @@ impl Broker {
     /// Starts a broker (`name` labels its log in `dir`) and waits until it accepts
     /// connections.
     pub fn start(dir: &Path, name: &str) -> Broker {
+        Self::start_advertising(dir, name, None)
+    }
+
+    /// Starts a broker that tells clients to reach it at `advertised` (`host:port`, e.g. a
+    /// TLS terminator in front of it) instead of its own listener.
+    pub fn start_advertising(dir: &Path, name: &str, advertised: Option<&str>) -> Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = advertised.map_or_else(|| url.clone(), |a| format!("tcp://{a}"));
         let mut cmd = Command::new(tansu_bin());
         cmd.arg("broker")
             .arg("--listener-url")
             .arg(&url)
             .arg("--advertised-listener-url")
-            .arg(&url)
+            .arg(&advertised)
             .arg("--storage-engine")
             .arg("memory://tansu/")
             .current_dir(dir);
@@ -605,8 +612,23 @@ pub fn tail_json(
     topic: &str,
     idle_secs: u64,
 ) -> Vec<serde_json::Value> {
-    let out = Command::new(gateway_bin)
-        .arg("tail")
+    tail_json_with(gateway_bin, brokers, topic, idle_secs, &[])
+}
+
+/// [`tail_json`] with extra librdkafka settings (`tail --property KEY=VALUE`).
+pub fn tail_json_with(
+    gateway_bin: &str,
+    brokers: &str,
+    topic: &str,
+    idle_secs: u64,
+    properties: &[(&str, String)],
+) -> Vec<serde_json::Value> {
+    let mut cmd = Command::new(gateway_bin);
+    cmd.arg("tail");
+    for (k, v) in properties {
+        cmd.arg("--property").arg(format!("{k}={v}"));
+    }
+    let out = cmd
         .arg("--brokers")
         .arg(brokers)
         .arg("--topic")
@@ -627,6 +649,140 @@ pub fn tail_json(
         .collect()
 }
 
+/// A CA, a server certificate for `localhost` and 127.0.0.1, and a client certificate with
+/// common name `cn`, as PEM files under `dir`: `ca.pem`, `server.pem`, `server.key`,
+/// `client.pem`, `client.key`, and second server and client pairs (`server-renewed.*`)
+/// and a second client pair of the same name and CA,
+/// `client-renewed.pem` and `client-renewed.key`, to rotate to.
+pub fn write_pki(dir: &Path, cn: &str) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose, SanType,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "traceo test CA");
+    let ca = ca.self_signed(&ca_key).expect("CA");
+    // Two server pairs from the same CA: the second stands in for a renewal.
+    let server_pair = || {
+        let key = KeyPair::generate().expect("server key");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &ca, &ca_key).expect("server cert");
+        (cert, key)
+    };
+    let (server, server_key) = server_pair();
+    let (server_renewed, server_renewed_key) = server_pair();
+    // Two client pairs from the same CA: the second stands in for a renewal.
+    let client_pair = |cn: &str| {
+        let key = KeyPair::generate().expect("client key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &ca, &ca_key).expect("client cert");
+        (cert, key)
+    };
+    let (client, client_key) = client_pair(cn);
+    let (renewed, renewed_key) = client_pair(cn);
+    for (name, pem) in [
+        ("ca.pem", ca.pem()),
+        ("server.pem", server.pem()),
+        ("server.key", server_key.serialize_pem()),
+        ("server-renewed.pem", server_renewed.pem()),
+        ("server-renewed.key", server_renewed_key.serialize_pem()),
+        ("client.pem", client.pem()),
+        ("client.key", client_key.serialize_pem()),
+        ("client-renewed.pem", renewed.pem()),
+        ("client-renewed.key", renewed_key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), pem).expect("write PEM");
+    }
+}
+
+/// The certificate (DER) a TLS server on 127.0.0.1:`port` presents to a new connection
+/// that trusts `pki/ca.pem` and asks for `localhost`.
+pub fn served_certificate(port: u16, pki: &Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(pki.join("ca.pem")).expect("CA PEM") {
+        roots.add(c.expect("CA cert")).expect("CA usable");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("connection");
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).expect("handshake");
+    }
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .expect("a server certificate")
+}
+
+/// The first certificate of a PEM file, DER.
+pub fn pem_certificate(path: &Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(path)
+        .expect("a PEM certificate")
+        .to_vec()
+}
+
+/// `traceo-loadgen`, built beside the gateway binary `gateway` by `cargo test --workspace`.
+pub fn loadgen_bin(gateway: &str) -> PathBuf {
+    let bin = Path::new(gateway)
+        .parent()
+        .expect("binary dir")
+        .join("traceo-loadgen");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the suite with `cargo test --workspace` (or `cargo build -p traceo-loadtest` first)",
+        bin.display()
+    );
+    bin
+}
+
+/// An HTTPS client trusting `pki/ca.pem` and showing `pki/client.pem` (as [`write_pki`]
+/// writes them).
+pub fn https_agent(pki: &Path) -> ureq::Agent {
+    let read = |f: &str| std::fs::read(pki.join(f)).expect("PEM file");
+    let ca = ureq::tls::Certificate::from_pem(&read("ca.pem")).expect("CA PEM");
+    let cert = ureq::tls::Certificate::from_pem(&read("client.pem")).expect("client PEM");
+    let key = ureq::tls::PrivateKey::from_pem(&read("client.key")).expect("key PEM");
+    let tls = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
+        .client_cert(Some(ureq::tls::ClientCert::new_with_certs(&[cert], key)))
+        .build();
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .tls_config(tls)
+        .build()
+        .into()
+}
+
 /// The Prometheus binary: `$PROMETHEUS_BIN`, else `prometheus` from `PATH` (Debian package).
 pub fn prometheus_bin() -> String {
     std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".to_string())
@@ -639,11 +795,26 @@ pub struct PrometheusBackend {
     pub proc: Proc,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// `http` or `https`.
+    scheme: &'static str,
+    /// The client that reaches it (with a client certificate when it serves HTTPS).
+    agent: ureq::Agent,
 }
 
 impl PrometheusBackend {
     /// Starts it with its data under `dir/<name>` and waits until it is ready.
     pub fn start(dir: &Path, name: &str) -> PrometheusBackend {
+        Self::start_with(dir, name, None)
+    }
+
+    /// Starts it serving HTTPS only (`--web.config.file` with `tls_server_config`) with the
+    /// server certificate of `pki` ([`write_pki`]), requiring a client certificate signed by
+    /// its CA.
+    pub fn start_tls(dir: &Path, name: &str, pki: &Path) -> PrometheusBackend {
+        Self::start_with(dir, name, Some(pki))
+    }
+
+    fn start_with(dir: &Path, name: &str, pki: Option<&Path>) -> PrometheusBackend {
         let port = free_port();
         let cfg = dir.join(format!("{name}.yml"));
         std::fs::write(&cfg, "global:\n  scrape_interval: 15s\n").expect("write prometheus config");
@@ -652,28 +823,55 @@ impl PrometheusBackend {
             .arg(format!("--storage.tsdb.path={}", dir.join(name).display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--web.enable-remote-write-receiver");
+        let (scheme, agent) = match pki {
+            None => ("http", http()),
+            Some(p) => {
+                let web = dir.join(format!("{name}-web.yml"));
+                let d = p.display();
+                std::fs::write(
+                    &web,
+                    format!(
+                        "tls_server_config:\n  cert_file: {d}/server.pem\n  key_file: {d}/server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {d}/ca.pem\n"
+                    ),
+                )
+                .expect("write web config");
+                cmd.arg(format!("--web.config.file={}", web.display()));
+                ("https", https_agent(p))
+            }
+        };
         let mut proc = Proc::spawn(name, cmd, dir.join(format!("{name}.log")));
-        let url = format!("http://127.0.0.1:{port}/-/ready");
+        let url = format!("{scheme}://127.0.0.1:{port}/-/ready");
         wait_for(
             &format!("{name} readiness"),
             Duration::from_secs(60),
             || {
                 proc.assert_running();
-                get(&url).filter(|(s, _)| *s == 200)
+                let mut r = agent.get(&url).call().ok()?;
+                let body = r.body_mut().read_to_string().unwrap_or_default();
+                (r.status().as_u16() == 200).then_some(body)
             },
         );
-        PrometheusBackend { proc, port }
+        PrometheusBackend {
+            proc,
+            port,
+            scheme,
+            agent,
+        }
     }
 
-    /// `http://127.0.0.1:<port>/api/v1/write`.
+    /// `<scheme>://127.0.0.1:<port>/api/v1/write`.
     pub fn write_url(&self) -> String {
-        format!("http://127.0.0.1:{}/api/v1/write", self.port)
+        format!("{}://127.0.0.1:{}/api/v1/write", self.scheme, self.port)
     }
 
     /// The result vector of an instant query (`data.result`), empty if the query failed.
     pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
-        let mut resp = match http()
-            .get(format!("http://127.0.0.1:{}/api/v1/query", self.port))
+        let mut resp = match self
+            .agent
+            .get(format!(
+                "{}://127.0.0.1:{}/api/v1/query",
+                self.scheme, self.port
+            ))
             .query("query", promql)
             .call()
         {

@@ -227,6 +227,7 @@ impl SinkConfig {
                             brokers: u.brokers.clone(),
                             topic: k.health_topic.clone(),
                             properties: k.properties.clone(),
+                            security: k.security.clone(),
                         }),
                     })
                     .collect(),

@@ -4,10 +4,12 @@
 //! the tenant a client certificate names (`tls.tenant_from`).
 //!
 //! The loader here is the one config validation runs and the listeners serve, so a file that
-//! passes `check-config` is a file the listener can use.
+//! passes `check-config` is a file the listener can use. [`client`] does the same for TLS
+//! toward upstreams (HTTPS remote-write endpoints).
 //!
 //! May call: nothing of the crate (a leaf: `config` composes its section, `listen` serves it).
 
+pub mod client;
 pub mod config;
 
 use std::path::Path;

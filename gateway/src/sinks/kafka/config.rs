@@ -7,7 +7,9 @@ use std::time::Duration;
 use residency_rules::RegionId;
 use serde::Deserialize;
 
+use super::security::{self, KafkaSecurity, SaslFile};
 use crate::sinks::frame::KafkaFormat;
+use crate::tls::client::ClientTlsFile;
 use crate::yaml::HumanDuration;
 
 /// `regions[].sinks.kafka:`
@@ -49,8 +51,17 @@ pub struct KafkaFile {
     /// Requests queued for the sink before new ones get 503. Default 1024.
     #[serde(default = "crate::sinks::default_queue_capacity")]
     pub queue_capacity: usize,
-    /// Extra librdkafka settings (e.g. `security.protocol`); ours win where they collide
-    /// with a setting the ack guarantee depends on.
+    /// TLS toward every cluster of the region: `ca_file` (default: the system bundle),
+    /// `cert_file` and `key_file` for mTLS.
+    #[serde(default)]
+    pub tls: Option<ClientTlsFile>,
+    /// SASL toward every cluster of the region: `mechanism` (`plain`, `scram-sha-256`,
+    /// `scram-sha-512`), `username`, `password_file`.
+    #[serde(default)]
+    pub sasl: Option<SaslFile>,
+    /// Extra librdkafka settings; ours win where they collide with a setting the ack
+    /// guarantee depends on. Secrets and settings that turn verification off are refused:
+    /// use `tls:` and `sasl:`.
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, String>,
 }
@@ -190,6 +201,8 @@ pub struct KafkaSinkConfig {
     pub queue_capacity: usize,
     /// Extra librdkafka settings.
     pub properties: std::collections::BTreeMap<String, String>,
+    /// TLS and SASL.
+    pub security: KafkaSecurity,
 }
 
 /// One Kafka cluster of a region.
@@ -245,6 +258,8 @@ impl KafkaFile {
         if k.queue_capacity == 0 {
             problems.push(format!("{prefix}.queue_capacity: must be greater than 0"));
         }
+        security::check_properties(prefix, &k.properties, problems);
+        let security = KafkaSecurity::validate(prefix, k.tls, k.sasl, problems);
         for key in k.properties.keys() {
             if PINNED_KAFKA_PROPERTIES.contains(&key.as_str()) {
                 problems.push(format!(
@@ -263,6 +278,7 @@ impl KafkaFile {
             delivery_timeout: k.delivery_timeout.0,
             queue_capacity: k.queue_capacity,
             properties: k.properties,
+            security,
         }
     }
 }

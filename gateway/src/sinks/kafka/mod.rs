@@ -37,6 +37,7 @@ use super::{spawn_shards, Ack, Reason, ShardWorker, SinkError, SinkHandle, SinkR
 use crate::cluster::RegionRoute;
 pub mod config;
 pub mod probe;
+pub mod security;
 
 pub use config::{KafkaCompression, KafkaFile, KafkaSinkConfig, KafkaUpstream};
 
@@ -354,7 +355,11 @@ impl Conn {
         upstream: usize,
         renew: &Arc<AtomicBool>,
     ) -> Result<ThreadedProducer<Context>, KafkaError> {
-        client_config(cfg, brokers).create_with_context(Context {
+        let mut c = client_config(cfg, brokers);
+        cfg.security
+            .apply(&mut c)
+            .map_err(KafkaError::ClientCreation)?;
+        c.create_with_context(Context {
             sink: sink.to_string(),
             renew: renew.clone(),
             metrics: metrics.clone(),

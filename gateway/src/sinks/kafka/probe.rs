@@ -24,8 +24,10 @@ pub struct KafkaProbeTarget {
     pub brokers: String,
     /// Health topic.
     pub topic: String,
-    /// The sink's extra librdkafka settings (security settings apply to probes too).
+    /// The sink's extra librdkafka settings.
     pub properties: std::collections::BTreeMap<String, String>,
+    /// The sink's TLS and SASL: probes reach the cluster as the sink does.
+    pub security: super::security::KafkaSecurity,
 }
 
 /// The last delivery report, by probe number.
@@ -64,6 +66,10 @@ pub fn setup(target: KafkaProbeTarget) -> ProbeSetup {
             // Reconnect quickly once the upstream is back, so recovery is seen in seconds.
             .set("reconnect.backoff.ms", "100")
             .set("reconnect.backoff.max.ms", "1000");
+        target
+            .security
+            .apply(&mut c)
+            .map_err(|e| format!("cannot create the probe client: {e}"))?;
         let producer: BaseProducer<ProbeContext> =
             c.create_with_context(ProbeContext::default())
                 .map_err(|e| format!("cannot create the probe client: {e}"))?;

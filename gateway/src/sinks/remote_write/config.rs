@@ -2,11 +2,13 @@
 //! defaults, and its validation into [`RemoteWriteSinkConfig`].
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::sinks::frame::KafkaFormat;
+use crate::tls::client::{ClientTlsFile, ClientTlsSettings};
 use crate::yaml::HumanDuration;
 
 /// One entry of `regions[].sinks.remote_write:`
@@ -15,8 +17,20 @@ use crate::yaml::HumanDuration;
 pub struct RemoteWriteFile {
     /// Names the endpoint in metrics, logs and its delivery cursor; unique in the region.
     pub name: String,
-    /// Endpoint, e.g. `http://prometheus-eu:9090/api/v1/write` (plain HTTP for now).
+    /// Endpoint, e.g. `https://prometheus-eu:9090/api/v1/write`. No credentials in it: they
+    /// would show in logs; use `basic_auth` or `bearer_token_file`.
     pub url: String,
+    /// TLS toward an `https://` endpoint: `ca_file` (default: the system bundle),
+    /// `cert_file` and `key_file` for mTLS, `server_name` to verify instead of the URL's host.
+    #[serde(default)]
+    pub tls: Option<ClientTlsFile>,
+    /// `Authorization: Bearer <token>`, the token read from this file (re-read when it
+    /// changes).
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Basic auth, the password read from `password_file` (re-read when it changes).
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuthFile>,
     /// `remote_write_v1` (default) or `remote_write_v2`.
     #[serde(default)]
     pub format: KafkaFormat,
@@ -49,6 +63,71 @@ pub struct RemoteWriteFile {
     pub queue_capacity: usize,
 }
 
+/// `basic_auth:` of an endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthFile {
+    /// User name.
+    pub username: String,
+    /// File holding the password (trailing newline ignored).
+    pub password_file: PathBuf,
+}
+
+/// Credentials an endpoint gets, from files so they never sit in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// `Authorization: Bearer`, token from the file.
+    Bearer(PathBuf),
+    /// `Authorization: Basic`, password from the file.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password file.
+        password_file: PathBuf,
+    },
+}
+
+impl Credentials {
+    /// The `Authorization` value, read from the file now. The error names the file, never
+    /// its content.
+    pub fn header(&self) -> Result<String, String> {
+        use base64::Engine as _;
+        let read = |p: &PathBuf| -> Result<String, String> {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            let secret = text.trim_end_matches(['\r', '\n']).to_string();
+            if secret.is_empty() {
+                return Err(format!("{} is empty", p.display()));
+            }
+            if secret.contains(['\r', '\n']) {
+                return Err(format!("{} holds more than one line", p.display()));
+            }
+            Ok(secret)
+        };
+        Ok(match self {
+            Credentials::Bearer(p) => format!("Bearer {}", read(p)?),
+            Credentials::Basic {
+                username,
+                password_file,
+            } => {
+                let pair = format!("{username}:{}", read(password_file)?);
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                )
+            }
+        })
+    }
+
+    /// The file to watch for a change.
+    pub fn file(&self) -> &PathBuf {
+        match self {
+            Credentials::Bearer(p) => p,
+            Credentials::Basic { password_file, .. } => password_file,
+        }
+    }
+}
+
 fn default_tenant_header() -> String {
     "X-Scope-OrgID".into()
 }
@@ -73,8 +152,12 @@ const fn default_max_batch_bytes() -> usize {
 pub struct RemoteWriteSinkConfig {
     /// Unique within the region.
     pub name: String,
-    /// `http://...` endpoint.
+    /// `http://` or `https://` endpoint.
     pub url: String,
+    /// TLS, for an `https://` endpoint (always set for one).
+    pub tls: Option<ClientTlsSettings>,
+    /// Credentials from files.
+    pub credentials: Option<Credentials>,
     /// 1.0 or 2.0.
     pub format: KafkaFormat,
     /// Header carrying the tenant id; empty for none.
@@ -121,13 +204,74 @@ impl RemoteWriteFile {
                 w.name
             ));
         }
-        match w.url.parse::<http::Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
-            Ok(_) => problems.push(format!(
-                "{prefix}.url: {:?} must be an http:// URL with a host (https is not supported yet)",
-                w.url
-            )),
-            Err(e) => problems.push(format!("{prefix}.url: {:?}: {e}", w.url)),
+        let https = match w.url.parse::<http::Uri>() {
+            Ok(u) if u.authority().is_some_and(|a| a.as_str().contains('@')) => {
+                problems.push(format!(
+                    "{prefix}.url: has credentials in it (they would show in logs); use basic_auth or bearer_token_file"
+                ));
+                false
+            }
+            Ok(u) if u.host().is_some() && u.scheme_str() == Some("https") => true,
+            Ok(u) if u.host().is_some() && u.scheme_str() == Some("http") => false,
+            Ok(_) => {
+                problems.push(format!(
+                    "{prefix}.url: {:?} must be an http:// or https:// URL with a host",
+                    w.url
+                ));
+                false
+            }
+            Err(e) => {
+                problems.push(format!("{prefix}.url: {:?}: {e}", w.url));
+                false
+            }
+        };
+        let tls = match (w.tls, https) {
+            (Some(t), true) => t.validate(prefix, problems),
+            // https with no `tls:` trusts the system bundle: secure by default.
+            (None, true) => ClientTlsFile::default().validate(prefix, problems),
+            (Some(_), false) => {
+                problems.push(format!("{prefix}.tls: set, but the url is not https://"));
+                None
+            }
+            (None, false) => None,
+        };
+        let credentials = match (w.bearer_token_file, w.basic_auth) {
+            (Some(_), Some(_)) => {
+                problems.push(format!(
+                    "{prefix}.basic_auth: set together with bearer_token_file; choose one"
+                ));
+                None
+            }
+            (Some(p), None) => Some(Credentials::Bearer(p)),
+            (None, Some(b)) => {
+                if b.username.is_empty() || b.username.contains(':') {
+                    problems.push(format!(
+                        "{prefix}.basic_auth.username: must be non-empty without ':'"
+                    ));
+                }
+                Some(Credentials::Basic {
+                    username: b.username,
+                    password_file: b.password_file,
+                })
+            }
+            (None, None) => None,
+        };
+        if let Some(c) = &credentials {
+            let field = match c {
+                Credentials::Bearer(_) => "bearer_token_file",
+                Credentials::Basic { .. } => "basic_auth.password_file",
+            };
+            if let Err(why) = c.header() {
+                problems.push(format!("{prefix}.{field}: {why}"));
+            }
+            if w.headers
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case("authorization"))
+            {
+                problems.push(format!(
+                    "{prefix}.headers.Authorization: set together with {field}; choose one"
+                ));
+            }
         }
         if !w.tenant_header.is_empty()
             && http::HeaderName::from_bytes(w.tenant_header.as_bytes()).is_err()
@@ -169,6 +313,8 @@ impl RemoteWriteFile {
         RemoteWriteSinkConfig {
             name: w.name,
             url: w.url,
+            tls,
+            credentials,
             format: w.format,
             tenant_header: w.tenant_header,
             headers: w.headers,

@@ -14,7 +14,8 @@
 //! dropping them unseen.
 //!
 //! Series are split over `pipeline.shards` workers by identity hash, so a series always
-//! meets the same worker and its samples stay in order. May call: the network (HTTP only).
+//! meets the same worker and its samples stay in order. May call: the network (HTTP and
+//! HTTPS, [`client`]).
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{spawn_shards, Reason, ShardWorker, SinkError, SinkHandle, SinkRequest};
+pub mod client;
 pub mod config;
 
 pub use config::{RemoteWriteFile, RemoteWriteSinkConfig};
@@ -34,10 +36,23 @@ use crate::backoff::Backoff;
 
 /// Why the sink could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("remote-write sink {name}: cannot start its threads: {source}")]
-pub struct StartError {
-    name: String,
-    source: std::io::Error,
+pub enum StartError {
+    /// The worker threads.
+    #[error("remote-write sink {name}: cannot start its threads: {source}")]
+    Threads {
+        /// The sink.
+        name: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TLS or credential files (checked at load) no longer load.
+    #[error("remote-write sink {name}: {why}")]
+    Client {
+        /// The sink.
+        name: String,
+        /// What is wrong, naming the file.
+        why: String,
+    },
 }
 
 /// Starts the sink's `shards` workers.
@@ -48,27 +63,26 @@ pub fn spawn(
     cancel: CancellationToken,
 ) -> Result<(SinkHandle, Vec<JoinHandle<()>>), StartError> {
     let name = format!("remote_write/{region}/{}", cfg.name);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(cfg.timeout))
-        .user_agent(concat!("traceo-gateway/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
-    let workers: Vec<RwWorker> = (0..shards.max(1))
-        .map(|_| RwWorker {
+    let mut workers: Vec<RwWorker> = Vec::new();
+    for _ in 0..shards.max(1) {
+        let client = client::Client::new(&name, &cfg).map_err(|why| StartError::Client {
+            name: name.clone(),
+            why,
+        })?;
+        workers.push(RwWorker {
             name: name.clone(),
             cfg: cfg.clone(),
-            agent: agent.clone(),
+            client,
             cancel: cancel.clone(),
             pending: Vec::new(),
             tenant: None,
             body: Vec::new(),
             v2: V2Writer::new(),
             series: 0,
-        })
-        .collect();
+        });
+    }
     let (mut handle, threads) = spawn_shards(&name, region, cfg.queue_capacity, workers, &cancel)
-        .map_err(|source| StartError {
+        .map_err(|source| StartError::Threads {
         name: name.clone(),
         source,
     })?;
@@ -82,7 +96,7 @@ pub fn spawn(
 struct RwWorker {
     name: String,
     cfg: RemoteWriteSinkConfig,
-    agent: ureq::Agent,
+    client: client::Client,
     cancel: CancellationToken,
     /// Requests in the batch being built (their acks complete when it is sent).
     pending: Vec<SinkRequest>,
@@ -222,15 +236,16 @@ impl RwWorker {
     }
 
     fn attempt(
-        &self,
+        &mut self,
         body: &[u8],
         content_type: &str,
         version: &str,
         tenant: Option<&TenantId>,
     ) -> Attempt {
+        self.client.refresh();
         let mut req = self
-            .agent
-            .post(&self.cfg.url)
+            .client
+            .post()
             .header("content-type", content_type)
             .header("content-encoding", "snappy")
             .header("x-prometheus-remote-write-version", version);

@@ -1,0 +1,251 @@
+//! `regions[].sinks.kafka.tls` and `.sasl`: TLS and SASL toward the region's Kafka clusters,
+//! mapped onto librdkafka's `security.protocol`, `ssl.*` and `sasl.*` settings for the sink's
+//! producers and the probes alike.
+//!
+//! librdkafka does TLS with OpenSSL (the C library it is built against); the gateway's own
+//! TLS, everywhere else, is rustls. The files are still checked at load with our loader, so a
+//! bad file is a config error naming the field, not a failed handshake later. Secrets come
+//! from files, read when a client is created (a rotated password file is used by the next
+//! producer), never kept in the config or printed.
+
+use std::path::PathBuf;
+
+use rdkafka::config::ClientConfig;
+use serde::Deserialize;
+
+use crate::tls::client::{ClientTlsFile, ClientTlsSettings};
+
+/// `sasl:` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaslFile {
+    /// `plain`, `scram-sha-256` or `scram-sha-512`.
+    pub mechanism: SaslMechanism,
+    /// User name.
+    pub username: String,
+    /// File holding the password (trailing newline ignored).
+    pub password_file: PathBuf,
+}
+
+/// `sasl.mechanism`.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SaslMechanism {
+    /// `PLAIN`: the password itself goes to the broker (use it over TLS).
+    Plain,
+    /// `SCRAM-SHA-256`.
+    ScramSha256,
+    /// `SCRAM-SHA-512`.
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    fn as_kafka(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// SASL, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sasl {
+    /// Mechanism.
+    pub mechanism: SaslMechanism,
+    /// User name.
+    pub username: String,
+    /// Password file.
+    pub password_file: PathBuf,
+}
+
+/// TLS and SASL of a Kafka sink, validated; empty means plaintext.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KafkaSecurity {
+    /// TLS.
+    pub tls: Option<ClientTlsSettings>,
+    /// SASL.
+    pub sasl: Option<Sasl>,
+}
+
+/// librdkafka settings `properties:` may not set: secrets belong in files, and verification
+/// is never turned off.
+const REFUSED_PROPERTIES: &[(&str, &str)] = &[
+    ("sasl.password", "put the password in sasl.password_file"),
+    (
+        "ssl.key.password",
+        "use an unencrypted key file readable only by the gateway",
+    ),
+    ("ssl.key.pem", "use tls.key_file"),
+    ("sasl.oauthbearer.client.secret", "not supported"),
+];
+
+/// Checks `properties` against what [`KafkaSecurity`] owns; problems name the property.
+pub fn check_properties(
+    prefix: &str,
+    properties: &std::collections::BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) {
+    for (k, v) in properties {
+        if let Some((_, why)) = REFUSED_PROPERTIES.iter().find(|(p, _)| p == k) {
+            problems.push(format!("{prefix}.properties.{k}: not allowed here: {why}"));
+        }
+        let insecure = match k.as_str() {
+            "enable.ssl.certificate.verification" => v.trim() == "false",
+            "ssl.endpoint.identification.algorithm" => v.trim() == "none",
+            _ => false,
+        };
+        if insecure {
+            problems.push(format!(
+                "{prefix}.properties.{k}: {v:?} turns certificate verification off; the gateway does not do that"
+            ));
+        }
+    }
+}
+
+impl KafkaSecurity {
+    /// Validates `tls:` and `sasl:`; problems name `prefix.tls.*` and `prefix.sasl.*`.
+    pub fn validate(
+        prefix: &str,
+        tls: Option<ClientTlsFile>,
+        sasl: Option<SaslFile>,
+        problems: &mut Vec<String>,
+    ) -> KafkaSecurity {
+        let tls = tls.and_then(|t| {
+            if t.server_name.is_some() {
+                problems.push(format!(
+                    "{prefix}.tls.server_name: not supported for Kafka (librdkafka verifies each broker's advertised host name)"
+                ));
+            }
+            t.validate(prefix, problems)
+        });
+        let sasl = sasl.map(|s| {
+            if s.username.is_empty() {
+                problems.push(format!("{prefix}.sasl.username: must not be empty"));
+            }
+            let sasl = Sasl {
+                mechanism: s.mechanism,
+                username: s.username,
+                password_file: s.password_file,
+            };
+            if let Err(why) = sasl.password() {
+                problems.push(format!("{prefix}.sasl.password_file: {why}"));
+            }
+            sasl
+        });
+        KafkaSecurity { tls, sasl }
+    }
+
+    /// `security.protocol` for these settings.
+    pub fn protocol(&self) -> &'static str {
+        match (&self.tls, &self.sasl) {
+            (None, None) => "PLAINTEXT",
+            (Some(_), None) => "SSL",
+            (None, Some(_)) => "SASL_PLAINTEXT",
+            (Some(_), Some(_)) => "SASL_SSL",
+        }
+    }
+
+    /// Sets the librdkafka settings on `c`, reading the password file now. The error names
+    /// the file, never its content.
+    pub fn apply(&self, c: &mut ClientConfig) -> Result<(), String> {
+        if self.tls.is_none() && self.sasl.is_none() {
+            return Ok(());
+        }
+        c.set("security.protocol", self.protocol());
+        if let Some(t) = &self.tls {
+            c.set("ssl.ca.location", t.ca_file.display().to_string())
+                .set("enable.ssl.certificate.verification", "true")
+                .set("ssl.endpoint.identification.algorithm", "https");
+            if let Some((cert, key)) = &t.client {
+                c.set("ssl.certificate.location", cert.display().to_string())
+                    .set("ssl.key.location", key.display().to_string());
+            }
+        }
+        if let Some(s) = &self.sasl {
+            c.set("sasl.mechanism", s.mechanism.as_kafka())
+                .set("sasl.username", &s.username)
+                .set("sasl.password", s.password()?);
+        }
+        Ok(())
+    }
+}
+
+impl Sasl {
+    fn password(&self) -> Result<String, String> {
+        let p = &self.password_file;
+        let text =
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        let secret = text.trim_end_matches(['\r', '\n']);
+        if secret.is_empty() {
+            return Err(format!("{} is empty", p.display()));
+        }
+        if secret.contains(['\r', '\n']) {
+            return Err(format!("{} holds more than one line", p.display()));
+        }
+        Ok(secret.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sasl_and_tls_map_onto_librdkafka_and_secrets_stay_in_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2\n").unwrap();
+        let mut problems = Vec::new();
+        let s = KafkaSecurity::validate(
+            "k",
+            None,
+            Some(SaslFile {
+                mechanism: SaslMechanism::ScramSha512,
+                username: "gw".into(),
+                password_file: pw.clone(),
+            }),
+            &mut problems,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(s.protocol(), "SASL_PLAINTEXT");
+        let mut c = ClientConfig::new();
+        s.apply(&mut c).unwrap();
+        assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(c.get("sasl.password"), Some("hunter2"));
+        assert!(!format!("{s:?}").contains("hunter2"));
+
+        std::fs::write(&pw, "").unwrap();
+        let mut problems = Vec::new();
+        KafkaSecurity::validate(
+            "k",
+            None,
+            Some(SaslFile {
+                mechanism: SaslMechanism::Plain,
+                username: String::new(),
+                password_file: pw,
+            }),
+            &mut problems,
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
+
+        let mut problems = Vec::new();
+        let props = [
+            ("sasl.password".to_string(), "x".to_string()),
+            (
+                "enable.ssl.certificate.verification".to_string(),
+                "false".to_string(),
+            ),
+            ("client.id".to_string(), "ok".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        check_properties("k", &props, &mut problems);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            !problems.iter().any(|p| p.contains("\"x\"")),
+            "{problems:?}"
+        );
+    }
+}
