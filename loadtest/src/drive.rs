@@ -44,8 +44,10 @@ pub const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Target {
     /// The protocol (headers, answer parsing).
     pub protocol: Protocol,
-    /// The full request URI (`http://host:port/path`); only `http` (no TLS).
+    /// The full request URI (`http://` or `https://host:port/path`).
     pub uri: Uri,
+    /// TLS for an `https://` URI (ALPN is set here per connection).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// h2c with prior knowledge instead of HTTP/1.1 (always on for gRPC).
     pub http2: bool,
     /// Headers of every request, the tenant header aside.
@@ -240,11 +242,35 @@ impl Sender {
 
 async fn connect(target: &Target) -> anyhow::Result<Sender> {
     let host = target.uri.host().unwrap_or("127.0.0.1");
-    let port = target.uri.port_u16().unwrap_or(80);
+    let default_port = if target.tls.is_some() { 443 } else { 80 };
+    let port = target.uri.port_u16().unwrap_or(default_port);
     let stream = tokio::net::TcpStream::connect((host, port)).await?;
     stream.set_nodelay(true)?;
-    let io = TokioIo::new(stream);
-    if target.http2 || target.protocol.is_grpc() {
+    let h2 = target.http2 || target.protocol.is_grpc();
+    match &target.tls {
+        None => handshake(TokioIo::new(stream), h2).await,
+        Some(tls) => {
+            let mut config = (**tls).clone();
+            config.alpn_protocols = vec![if h2 {
+                b"h2".to_vec()
+            } else {
+                b"http/1.1".to_vec()
+            }];
+            let name =
+                rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, stream)
+                .await?;
+            handshake(TokioIo::new(tls), h2).await
+        }
+    }
+}
+
+async fn handshake<T>(io: TokioIo<T>, h2: bool) -> anyhow::Result<Sender>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if h2 {
         let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
         tokio::spawn(conn);
         Ok(Sender::H2(sender))

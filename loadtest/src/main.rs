@@ -81,9 +81,20 @@ struct Args {
     /// Outstanding requests per connection; more than 1 needs HTTP/2 (--http2 or otlp-grpc).
     #[arg(long, default_value_t = 1)]
     max_in_flight: usize,
-    /// HTTP/2 with prior knowledge (h2c) for rw1, rw2 and otlp-http (otlp-grpc always is).
+    /// HTTP/2 (h2c with prior knowledge, or ALPN `h2` over TLS) for rw1, rw2 and otlp-http
+    /// (otlp-grpc always is).
     #[arg(long)]
     http2: bool,
+    /// With an https:// URL: the CA bundle (PEM) the gateway's certificate must chain to.
+    /// Default: the system bundle ($SSL_CERT_FILE or /etc/ssl/certs/ca-certificates.crt).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// With an https:// URL: a client certificate chain (PEM) for mTLS; needs --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
     /// Open loop: target samples per second over all connections, on a fixed timetable.
     /// Without it the run is closed loop at maximum speed.
     #[arg(long, value_name = "SAMPLES_PER_S")]
@@ -208,9 +219,18 @@ fn target(args: &Args) -> anyhow::Result<Target> {
         .unwrap_or_else(|| args.protocol.default_url().to_string());
     let mut uri: http::Uri = url.parse().with_context(|| format!("--url {url:?}"))?;
     ensure!(
-        uri.scheme_str() == Some("http") && uri.host().is_some(),
-        "--url {url:?}: only http://host[:port]/path is supported (no TLS)"
+        matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some(),
+        "--url {url:?}: must be http:// or https://host[:port]/path"
     );
+    let tls = if uri.scheme_str() == Some("https") {
+        Some(Arc::new(tls_config(args)?))
+    } else {
+        ensure!(
+            args.ca.is_none() && args.cert.is_none(),
+            "--ca/--cert need an https:// --url"
+        );
+        None
+    };
     if args.protocol.is_grpc() && matches!(uri.path(), "" | "/") {
         uri = format!("{}{}", url.trim_end_matches('/'), wire::GRPC_EXPORT_PATH)
             .parse()
@@ -219,8 +239,46 @@ fn target(args: &Args) -> anyhow::Result<Target> {
     Ok(Target {
         protocol: args.protocol,
         uri,
+        tls,
         http2: args.http2,
         headers: wire::headers(args.protocol, args.gzip),
+    })
+}
+
+/// The client TLS of an https:// run: the CA bundle (or the system's) and the client pair.
+fn tls_config(args: &Args) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let ca = match &args.ca {
+        Some(p) => p.clone(),
+        None => std::env::var_os("SSL_CERT_FILE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt")),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca).with_context(|| format!("--ca {}", ca.display()))? {
+        roots
+            .add(c.with_context(|| format!("--ca {}", ca.display()))?)
+            .with_context(|| format!("--ca {}", ca.display()))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS versions")?
+    .with_root_certificates(roots);
+    Ok(match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect())
+                .with_context(|| format!("--cert {}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("--key {}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .context("--cert/--key")?
+        }
+        _ => builder.with_no_client_auth(),
     })
 }
 

@@ -2,59 +2,19 @@
 //! gateway over HTTPS with a client certificate (mTLS, `client_auth: required`), and the
 //! gateway takes the tenant from the certificate's common name. A second remote-write queue
 //! of the same Prometheus, without a certificate, is refused at the handshake. Certificates
-//! are made by the test (`rcgen`).
+//! are made by the test (`rcgen`). The listener's certificate is rotated under load from
+//! `traceo-loadgen` over TLS: no request fails and new connections get the new certificate.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use traceo_e2e::{free_port, get, metric_in, prometheus_bin, read_rows, wait_for, Gateway, Proc};
+use traceo_e2e::{
+    free_port, get, metric_in, pem_certificate, prometheus_bin, read_rows, served_certificate,
+    wait_for, write_pki as pki, Gateway, Proc,
+};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
-
-/// A CA, a server certificate for `localhost` and 127.0.0.1, and a client certificate with
-/// common name `cn`, as PEM files under `dir`.
-fn pki(dir: &Path, cn: &str) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose, SanType,
-    };
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "traceo test CA");
-    let ca = ca.self_signed(&ca_key).expect("CA");
-    let server_key = KeyPair::generate().expect("server key");
-    let mut server = CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
-    server
-        .subject_alt_names
-        .push(SanType::IpAddress([127, 0, 0, 1].into()));
-    server.use_authority_key_identifier_extension = true;
-    server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server = server
-        .signed_by(&server_key, &ca, &ca_key)
-        .expect("server cert");
-    let client_key = KeyPair::generate().expect("client key");
-    let mut client = CertificateParams::new(Vec::<String>::new()).expect("client params");
-    client.distinguished_name.push(DnType::CommonName, cn);
-    client.use_authority_key_identifier_extension = true;
-    client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client = client
-        .signed_by(&client_key, &ca, &ca_key)
-        .expect("client cert");
-    for (name, pem) in [
-        ("ca.pem", ca.pem()),
-        ("server.pem", server.pem()),
-        ("server.key", server_key.serialize_pem()),
-        ("client.pem", client.pem()),
-        ("client.key", client_key.serialize_pem()),
-    ] {
-        std::fs::write(dir.join(name), pem).expect("write PEM");
-    }
-}
 
 #[test]
 fn prometheus_writes_over_mtls_and_the_certificate_names_the_tenant() {
@@ -287,4 +247,126 @@ regions:
         )
         .unwrap_or(0.0);
     assert_eq!(team_a, 2.0, "two mTLS exports counted for team-a:\n{page}");
+}
+
+/// Runs `traceo-loadgen` over TLS against `url` and returns its JSON report.
+fn loadgen_tls(dir: &Path, url: &str, rate: &str, secs: &str, connections: &str) -> Command {
+    let mut cmd = Command::new(traceo_e2e::loadgen_bin(GATEWAY));
+    cmd.args(["--url", url, "--tenant", "team-a"])
+        .arg("--ca")
+        .arg(dir.join("ca.pem"))
+        .args([
+            "--series",
+            "2000",
+            "--series-per-request",
+            "50",
+            "--labels",
+            "6",
+        ])
+        .args([
+            "--connections",
+            connections,
+            "--rate",
+            rate,
+            "--duration",
+            secs,
+        ])
+        .args(["--timeout", "10", "--json"]);
+    cmd
+}
+
+/// The `codes` of a loadgen JSON report, as `code -> count`.
+fn codes_of(out: &std::process::Output) -> serde_json::Map<String, serde_json::Value> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "loadgen report: {e}\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    report["codes"].as_object().cloned().unwrap_or_default()
+}
+
+#[test]
+fn certificate_rotation_under_load_fails_no_request_and_new_connections_get_the_new_one() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    pki(dir, "team-a");
+    let gw = Gateway::start(
+        GATEWAY,
+        dir,
+        r#"
+listen: { http: "127.0.0.1:{port}", telemetry: "127.0.0.1:{telemetry_port}" }
+otlp: { grpc_listen: null, http_listen: null }
+tls:
+  cert_file: "{dir}/server.pem"
+  key_file: "{dir}/server.key"
+auth: { mode: off, default_region: local }
+regions:
+  - id: local
+    sinks:
+      parquet: { path: "{dir}/data", max_file_age: 1s }
+"#,
+    );
+    let url = format!("https://localhost:{}/api/v1/write", gw.port);
+    // With listen.telemetry set, the public port keeps telemetry to itself.
+    let agent = traceo_e2e::https_agent(dir);
+    for path in ["/metrics", "/api/v1/status", "/-/ready"] {
+        let r = agent
+            .get(format!("https://localhost:{}{path}", gw.port))
+            .call()
+            .expect("the TLS port answers");
+        assert_eq!(r.status().as_u16(), 404, "{path} on the public port");
+    }
+    let old = pem_certificate(&dir.join("server.pem"));
+    let new = pem_certificate(&dir.join("server-renewed.pem"));
+    assert_eq!(served_certificate(gw.port, dir), old);
+
+    // A long open-loop run on connections opened before the rotation.
+    let long = loadgen_tls(dir, &url, "20000", "14", "4")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start loadgen");
+    std::thread::sleep(Duration::from_secs(3));
+    // cert-manager's way: each file replaced by an atomic rename, key and certificate apart.
+    std::fs::rename(dir.join("server-renewed.key"), dir.join("server.key")).expect("key");
+    std::fs::rename(dir.join("server-renewed.pem"), dir.join("server.pem")).expect("cert");
+    let reloaded = std::time::Instant::now();
+    // Meanwhile, short runs keep opening new connections through the rotation.
+    let mut short_runs = 0;
+    let mut served_new_after = None;
+    while reloaded.elapsed() < Duration::from_secs(8) {
+        let out = loadgen_tls(dir, &url, "5000", "1", "2")
+            .output()
+            .expect("run loadgen");
+        let codes = codes_of(&out);
+        assert!(
+            codes.keys().all(|c| c == "204"),
+            "a request failed during the rotation: {codes:?}"
+        );
+        short_runs += 1;
+        if served_new_after.is_none() && served_certificate(gw.port, dir) == new {
+            served_new_after = Some(reloaded.elapsed());
+        }
+    }
+    let out = long.wait_with_output().expect("loadgen");
+    let codes = codes_of(&out);
+    println!(
+        "long run over the rotation: {codes:?}; {short_runs} short runs on new connections, all 2xx; new certificate served {served_new_after:?} after the rename"
+    );
+    assert!(
+        codes.keys().all(|c| c == "204") && codes.get("204").is_some(),
+        "the long run saw failures: {codes:?}"
+    );
+    assert!(
+        served_new_after.is_some(),
+        "the renewed certificate was never served"
+    );
+    assert_eq!(served_certificate(gw.port, dir), new);
+    let (_, page) = get(&gw.telemetry_url("/metrics")).expect("metrics");
+    assert!(
+        metric_in(&page, r#"traceo_tls_reloads_total{result="success"}"#).is_some_and(|n| n >= 1.0),
+        "reload counted:\n{page}"
+    );
 }

@@ -22,18 +22,8 @@ use traceo_e2e::{
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
 
-/// `traceo-loadgen`, built beside the gateway by `cargo test --workspace`.
 fn loadgen_bin() -> PathBuf {
-    let bin = Path::new(GATEWAY)
-        .parent()
-        .expect("binary dir")
-        .join("traceo-loadgen");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the suite with `cargo test --workspace` (or `cargo build -p traceo-loadtest` first)",
-        bin.display()
-    );
-    bin
+    traceo_e2e::loadgen_bin(GATEWAY)
 }
 
 /// Starts `traceo-loadgen` against `gw` at `rate` samples/s for `secs`, recording acks.

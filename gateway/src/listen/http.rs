@@ -61,10 +61,22 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
         .expect("static response is valid")
 }
 
+/// Paths of the telemetry listener.
+fn is_telemetry_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/-/healthy" | "/-/ready" | "/metrics" | "/api/v1/status"
+    )
+}
+
 /// gRPC requests (by content type) go to the OTLP gRPC service, everything else to [`route`].
+/// With `listen.telemetry` set, the probes, `/metrics` and `/api/v1/status` are served there
+/// only: the public port answers them 404, so tenants, upstreams and routes stay off it.
 pub(super) async fn dispatch(req: Request<Incoming>, state: &AppState) -> Response<ResponseBody> {
     if otlp::is_grpc(&req) {
         otlp::grpc_export(req, state).await.map(Either::Right)
+    } else if state.config.listen.telemetry.is_some() && is_telemetry_path(req.uri().path()) {
+        ApiError::NotFound.into_response().map(Either::Left)
     } else {
         route(req, state).await.map(Either::Left)
     }
@@ -76,9 +88,10 @@ pub(super) async fn dispatch_telemetry(
     req: Request<Incoming>,
     state: &AppState,
 ) -> Response<ResponseBody> {
-    let response = match req.uri().path() {
-        "/-/healthy" | "/-/ready" | "/metrics" | "/api/v1/status" => route(req, state).await,
-        _ => ApiError::NotFound.into_response(),
+    let response = if is_telemetry_path(req.uri().path()) {
+        route(req, state).await
+    } else {
+        ApiError::NotFound.into_response()
     };
     response.map(Either::Left)
 }

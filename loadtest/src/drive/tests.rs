@@ -127,6 +127,7 @@ fn plan(addr: std::net::SocketAddr, protocol: Protocol, tenants: usize) -> Plan 
     };
     Plan {
         target: Target {
+            tls: None,
             protocol,
             uri: format!("http://{addr}{path}").parse().unwrap(),
             http2: false,
