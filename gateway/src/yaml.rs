@@ -7,6 +7,34 @@
 use std::fmt;
 use std::time::Duration;
 
+/// Deserializes a list of secrets (passwords, tokens) without ever putting one in an error:
+/// serde's own messages quote the value they did not expect (`invalid type: string
+/// "hunter2", expected a sequence`), and config errors are printed by `check-config` and logged.
+pub fn secret_list<'de, D>(d: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error as _;
+    use serde::Deserialize as _;
+    let v = serde_yaml::Value::deserialize(d)?;
+    match v {
+        serde_yaml::Value::Null => Ok(Vec::new()),
+        serde_yaml::Value::Sequence(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                serde_yaml::Value::String(s) => Ok(s),
+                _ => Err(D::Error::custom(format!(
+                    "entry {i} is not a string (the value is a secret and not shown)"
+                ))),
+            })
+            .collect(),
+        _ => Err(D::Error::custom(
+            "expected a list of strings, e.g. [\"...\"] (the value is a secret and not shown)",
+        )),
+    }
+}
+
 /// A duration written for people: `250ms`, `10s`, `5m`, `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -53,6 +81,23 @@ impl<'de> serde::Deserialize<'de> for HumanDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misplaced_secret_is_never_quoted_in_the_error() {
+        #[derive(Debug, serde::Deserialize)]
+        struct T {
+            #[serde(default, deserialize_with = "secret_list")]
+            #[allow(dead_code)]
+            passwords: Vec<String>,
+        }
+        let e = serde_yaml::from_str::<T>("passwords: hunter2-secret").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("list of strings"), "{e}");
+        let e = serde_yaml::from_str::<T>("passwords: [ok, {x: hunter2-secret}]").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let t: T = serde_yaml::from_str("passwords: [a, b]").unwrap();
+        assert_eq!(t.passwords, ["a", "b"]);
+    }
 
     #[test]
     fn parses_units() {

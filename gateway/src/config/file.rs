@@ -484,10 +484,10 @@ pub struct TenantFile {
     #[serde(default)]
     pub region: Option<String>,
     /// Basic-auth passwords accepted for this tenant (user name = tenant id).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::secret_list")]
     pub passwords: Vec<String>,
     /// Bearer tokens that identify this tenant.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::secret_list")]
     pub bearer_tokens: Vec<String>,
 }
 

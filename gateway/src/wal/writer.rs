@@ -185,7 +185,7 @@ pub fn start(
         metrics::histogram!("traceo_wal_group_records", "region" => name.to_string());
     let region = name.to_string();
     // Tenants whose gauge was set, so one whose records all went is set to 0, not left stale.
-    let mut gauged: HashMap<Box<[u8]>, u64> = HashMap::new();
+    let mut gauged = TenantGauges::default();
     let thread = std::thread::Builder::new()
         .name(format!("wal/{name}"))
         .spawn(move || {
@@ -217,7 +217,7 @@ pub fn start(
                 group.retain(|r| !r.payloads.is_empty());
                 if group.is_empty() {
                     publish(&shared, &wal);
-                    tenant_gauges(&region, &wal, &mut gauged);
+                    gauged.update(&region, &wal);
                     continue;
                 }
                 let started = Instant::now();
@@ -261,7 +261,7 @@ pub fn start(
                 }
                 sync_seconds.record(started.elapsed().as_secs_f64());
                 publish(&shared, &wal);
-                tenant_gauges(&region, &wal, &mut gauged);
+                gauged.update(&region, &wal);
                 let _ = durable_tx.send(wal.next_seq());
             }
             wal
@@ -278,35 +278,45 @@ pub fn start(
 }
 
 /// `traceo_wal_tenant_bytes{region,tenant}`: each tenant's framed bytes in the log, set
-/// where it changed since the last turn (a busy writer turns every few milliseconds). Only
-/// tenants that got past authentication have records, so the label set stays bounded by the
-/// tenants the gateway serves.
-fn tenant_gauges(region: &str, wal: &Wal, gauged: &mut HashMap<Box<[u8]>, u64>) {
-    let set = |owner: &[u8], bytes: u64| {
-        metrics::gauge!("traceo_wal_tenant_bytes",
-            "region" => region.to_string(),
-            "tenant" => String::from_utf8_lossy(owner).into_owned())
-        .set(bytes as f64);
-    };
-    gauged.retain(|owner, _| {
-        let still = wal.owner_bytes_of(owner) > 0;
-        if !still {
-            set(owner, 0);
+/// where it changed since the last turn (a busy writer turns every few milliseconds). The
+/// label is [`crate::telemetry::tenant_label`]'s, so with authentication off (where clients
+/// choose the ids) the label set stays within its cap: tenants past it add up under `other`.
+#[derive(Default)]
+struct TenantGauges {
+    /// Each owner's label, for the owners in the log.
+    labels: HashMap<Box<[u8]>, String>,
+    /// What each label was last set to.
+    last: HashMap<String, u64>,
+}
+
+impl TenantGauges {
+    fn update(&mut self, region: &str, wal: &Wal) {
+        let set = |label: &str, bytes: u64| {
+            metrics::gauge!("traceo_wal_tenant_bytes",
+                "region" => region.to_string(),
+                "tenant" => label.to_string())
+            .set(bytes as f64);
+        };
+        self.labels.retain(|owner, _| wal.owner_bytes_of(owner) > 0);
+        let mut now: HashMap<String, u64> = HashMap::with_capacity(self.last.len());
+        for (owner, bytes) in wal.owner_bytes() {
+            let label = self.labels.entry(owner.into()).or_insert_with(|| {
+                let id = residency_rules::TenantId::parse(&String::from_utf8_lossy(owner)).ok();
+                crate::telemetry::tenant_label(id.as_ref())
+            });
+            *now.entry(label.clone()).or_default() += bytes;
         }
-        still
-    });
-    for (owner, bytes) in wal.owner_bytes() {
-        match gauged.get_mut(owner) {
-            Some(b) if *b == bytes => {}
-            Some(b) => {
-                *b = bytes;
-                set(owner, bytes);
-            }
-            None => {
-                gauged.insert(owner.into(), bytes);
-                set(owner, bytes);
+        for (label, old) in &self.last {
+            if *old > 0 && !now.contains_key(label) {
+                set(label, 0);
             }
         }
+        for (label, bytes) in &now {
+            if self.last.get(label) != Some(bytes) {
+                set(label, *bytes);
+            }
+        }
+        self.last = now;
     }
 }
 
