@@ -243,7 +243,7 @@ async fn reload_tls(tls: Arc<ListenerTls>, stop: CancellationToken) {
         tokio::task::spawn_blocking(move || {
             files
                 .iter()
-                .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+                .map(|f| crate::tls::stamp_of(f))
                 .collect::<Vec<_>>()
         })
         .await

@@ -128,16 +128,28 @@ fn the_remote_write_sink_delivers_over_mtls_and_a_sink_without_a_certificate_is_
     ] {
         std::fs::rename(dir.join(from), dir.join(to)).expect("rename");
     }
-    wait_for(
-        "the sink to reload its files",
-        Duration::from_secs(30),
-        || {
-            // Reloads happen when a request is sent; keep sending.
-            send(&gw, "team-eu", "after_rotation");
-            gw.metric(r#"traceo_remote_write_client_reloads_total{sink="remote_write/eu/prom",result="success"}"#)
-            .filter(|n| *n >= 1.0)
-        },
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // Reloads happen when a request is sent; keep sending.
+        send(&gw, "team-eu", "after_rotation");
+        let page = get(&gw.url("/metrics")).map(|(_, p)| p).unwrap_or_default();
+        let reloads: Vec<&str> = page
+            .lines()
+            .filter(|l| l.starts_with("traceo_remote_write_client_reloads_total"))
+            .collect();
+        if reloads
+            .iter()
+            .any(|l| l.contains("remote_write/eu/prom") && l.contains("result=\"success\""))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink did not reload its rotated files within 30 s: {reloads:?}\n{}",
+            gw.proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     wait_for("data after the rotation", Duration::from_secs(60), || {
         (!prom.query("after_rotation").is_empty()).then_some(())
     });

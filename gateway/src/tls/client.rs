@@ -7,7 +7,6 @@
 //! (so cert-manager's rotation of a client certificate needs no restart).
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -106,17 +105,14 @@ impl ClientTlsSettings {
         Ok(ClientTlsMaterial { roots, client })
     }
 
-    /// The files' modification times, to notice a rotation.
-    pub fn stamp(&self) -> Vec<Option<SystemTime>> {
+    /// The files' stamps, to notice a rotation.
+    pub fn stamp(&self) -> Vec<super::FileStamp> {
         let mut files = vec![self.ca_file.as_path()];
         if let Some((c, k)) = &self.client {
             files.push(c);
             files.push(k);
         }
-        files
-            .into_iter()
-            .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
-            .collect()
+        files.into_iter().map(super::stamp_of).collect()
     }
 }
 

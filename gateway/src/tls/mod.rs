@@ -103,6 +103,19 @@ pub fn server_config(s: &TlsSettings) -> Result<Arc<ServerConfig>, LoadError> {
     Ok(Arc::new(config))
 }
 
+/// What tells a replaced file from an unchanged one: modification time, size and inode.
+/// The time alone is not enough: file times come from the kernel's coarse clock, so a file
+/// replaced by one written within the same few milliseconds (an atomic rename, a Kubernetes
+/// secret's symlink swap) keeps the old time; the inode changes with either.
+pub type FileStamp = Option<(std::time::SystemTime, u64, u64)>;
+
+/// The [`FileStamp`] of `path` now (`None` if it cannot be read).
+pub fn stamp_of(path: &Path) -> FileStamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
 /// When the first certificate of the PEM file at `path` expires, in seconds since the epoch.
 pub fn expiry_of(path: &Path) -> Option<i64> {
     let first = read_certs(path, "cert_file").ok()?.into_iter().next()?;

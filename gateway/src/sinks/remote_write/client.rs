@@ -6,7 +6,7 @@
 //! certificate is checked against the name the operator expects, not the address used.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
@@ -14,6 +14,7 @@ use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use super::config::RemoteWriteSinkConfig;
 use crate::tls::client::ClientTlsSettings;
+use crate::tls::FileStamp;
 
 /// How often the TLS and credential files are checked for a change: cert-manager renews well
 /// before expiry, so a few seconds' delay costs nothing, and a `stat` per file per interval
@@ -70,7 +71,7 @@ pub struct Client {
     name: String,
     cfg: RemoteWriteSinkConfig,
     built: Built,
-    stamp: Vec<Option<SystemTime>>,
+    stamp: Vec<FileStamp>,
     checked: Instant,
 }
 
@@ -114,14 +115,14 @@ impl Client {
         })
     }
 
-    fn stamp_of(cfg: &RemoteWriteSinkConfig) -> Vec<Option<SystemTime>> {
+    fn stamp_of(cfg: &RemoteWriteSinkConfig) -> Vec<FileStamp> {
         let mut s = cfg
             .tls
             .as_ref()
             .map(ClientTlsSettings::stamp)
             .unwrap_or_default();
         if let Some(c) = &cfg.credentials {
-            s.push(std::fs::metadata(c.file()).and_then(|m| m.modified()).ok());
+            s.push(crate::tls::stamp_of(c.file()));
         }
         s
     }
