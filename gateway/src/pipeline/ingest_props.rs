@@ -339,7 +339,7 @@ fn policy(case: &Case) -> Option<residency_rules::CompiledPolicy> {
     residency_rules::load(&yaml).ok()
 }
 
-/// The share `submit` would build for region `eu`, as `listen`'s planning decides it.
+/// The share `submit` would build for region `eu`, as `ingest::plan` decides it.
 fn share(case: &Case, batch: Batch, policy: &residency_rules::CompiledPolicy) -> TaggedBatch {
     let tenant = TenantId::parse("acme").expect("valid");
     let region = RegionId::parse("eu").expect("valid");

@@ -518,6 +518,65 @@ mod tests {
         assert!(rx.try_recv().is_ok(), "commit hands the share to the sink");
     }
 
+    /// A region's log that cannot write (a full disk) makes the pipeline unready, naming the
+    /// region and the error (what `/-/ready` answers with 503), and an append that succeeds
+    /// makes it ready again.
+    #[tokio::test]
+    async fn a_log_that_cannot_write_makes_the_pipeline_unready_naming_the_region() {
+        let policy = residency_rules::load(
+            "regions: [{ id: eu, jurisdiction: EU }]\ntenants: [{ id: acme, home: eu }]\n",
+        )
+        .unwrap();
+        let eu = RegionId::parse("eu").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let limits = crate::wal::WalLimits {
+            segment_bytes: 1 << 20,
+            max_bytes: 1 << 30,
+            max_bytes_per_owner: u64::MAX,
+            owner_of: |_| None,
+        };
+        let (mut wal, _) = crate::wal::Wal::open(dir.path(), limits).unwrap();
+        // The group's write and the request's own retry both hit ENOSPC.
+        const ENOSPC: i32 = 28;
+        wal.fail_next_writes(&[ENOSPC, ENOSPC]);
+        let (wtx, wrx) = crate::wal::writer::queue(8);
+        let (handle, _writer) = crate::wal::writer::start("eu", wal, wtx, wrx).unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel(4);
+        let pipeline = Pipeline::new(
+            [SinkHandle::new(
+                "null/eu".into(),
+                eu.clone(),
+                vec![tx],
+                false,
+            )],
+            Durability::Wal(Arc::new([(eu.clone(), handle)].into_iter().collect())),
+            "tenant",
+            "region",
+        );
+        let tenant = TenantId::parse("acme").unwrap();
+        let view = policy.tenant(&tenant).unwrap();
+        assert_eq!(pipeline.unready_reason(), None);
+        let submit = || async {
+            let p = pipeline
+                .prepare(
+                    &view,
+                    &tenant,
+                    batch(&[("__name__", "up")]),
+                    Plan::all(view.default_regions()),
+                )
+                .unwrap();
+            pipeline.commit(p).await
+        };
+        assert!(submit().await.is_err(), "the write failed");
+        let why = pipeline
+            .unready_reason()
+            .expect("unready while the disk fails");
+        assert!(why.contains("region eu"), "{why}");
+        assert!(why.contains("No space left on device"), "{why}");
+        submit().await.expect("the disk has room again");
+        assert_eq!(pipeline.unready_reason(), None);
+    }
+
     /// Region choice follows the fleet's view of upstream health inside the tenant's
     /// allowed regions, in their order, and never leaves them: whatever is down, the answer
     /// is an allowed region with sinks.
