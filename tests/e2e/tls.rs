@@ -342,8 +342,8 @@ regions:
             .expect("run loadgen");
         let codes = codes_of(&out);
         assert!(
-            codes.keys().all(|c| c == "204"),
-            "a request failed during the rotation: {codes:?}"
+            codes.keys().all(|c| c == "204") && codes.contains_key("204"),
+            "a request failed during the rotation (or none was sent): {codes:?}"
         );
         short_runs += 1;
         if served_new_after.is_none() && served_certificate(gw.port, dir) == new {

@@ -3,7 +3,8 @@
 //! remote-write backend of two regions.
 //!
 //! - EU's sink trusts the test CA, shows a client certificate and verifies the name
-//!   `localhost` while connecting to 127.0.0.1 (`tls.server_name`): its data is queried back;
+//!   `prom.traceo.test` (the only name on Prometheus' certificate, resolvable nowhere) while
+//!   connecting to 127.0.0.1 (`tls.server_name`): its data is queried back;
 //! - US's sink has no client certificate: Prometheus refuses its handshakes, the sink retries
 //!   (counted), and none of its data lands while EU's keeps arriving;
 //! - the EU client certificate is replaced by a new one while the gateway runs: the sink picks
@@ -44,7 +45,7 @@ regions:
             ca_file: "{{dir}}/ca.pem"
             cert_file: "{{dir}}/client.pem"
             key_file: "{{dir}}/client.key"
-            server_name: localhost
+            server_name: prom.traceo.test
   - id: us
     sinks:
       remote_write:
@@ -52,7 +53,7 @@ regions:
           url: "{prom_url}"
           min_backoff: 100ms
           max_backoff: 1s
-          tls: {{ ca_file: "{{dir}}/ca.pem" }}
+          tls: {{ ca_file: "{{dir}}/ca.pem", server_name: prom.traceo.test }}
 tenants:
   - {{ id: team-eu, region: eu, passwords: ["s3cret"] }}
   - {{ id: team-us, region: us, passwords: ["s3cret"] }}

@@ -681,6 +681,16 @@ pub fn write_pki(dir: &Path, cn: &str) {
     };
     let (server, server_key) = server_pair();
     let (server_renewed, server_renewed_key) = server_pair();
+    // A server pair that names only a host nobody resolves, so a client reaching it by
+    // address must be told the name to verify (`tls.server_name`).
+    let named_key = KeyPair::generate().expect("server key");
+    let mut named = CertificateParams::new(vec![NAMED_SERVER.to_string()]).expect("params");
+    named.use_authority_key_identifier_extension = true;
+    named.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    named.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let named = named
+        .signed_by(&named_key, &ca, &ca_key)
+        .expect("named server cert");
     // Two client pairs from the same CA: the second stands in for a renewal.
     let client_pair = |cn: &str| {
         let key = KeyPair::generate().expect("client key");
@@ -700,6 +710,8 @@ pub fn write_pki(dir: &Path, cn: &str) {
         ("server.key", server_key.serialize_pem()),
         ("server-renewed.pem", server_renewed.pem()),
         ("server-renewed.key", server_renewed_key.serialize_pem()),
+        ("server-named.pem", named.pem()),
+        ("server-named.key", named_key.serialize_pem()),
         ("client.pem", client.pem()),
         ("client.key", client_key.serialize_pem()),
         ("client-renewed.pem", renewed.pem()),
@@ -760,8 +772,32 @@ pub fn loadgen_bin(gateway: &str) -> PathBuf {
     bin
 }
 
+/// The only name on `server-named.pem` ([`write_pki`]); it resolves nowhere.
+pub const NAMED_SERVER: &str = "prom.traceo.test";
+
+/// Sends every host name to 127.0.0.1, so a test client can verify a certificate's name
+/// (e.g. [`NAMED_SERVER`]) that no DNS knows.
+#[derive(Debug)]
+struct Loopback;
+
+impl ureq::unversioned::resolver::Resolver for Loopback {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        _config: &ureq::config::Config,
+        _timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let mut addrs = self.empty();
+        addrs.push(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            uri.port_u16().unwrap_or(443),
+        )));
+        Ok(addrs)
+    }
+}
+
 /// An HTTPS client trusting `pki/ca.pem` and showing `pki/client.pem` (as [`write_pki`]
-/// writes them).
+/// writes them); every host name connects to 127.0.0.1.
 pub fn https_agent(pki: &Path) -> ureq::Agent {
     let read = |f: &str| std::fs::read(pki.join(f)).expect("PEM file");
     let ca = ureq::tls::Certificate::from_pem(&read("ca.pem")).expect("CA PEM");
@@ -775,12 +811,16 @@ pub fn https_agent(pki: &Path) -> ureq::Agent {
         .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
         .client_cert(Some(ureq::tls::ClientCert::new_with_certs(&[cert], key)))
         .build();
-    ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .tls_config(tls)
-        .build()
-        .into()
+        .build();
+    ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::new(),
+        Loopback,
+    )
 }
 
 /// The Prometheus binary: `$PROMETHEUS_BIN`, else `prometheus` from `PATH` (Debian package).
@@ -797,6 +837,8 @@ pub struct PrometheusBackend {
     pub port: u16,
     /// `http` or `https`.
     scheme: &'static str,
+    /// The host its own probes and queries use (its certificate's name with TLS).
+    host: &'static str,
     /// The client that reaches it (with a client certificate when it serves HTTPS).
     agent: ureq::Agent,
 }
@@ -808,8 +850,9 @@ impl PrometheusBackend {
     }
 
     /// Starts it serving HTTPS only (`--web.config.file` with `tls_server_config`) with the
-    /// server certificate of `pki` ([`write_pki`]), requiring a client certificate signed by
-    /// its CA.
+    /// `server-named` pair of `pki` ([`write_pki`]: it names only [`NAMED_SERVER`]), requiring a
+    /// client certificate signed by its CA. [`PrometheusBackend::write_url`] then gives
+    /// 127.0.0.1, so a client must verify [`NAMED_SERVER`] by configuration.
     pub fn start_tls(dir: &Path, name: &str, pki: &Path) -> PrometheusBackend {
         Self::start_with(dir, name, Some(pki))
     }
@@ -823,24 +866,24 @@ impl PrometheusBackend {
             .arg(format!("--storage.tsdb.path={}", dir.join(name).display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--web.enable-remote-write-receiver");
-        let (scheme, agent) = match pki {
-            None => ("http", http()),
+        let (scheme, host, agent) = match pki {
+            None => ("http", "127.0.0.1", http()),
             Some(p) => {
                 let web = dir.join(format!("{name}-web.yml"));
                 let d = p.display();
                 std::fs::write(
                     &web,
                     format!(
-                        "tls_server_config:\n  cert_file: {d}/server.pem\n  key_file: {d}/server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {d}/ca.pem\n"
+                        "tls_server_config:\n  cert_file: {d}/server-named.pem\n  key_file: {d}/server-named.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {d}/ca.pem\n"
                     ),
                 )
                 .expect("write web config");
                 cmd.arg(format!("--web.config.file={}", web.display()));
-                ("https", https_agent(p))
+                ("https", NAMED_SERVER, https_agent(p))
             }
         };
         let mut proc = Proc::spawn(name, cmd, dir.join(format!("{name}.log")));
-        let url = format!("{scheme}://127.0.0.1:{port}/-/ready");
+        let url = format!("{scheme}://{host}:{port}/-/ready");
         wait_for(
             &format!("{name} readiness"),
             Duration::from_secs(60),
@@ -855,6 +898,7 @@ impl PrometheusBackend {
             proc,
             port,
             scheme,
+            host,
             agent,
         }
     }
@@ -869,8 +913,8 @@ impl PrometheusBackend {
         let mut resp = match self
             .agent
             .get(format!(
-                "{}://127.0.0.1:{}/api/v1/query",
-                self.scheme, self.port
+                "{}://{}:{}/api/v1/query",
+                self.scheme, self.host, self.port
             ))
             .query("query", promql)
             .call()

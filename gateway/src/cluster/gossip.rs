@@ -91,6 +91,10 @@ pub struct Gossip {
     settings: GossipSettings,
     /// Set when chitchat's task ends without being asked to.
     ended: Arc<AtomicBool>,
+    /// No restart before this.
+    retry_at: Option<Instant>,
+    /// The wait after the next restart or failed attempt.
+    retry_step: Duration,
     dead_after: Duration,
     /// Each node's last heartbeat and when it changed.
     beats: HashMap<ChitchatId, (u64, Instant)>,
@@ -105,6 +109,11 @@ pub struct GossipError {
     addr: SocketAddr,
     message: String,
 }
+
+/// First wait between gossip restarts; doubles up to [`MAX_RESTART_BACKOFF`].
+const FIRST_RESTART_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait between gossip restarts.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(60);
 
 /// How long chitchat keeps a dead node's state, and so how long a node's old generation
 /// still counts toward the fleet's node bound (twice this): long enough for every peer to
@@ -146,6 +155,7 @@ async fn spawn(
         context: s.cluster_id.as_bytes().to_vec(),
         replay_window: s.replay_window,
         node_ttl: 2 * grace,
+        me: (me.node_id.clone(), me.generation_id),
     };
     let handle = spawn_chitchat(config, Vec::new(), &transport)
         .await
@@ -184,41 +194,42 @@ impl Gossip {
             me,
             settings: s.clone(),
             ended,
+            retry_at: None,
+            retry_step: FIRST_RESTART_BACKOFF,
             dead_after: s.dead_after,
             beats: HashMap::new(),
             seen: HashMap::new(),
         })
     }
 
-    /// Starts chitchat again if its task ended; the caller goes on with the new one.
+    /// Starts chitchat again if its task ended; the caller goes on with the new one. Never
+    /// waits: a restart that fails is tried again on a later call, after a backoff that
+    /// doubles up to a minute (the control loop keeps routing by this node's own probes
+    /// meanwhile, and a crash loop does not flood peers with new generations).
     async fn revive(&mut self) {
         if !self.ended.load(Ordering::SeqCst) {
             return;
         }
+        let now = Instant::now();
+        if self.retry_at.is_some_and(|at| now < at) {
+            return;
+        }
         error!(node = %self.me.node_id, "gossip task ended unexpectedly; restarting it under a new generation");
         metrics::counter!("traceo_gossip_restarts_total").increment(1);
-        // The old task is gone; free its socket before binding the port again.
         let _ = self.handle.initiate_shutdown();
-        let mut wait = Duration::from_millis(50);
-        loop {
-            match spawn(&self.me.node_id, &self.settings).await {
-                Ok((handle, me, ended)) => {
-                    let old = std::mem::replace(&mut self.handle, handle);
-                    drop(old);
-                    self.me = me;
-                    self.ended = ended;
-                    return;
-                }
-                Err(e) if wait < Duration::from_secs(2) => {
-                    error!(error = %e, "gossip restart failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-                Err(e) => {
-                    // Next read tries again; the node routes by its own probes meanwhile.
-                    error!(error = %e, "gossip restart failed; will retry");
-                    return;
-                }
+        match spawn(&self.me.node_id, &self.settings).await {
+            Ok((handle, me, ended)) => {
+                drop(std::mem::replace(&mut self.handle, handle));
+                self.me = me;
+                self.ended = ended;
+                // The next end, if any, waits at least the current step.
+                self.retry_at = Some(now + self.retry_step);
+                self.retry_step = (self.retry_step * 2).min(MAX_RESTART_BACKOFF);
+            }
+            Err(e) => {
+                error!(error = %e, retry_in = ?self.retry_step, "gossip restart failed");
+                self.retry_at = Some(now + self.retry_step);
+                self.retry_step = (self.retry_step * 2).min(MAX_RESTART_BACKOFF);
             }
         }
     }

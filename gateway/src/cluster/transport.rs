@@ -4,9 +4,10 @@
 //! A received datagram goes through, in order: opening with the key ring (unknown key or
 //! failed authentication: dropped), the replay guard (outside the window or seen before:
 //! dropped), [`protocols::gossip::chitchat::check_message`] (anything chitchat would assert
-//! on or that is out of bounds: dropped), the fleet's node bound (a message that would make
-//! this node track more than [`MAX_NODES`] distinct nodes: dropped), and only then chitchat's
-//! own deserializer. Every drop is counted in `traceo_gossip_rejected_packets_total{reason}`
+//! on or that is out of bounds: dropped), a delta about this node itself (chitchat would
+//! apply a peer's version of our own state: dropped), the fleet's node bound (a message that
+//! would make this node track more than [`MAX_NODES`] node ids, or more than
+//! [`MAX_TRACKED`] node generations: dropped), and only then chitchat's own deserializer. Every drop is counted in `traceo_gossip_rejected_packets_total{reason}`
 //! and logged at debug level (a flood must not flood the log too). With `gossip_insecure`
 //! the first two steps are skipped; the checks still run.
 
@@ -20,6 +21,12 @@ use chitchat::transport::{Socket, Transport};
 use chitchat::{ChitchatMessage, Deserializable, Serializable};
 use metrics::Counter;
 use protocols::gossip::chitchat::{check_message, NodeRef, MAX_NODES};
+
+/// Node generations (a restart makes a new one) tracked at once. chitchat keeps a dead
+/// generation until its grace passes and puts every known one in its digest; at 181 bytes
+/// an entry at most, 320 stay under the ~65 400-byte digest where chitchat's MTU arithmetic
+/// would underflow, while leaving room for a fleet of 256 ids to roll through restarts.
+pub const MAX_TRACKED: usize = 320;
 use protocols::gossip::seal::{KeyRing, Rejected, ReplayGuard, NONCE_LEN, OVERHEAD};
 use ring::rand::SecureRandom;
 use tracing::{debug, warn};
@@ -40,6 +47,8 @@ pub struct SealedUdp {
     pub replay_window: Duration,
     /// How long a node not named by any message still counts toward the node bound.
     pub node_ttl: Duration,
+    /// This node's id and generation: deltas about it are refused.
+    pub me: (String, u64),
 }
 
 #[async_trait::async_trait]
@@ -65,6 +74,7 @@ pub struct Gate {
     context: Vec<u8>,
     guard: ReplayGuard,
     node_ttl: Duration,
+    me: (String, u64),
     nodes: HashMap<NodeRef, Instant>,
     rejected: Vec<(Rejected, Counter)>,
 }
@@ -80,6 +90,7 @@ impl Gate {
                 REPLAY_CAPACITY,
             ),
             node_ttl: cfg.node_ttl,
+            me: cfg.me.clone(),
             nodes: HashMap::new(),
             rejected: Rejected::ALL
                 .iter()
@@ -124,11 +135,21 @@ impl Gate {
                 opened.payload
             }
         };
-        let nodes = check_message(payload).map_err(|e| {
+        let named = check_message(payload).map_err(|e| {
             debug!(error = %e, "gossip message refused before chitchat");
             Rejected::Invalid
         })?;
-        self.admit_nodes(&nodes, now)?;
+        // Honest peers never send our own state back (they only send what is newer than
+        // what we told them, and nobody knows our state better than we do).
+        if named
+            .delta
+            .iter()
+            .any(|n| n.node_id == self.me.0 && n.generation == self.me.1)
+        {
+            debug!("gossip delta about this node refused");
+            return Err(Rejected::Invalid);
+        }
+        self.admit_nodes(&named.all(), now)?;
         let mut cursor = payload;
         let message = ChitchatMessage::deserialize(&mut cursor).map_err(|e| {
             debug!(error = %e, "chitchat refused a message the check passed");
@@ -137,16 +158,25 @@ impl Gate {
         Ok(message)
     }
 
-    /// Refuses a message that would make the fleet more than [`MAX_NODES`] distinct nodes
-    /// (counting each generation of a node) seen within `node_ttl`.
+    /// Refuses a message that would make this node track more than [`MAX_NODES`] node ids
+    /// or [`MAX_TRACKED`] generations seen within `node_ttl`.
     fn admit_nodes(&mut self, nodes: &[NodeRef], now: Instant) -> Result<(), Rejected> {
-        let new = nodes.iter().filter(|n| !self.nodes.contains_key(n)).count();
-        if self.nodes.len() + new > MAX_NODES {
+        let fits = |tracked: &HashMap<NodeRef, Instant>| {
+            let new: Vec<&NodeRef> = nodes.iter().filter(|n| !tracked.contains_key(n)).collect();
+            if new.is_empty() {
+                return true;
+            }
+            let mut ids: std::collections::HashSet<&str> =
+                tracked.keys().map(|n| n.node_id.as_str()).collect();
+            ids.extend(new.iter().map(|n| n.node_id.as_str()));
+            tracked.len() + new.len() <= MAX_TRACKED && ids.len() <= MAX_NODES
+        };
+        if !fits(&self.nodes) {
             let ttl = self.node_ttl;
             self.nodes.retain(|_, at| now.duration_since(*at) <= ttl);
-        }
-        if self.nodes.len() + new > MAX_NODES {
-            return Err(Rejected::TooManyNodes);
+            if !fits(&self.nodes) {
+                return Err(Rejected::TooManyNodes);
+            }
         }
         for n in nodes {
             self.nodes.insert(n.clone(), now);
@@ -253,6 +283,7 @@ mod tests {
             context: b"traceo".to_vec(),
             replay_window: Duration::from_secs(30),
             node_ttl: Duration::from_secs(60),
+            me: ("self".into(), 1),
         }
     }
 
@@ -280,6 +311,48 @@ mod tests {
         range.map(|i| format!("node-{i}")).collect()
     }
 
+    /// An ACK whose delta sets the max version of node `id` (generation 1).
+    fn ack_about(id: &str, max_version: u64) -> Vec<u8> {
+        let mut ops = vec![0u8];
+        ops.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        ops.extend_from_slice(id.as_bytes());
+        ops.extend_from_slice(&1u64.to_le_bytes());
+        ops.extend_from_slice(&[4, 127, 0, 0, 1]);
+        ops.extend_from_slice(&7946u16.to_le_bytes());
+        ops.extend_from_slice(&[0; 16]);
+        ops.push(2);
+        ops.extend_from_slice(&max_version.to_le_bytes());
+        let mut b = Vec::new();
+        b.extend_from_slice(&45_139u16.to_le_bytes());
+        b.extend_from_slice(&[0, 2, 2]);
+        b.extend_from_slice(&(ops.len() as u16).to_le_bytes());
+        b.extend_from_slice(&ops);
+        b.push(0);
+        b
+    }
+
+    #[test]
+    fn a_delta_about_this_node_itself_is_refused_whoever_seals_it() {
+        let c = cfg(&[[7; KEY_LEN]]);
+        let mut gate = Gate::new(&c);
+        let keys = c.keys.clone().unwrap();
+        let now = Instant::now();
+        let seal = |m: &[u8], n: u8| {
+            let mut d = Vec::new();
+            keys.seal(b"traceo", 1_000, [n; NONCE_LEN], m, &mut d);
+            d
+        };
+        assert!(matches!(
+            gate.accept(&mut seal(&ack_about("peer", 5), 1), 1_000, now),
+            Ok(ChitchatMessage::Ack { .. })
+        ));
+        assert_eq!(
+            gate.accept(&mut seal(&ack_about("self", 5), 2), 1_000, now)
+                .unwrap_err(),
+            Rejected::Invalid
+        );
+    }
+
     #[test]
     fn no_message_takes_the_fleet_past_its_node_bound_until_old_nodes_age_out() {
         let mut gate = Gate::new(&SealedUdp {
@@ -287,6 +360,7 @@ mod tests {
             context: Vec::new(),
             replay_window: Duration::from_secs(30),
             node_ttl: Duration::from_secs(60),
+            me: ("self".into(), 1),
         });
         let t0 = Instant::now();
         for chunk in 0..4 {
@@ -348,6 +422,7 @@ mod tests {
             context: Vec::new(),
             replay_window: Duration::from_secs(30),
             node_ttl: Duration::from_secs(60),
+            me: ("self".into(), 1),
         });
         let m = open.accept(&mut syn(&[]), 0, Instant::now()).unwrap();
         assert!(matches!(m, ChitchatMessage::Syn { .. }), "{m:?}");

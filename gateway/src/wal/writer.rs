@@ -283,10 +283,12 @@ pub fn start(
 /// choose the ids) the label set stays within its cap: tenants past it add up under `other`.
 #[derive(Default)]
 struct TenantGauges {
-    /// Each owner's label, for the owners in the log.
-    labels: HashMap<Box<[u8]>, String>,
+    /// Each owner's label, for the owners in the log (shared, so a turn clones no string).
+    labels: HashMap<Box<[u8]>, Arc<str>>,
     /// What each label was last set to.
-    last: HashMap<String, u64>,
+    last: HashMap<Arc<str>, u64>,
+    /// This turn's sums, kept to reuse its allocation.
+    now: HashMap<Arc<str>, u64>,
 }
 
 impl TenantGauges {
@@ -298,25 +300,25 @@ impl TenantGauges {
             .set(bytes as f64);
         };
         self.labels.retain(|owner, _| wal.owner_bytes_of(owner) > 0);
-        let mut now: HashMap<String, u64> = HashMap::with_capacity(self.last.len());
+        self.now.clear();
         for (owner, bytes) in wal.owner_bytes() {
             let label = self.labels.entry(owner.into()).or_insert_with(|| {
                 let id = residency_rules::TenantId::parse(&String::from_utf8_lossy(owner)).ok();
-                crate::telemetry::tenant_label(id.as_ref())
+                crate::telemetry::tenant_label(id.as_ref()).into()
             });
-            *now.entry(label.clone()).or_default() += bytes;
+            *self.now.entry(label.clone()).or_default() += bytes;
         }
         for (label, old) in &self.last {
-            if *old > 0 && !now.contains_key(label) {
+            if *old > 0 && !self.now.contains_key(label) {
                 set(label, 0);
             }
         }
-        for (label, bytes) in &now {
+        for (label, bytes) in &self.now {
             if self.last.get(label) != Some(bytes) {
                 set(label, *bytes);
             }
         }
-        self.last = now;
+        std::mem::swap(&mut self.last, &mut self.now);
     }
 }
 

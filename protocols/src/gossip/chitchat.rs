@@ -12,21 +12,37 @@
 //!   `SetMaxVersion` op after key-values of the same node, below their versions;
 //! - more than [`MAX_NODES`] nodes in a digest or a delta, node ids over
 //!   [`MAX_NODE_ID_BYTES`];
+//! - versions at or above [`MAX_VERSION`] (chitchat adds one to a node's max version when it
+//!   sets a key: a peer-sent `u64::MAX` would wrap it and trip another assertion), keys over
+//!   [`MAX_KEY_BYTES`], values over [`MAX_VALUE_BYTES`], more than
+//!   [`MAX_KEY_VALUES_PER_NODE`] key-values for one node (so no key-value outgrows a delta
+//!   and starves the nodes after it);
 //! - a delta decompressing to more than [`MAX_DELTA_BYTES`];
 //! - trailing bytes, unknown tags, bad UTF-8, truncation.
 //!
-//! It returns the nodes the message names so the caller can bound how many distinct nodes
-//! ever reach chitchat. The format is chitchat's (`message.rs`, `digest.rs`, `delta.rs`,
+//! It returns the nodes the message names, digest and delta apart, so the caller can bound
+//! how many distinct nodes ever reach chitchat and refuse deltas about itself (chitchat
+//! applies a peer's delta to its own node state too). The format is chitchat's (`message.rs`, `digest.rs`, `delta.rs`,
 //! `serialize.rs` of 0.10.1): integers little-endian, strings `u16` length then UTF-8.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// chitchat's message magic number.
 const MAGIC: u16 = 45_139;
-/// Nodes one message may name. Every node's digest entry rides in each SYN, and a digest
-/// that outgrows a datagram would break chitchat; 256 nodes of 128-byte ids stay under half
-/// of one, and no gateway fleet this design serves comes near.
+/// Nodes one message may name. Every node chitchat knows rides in each of its SYN digests,
+/// and a digest over about 65 400 bytes would underflow chitchat's MTU arithmetic; an entry
+/// is at most 181 bytes (128-byte id), so 256 nodes take about 71% of a datagram. No gateway
+/// fleet this design serves comes near.
 pub const MAX_NODES: usize = 256;
+/// Versions from peers stay below this, far from chitchat's `+ 1` overflow; a node would need
+/// billions of updates a second for centuries to reach it.
+pub const MAX_VERSION: u64 = 1 << 62;
+/// Longest key: ours are `upstream.<name>.health`.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Longest value: ours are `<health> <count>`.
+pub const MAX_VALUE_BYTES: usize = 1024;
+/// Key-values of one node in one delta.
+pub const MAX_KEY_VALUES_PER_NODE: usize = 1024;
 /// Longest node id. `cluster.node_id` is refused above it at config load.
 pub const MAX_NODE_ID_BYTES: usize = 128;
 /// Most bytes a delta may decompress to: far above what chitchat's MTU-bound deltas of this
@@ -88,6 +104,39 @@ pub enum Invalid {
     /// The same node twice in one delta.
     #[error("node {0:?} twice in one delta")]
     DuplicateNode(String),
+    /// A version at or above [`MAX_VERSION`].
+    #[error("a version of {0}, at or above the bound")]
+    Version(u64),
+    /// A key, a value or a node's key-values over their bounds.
+    #[error("{0} over its bound")]
+    TooLarge(&'static str),
+}
+
+/// What a message names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Named {
+    /// Nodes of its digest (SYN, SYN-ACK).
+    pub digest: Vec<NodeRef>,
+    /// Nodes its delta carries state of (SYN-ACK, ACK).
+    pub delta: Vec<NodeRef>,
+}
+
+impl Named {
+    /// Every node named, once.
+    pub fn all(&self) -> Vec<NodeRef> {
+        let mut all: Vec<NodeRef> = self.digest.iter().chain(&self.delta).cloned().collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
+fn version(v: u64) -> Result<u64, Invalid> {
+    if v >= MAX_VERSION {
+        Err(Invalid::Version(v))
+    } else {
+        Ok(v)
+    }
 }
 
 struct Reader<'a> {
@@ -177,27 +226,27 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Checks one chitchat message; on success, the nodes it names (digest and delta).
-pub fn check_message(message: &[u8]) -> Result<Vec<NodeRef>, Invalid> {
+/// Checks one chitchat message; on success, the nodes it names.
+pub fn check_message(message: &[u8]) -> Result<Named, Invalid> {
     let mut r = Reader::new(message);
     if r.u16()? != MAGIC || r.u8()? != 0 {
         return Err(Invalid::NotChitchat);
     }
     let at = r.at;
-    let mut nodes = Vec::new();
+    let mut named = Named::default();
     match r.u8()? {
         // SYN: digest, cluster id.
         0 => {
-            digest(&mut r, &mut nodes)?;
+            digest(&mut r, &mut named.digest)?;
             r.string()?;
         }
         // SYN-ACK: digest, delta.
         1 => {
-            digest(&mut r, &mut nodes)?;
-            delta(&mut r, &mut nodes)?;
+            digest(&mut r, &mut named.digest)?;
+            delta(&mut r, &mut named.delta)?;
         }
         // ACK: delta.
-        2 => delta(&mut r, &mut nodes)?,
+        2 => delta(&mut r, &mut named.delta)?,
         // BadCluster.
         3 => {}
         value => {
@@ -209,12 +258,11 @@ pub fn check_message(message: &[u8]) -> Result<Vec<NodeRef>, Invalid> {
         }
     }
     r.done()?;
-    nodes.sort();
-    nodes.dedup();
-    if nodes.len() > MAX_NODES {
-        return Err(Invalid::TooManyNodes(nodes.len()));
+    let all = named.all().len();
+    if all > MAX_NODES {
+        return Err(Invalid::TooManyNodes(all));
     }
-    Ok(nodes)
+    Ok(named)
 }
 
 fn digest(r: &mut Reader<'_>, nodes: &mut Vec<NodeRef>) -> Result<(), Invalid> {
@@ -225,7 +273,9 @@ fn digest(r: &mut Reader<'_>, nodes: &mut Vec<NodeRef>) -> Result<(), Invalid> {
     for _ in 0..count {
         nodes.push(r.node()?);
         // Heartbeat, last GC version, max version.
-        r.take(24)?;
+        r.u64()?;
+        version(r.u64()?)?;
+        version(r.u64()?)?;
     }
     Ok(())
 }
@@ -272,6 +322,7 @@ fn delta(r: &mut Reader<'_>, nodes: &mut Vec<NodeRef>) -> Result<(), Invalid> {
 struct Current {
     max_version: u64,
     has_key_values: bool,
+    key_values: usize,
 }
 
 fn ops(data: &[u8], nodes: &mut Vec<NodeRef>) -> Result<(), Invalid> {
@@ -284,8 +335,8 @@ fn ops(data: &[u8], nodes: &mut Vec<NodeRef>) -> Result<(), Invalid> {
             // Node: id, last GC version, from version (excluded).
             0 => {
                 let node = r.node()?;
-                r.u64()?;
-                r.u64()?;
+                version(r.u64()?)?;
+                version(r.u64()?)?;
                 if !seen.insert(node.clone()) {
                     return Err(Invalid::DuplicateNode(node.node_id));
                 }
@@ -296,6 +347,7 @@ fn ops(data: &[u8], nodes: &mut Vec<NodeRef>) -> Result<(), Invalid> {
                 current = Some(Current {
                     max_version: 0,
                     has_key_values: false,
+                    key_values: 0,
                 });
             }
             // Key-value: key, value, version, deletion status.
@@ -303,9 +355,17 @@ fn ops(data: &[u8], nodes: &mut Vec<NodeRef>) -> Result<(), Invalid> {
                 let Some(c) = current.as_mut() else {
                     return Err(Invalid::OpOrder("a key-value before any node"));
                 };
-                r.string()?;
-                r.string()?;
-                let version = r.u64()?;
+                if r.string()?.len() > MAX_KEY_BYTES {
+                    return Err(Invalid::TooLarge("a key"));
+                }
+                if r.string()?.len() > MAX_VALUE_BYTES {
+                    return Err(Invalid::TooLarge("a value"));
+                }
+                c.key_values += 1;
+                if c.key_values > MAX_KEY_VALUES_PER_NODE {
+                    return Err(Invalid::TooLarge("a node's key-values"));
+                }
+                let version = version(r.u64()?)?;
                 let status_at = r.at;
                 let status = r.u8()?;
                 if status > 2 {
@@ -326,7 +386,7 @@ fn ops(data: &[u8], nodes: &mut Vec<NodeRef>) -> Result<(), Invalid> {
                 let Some(c) = current.as_mut() else {
                     return Err(Invalid::OpOrder("a max version before any node"));
                 };
-                let max_version = r.u64()?;
+                let max_version = version(r.u64()?)?;
                 if c.has_key_values {
                     return Err(Invalid::OpOrder(
                         "a max version after key-values of the same node",
@@ -415,11 +475,16 @@ mod tests {
         syn.u16(2).node("a").u64(1).u64(0).u64(3);
         syn.node("b").u64(1).u64(0).u64(3);
         syn.s("traceo");
-        let nodes = check_message(&syn.0).unwrap();
+        let named = check_message(&syn.0).unwrap();
         assert_eq!(
-            nodes.iter().map(|n| n.node_id.as_str()).collect::<Vec<_>>(),
+            named
+                .digest
+                .iter()
+                .map(|n| n.node_id.as_str())
+                .collect::<Vec<_>>(),
             ["a", "b"]
         );
+        assert!(named.delta.is_empty());
 
         let mut ops = W::default();
         op_node(&mut ops, "a");
@@ -427,7 +492,25 @@ mod tests {
         op_kv(&mut ops, "upstream.y.health", 2);
         op_node(&mut ops, "b");
         op_max(&mut ops, 5);
-        assert_eq!(check_message(&ack(&ops)).unwrap().len(), 2);
+        assert_eq!(check_message(&ack(&ops)).unwrap().delta.len(), 2);
+    }
+
+    #[test]
+    fn versions_near_overflow_and_oversized_keys_or_values_are_refused() {
+        // SetMaxVersion(u64::MAX) on a node without key-values: chitchat would wrap its next
+        // version to 0 and trip `assert!(version > self.max_version)`.
+        let mut ops = W::default();
+        op_node(&mut ops, "a");
+        op_max(&mut ops, u64::MAX);
+        assert_eq!(check_message(&ack(&ops)), Err(Invalid::Version(u64::MAX)));
+        let mut ops = W::default();
+        op_node(&mut ops, "a");
+        op_kv(&mut ops, &"k".repeat(MAX_KEY_BYTES + 1), 1);
+        assert_eq!(check_message(&ack(&ops)), Err(Invalid::TooLarge("a key")));
+        let mut syn = W::header(0);
+        syn.u16(1).node("a").u64(1).u64(0).u64(MAX_VERSION);
+        syn.s("traceo");
+        assert_eq!(check_message(&syn.0), Err(Invalid::Version(MAX_VERSION)));
     }
 
     #[test]

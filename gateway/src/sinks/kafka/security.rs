@@ -69,36 +69,23 @@ pub struct KafkaSecurity {
     pub sasl: Option<Sasl>,
 }
 
-/// librdkafka settings `properties:` may not set: secrets belong in files, and verification
-/// is never turned off.
-const REFUSED_PROPERTIES: &[(&str, &str)] = &[
-    ("sasl.password", "put the password in sasl.password_file"),
-    (
-        "ssl.key.password",
-        "use an unencrypted key file readable only by the gateway",
-    ),
-    ("ssl.key.pem", "use tls.key_file"),
-    ("sasl.oauthbearer.client.secret", "not supported"),
-];
-
 /// Checks `properties` against what [`KafkaSecurity`] owns; problems name the property.
+/// Security settings are refused outright rather than by value: librdkafka reads booleans
+/// and names case-insensitively and in several spellings (`false`, `0`, `f`, `NONE`), and a
+/// secret there would sit in the config; `tls:` and `sasl:` are the one way to set them.
 pub fn check_properties(
     prefix: &str,
     properties: &std::collections::BTreeMap<String, String>,
     problems: &mut Vec<String>,
 ) {
-    for (k, v) in properties {
-        if let Some((_, why)) = REFUSED_PROPERTIES.iter().find(|(p, _)| p == k) {
-            problems.push(format!("{prefix}.properties.{k}: not allowed here: {why}"));
-        }
-        let insecure = match k.as_str() {
-            "enable.ssl.certificate.verification" => v.trim() == "false",
-            "ssl.endpoint.identification.algorithm" => v.trim() == "none",
-            _ => false,
-        };
-        if insecure {
+    for k in properties.keys() {
+        let owned = k == "security.protocol"
+            || k == "enable.ssl.certificate.verification"
+            || k.starts_with("ssl.")
+            || k.starts_with("sasl.");
+        if owned {
             problems.push(format!(
-                "{prefix}.properties.{k}: {v:?} turns certificate verification off; the gateway does not do that"
+                "{prefix}.properties.{k}: TLS and SASL are set with {prefix}.tls and {prefix}.sasl (secrets from files, verification always on), not properties"
             ));
         }
     }
@@ -120,6 +107,15 @@ impl KafkaSecurity {
             }
             t.validate(prefix, problems)
         });
+        let plain_in_clear = tls.is_none()
+            && sasl
+                .as_ref()
+                .is_some_and(|s| s.mechanism == SaslMechanism::Plain);
+        if plain_in_clear {
+            problems.push(format!(
+                "{prefix}.sasl.mechanism: plain sends the password itself; it needs {prefix}.tls"
+            ));
+        }
         let sasl = sasl.map(|s| {
             if s.username.is_empty() {
                 problems.push(format!("{prefix}.sasl.username: must not be empty"));
@@ -228,23 +224,28 @@ mod tests {
             }),
             &mut problems,
         );
-        assert_eq!(problems.len(), 2, "{problems:?}");
+        // Empty user, empty password file, and PLAIN without TLS.
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].contains("plain sends the password itself"),
+            "{problems:?}"
+        );
 
         let mut problems = Vec::new();
         let props = [
-            ("sasl.password".to_string(), "x".to_string()),
-            (
-                "enable.ssl.certificate.verification".to_string(),
-                "false".to_string(),
-            ),
-            ("client.id".to_string(), "ok".to_string()),
+            ("sasl.password", "hunter2"),
+            ("enable.ssl.certificate.verification", "0"),
+            ("ssl.endpoint.identification.algorithm", "NONE"),
+            ("security.protocol", "SSL"),
+            ("client.id", "ok"),
         ]
         .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         check_properties("k", &props, &mut problems);
-        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(
-            !problems.iter().any(|p| p.contains("\"x\"")),
+            !problems.iter().any(|p| p.contains("hunter2")),
             "{problems:?}"
         );
     }

@@ -36,7 +36,11 @@ impl Resolver for PinnedName {
         config: &ureq::config::Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        if uri.host() == Some(self.name.as_str()) {
+        // `Uri::host` keeps an IPv6 literal's brackets; `name` has none.
+        let host = uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'));
+        if host == Some(self.name.as_str()) {
             self.inner.resolve(&self.real, config, timeout)
         } else {
             self.inner.resolve(uri, config, timeout)
@@ -105,12 +109,14 @@ fn tls_config(t: &ClientTlsSettings) -> Result<ureq::tls::TlsConfig, String> {
 impl Client {
     /// The client for `cfg`'s endpoint, its files loaded.
     pub fn new(name: &str, cfg: &RemoteWriteSinkConfig) -> Result<Client, String> {
+        // Stamped before loading: a file replaced in between is noticed on the next check.
+        let stamp = Self::stamp_of(cfg);
         let built = Self::build(cfg)?;
         Ok(Client {
             name: name.to_string(),
             cfg: cfg.clone(),
             built,
-            stamp: Self::stamp_of(cfg),
+            stamp,
             checked: Instant::now(),
         })
     }
@@ -128,10 +134,18 @@ impl Client {
     }
 
     fn build(cfg: &RemoteWriteSinkConfig) -> Result<Built, String> {
+        // No redirects: a remote-write endpoint answers where it is, and a redirect would carry
+        // the tenant header and `headers` to wherever it points.
         let mut b = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(cfg.timeout))
+            .max_redirects(0)
             .user_agent(concat!("traceo-gateway/", env!("CARGO_PKG_VERSION")));
+        if cfg.tls.as_ref().is_some_and(|t| t.server_name.is_some()) {
+            // A proxy from the environment would be asked to CONNECT to the server name,
+            // skipping the pinned resolver.
+            b = b.proxy(None);
+        }
         if let Some(t) = &cfg.tls {
             b = b.tls_config(tls_config(t)?).https_only(true);
         }
@@ -182,6 +196,8 @@ impl Client {
                 info!(sink = %self.name, "remote-write TLS or credential files changed; new connections use them");
             }
             Err(e) => {
+                // Said once per change of the files: the next change is tried again.
+                self.stamp = stamp;
                 metrics::counter!("traceo_remote_write_client_reloads_total", "sink" => self.name.clone(), "result" => "failure").increment(1);
                 warn!(sink = %self.name, error = %e, "remote-write TLS or credential files changed but do not load; keeping the previous ones");
             }

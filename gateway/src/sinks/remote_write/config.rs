@@ -37,7 +37,8 @@ pub struct RemoteWriteFile {
     /// Header that carries the tenant id. Default `X-Scope-OrgID`; empty sends none.
     #[serde(default = "default_tenant_header")]
     pub tenant_header: String,
-    /// Extra headers sent with every request (e.g. `Authorization`).
+    /// Extra headers sent with every request. For credentials prefer `bearer_token_file` or
+    /// `basic_auth`: a secret here sits in the config file.
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, String>,
     /// One attempt gives up after this long. Default `30s`.
@@ -256,6 +257,11 @@ impl RemoteWriteFile {
             }
             (None, None) => None,
         };
+        if credentials.is_some() && !https {
+            problems.push(format!(
+                "{prefix}.url: credentials (basic_auth, bearer_token_file) need an https:// url; over http they travel in clear"
+            ));
+        }
         if let Some(c) = &credentials {
             let field = match c {
                 Credentials::Bearer(_) => "bearer_token_file",
