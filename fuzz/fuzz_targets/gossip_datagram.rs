@@ -32,11 +32,16 @@ fuzz_target!(|data: &[u8]| {
     let mut sealed = Vec::new();
     ring.seal(b"traceo", 1_000, [3; 12], data, &mut sealed);
     let mut copy = sealed.clone();
-    let opened = ring.open(b"traceo", &mut copy).expect("what is sealed opens");
+    let opened = ring
+        .open(b"traceo", &mut copy)
+        .expect("what is sealed opens");
     assert_eq!(opened.payload, data);
     if !sealed.is_empty() {
         let i = data.len() % sealed.len();
         sealed[i] ^= 0x01;
-        assert!(ring.open(b"traceo", &mut sealed).is_err(), "a flipped bit at {i} still opened");
+        assert!(
+            ring.open(b"traceo", &mut sealed).is_err(),
+            "a flipped bit at {i} still opened"
+        );
     }
 });

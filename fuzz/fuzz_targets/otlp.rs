@@ -89,11 +89,16 @@ fn check_counts(request: &proto::ExportMetricsServiceRequest) {
     let (mut samples, mut histograms, mut buckets, mut exemplars, mut attrs) = (0, 0, 0, 0, 0);
     let mut exemplar_attrs = |e: &[proto::Exemplar]| {
         exemplars += e.len();
-        e.iter().map(|x| attributes(&x.filtered_attributes)).sum::<usize>()
+        e.iter()
+            .map(|x| attributes(&x.filtered_attributes))
+            .sum::<usize>()
     };
     assert!(request.resource_metrics.len() <= LIMITS.max_series);
     for rm in &request.resource_metrics {
-        attrs += rm.resource.as_ref().map_or(0, |r| attributes(&r.attributes));
+        attrs += rm
+            .resource
+            .as_ref()
+            .map_or(0, |r| attributes(&r.attributes));
         assert!(rm.scope_metrics.len() <= LIMITS.max_series);
         for sm in &rm.scope_metrics {
             attrs += sm.scope.as_ref().map_or(0, |s| attributes(&s.attributes));
@@ -135,7 +140,10 @@ fn check_counts(request: &proto::ExportMetricsServiceRequest) {
         }
     }
     assert!(samples <= LIMITS.max_samples, "{samples} points decoded");
-    assert!(histograms <= LIMITS.max_histograms, "{histograms} histograms");
+    assert!(
+        histograms <= LIMITS.max_histograms,
+        "{histograms} histograms"
+    );
     assert!(buckets <= LIMITS.max_histogram_buckets, "{buckets} buckets");
     assert!(exemplars <= LIMITS.max_exemplars, "{exemplars} exemplars");
     assert!(attrs <= LIMITS.max_attributes, "{attrs} attributes");

@@ -42,11 +42,16 @@ fuzz_target!(|data: &[u8]| {
         merged.sort();
         assert_eq!(t.labels().iter().collect::<Vec<_>>(), merged);
         let bits = |v: &[protocols::Sample]| -> Vec<(u64, i64)> {
-            v.iter().map(|x| (x.value.to_bits(), x.timestamp_ms)).collect()
+            v.iter()
+                .map(|x| (x.value.to_bits(), x.timestamp_ms))
+                .collect()
         };
         assert_eq!(bits(t.samples()), bits(s.samples()));
         // Debug, not ==: a NaN sum is equal to itself only in print.
-        assert_eq!(format!("{:?}", t.histograms()), format!("{:?}", s.histograms()));
+        assert_eq!(
+            format!("{:?}", t.histograms()),
+            format!("{:?}", s.histograms())
+        );
         assert_eq!(t.exemplars().len(), s.exemplars().len());
     }
 });
