@@ -35,6 +35,21 @@ where
     }
 }
 
+/// Reads a one-line secret (a password, a token) from `path`, without its trailing newline.
+/// The error names the file, never its content.
+pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let secret = text.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    if secret.contains(['\r', '\n']) {
+        return Err(format!("{} holds more than one line", path.display()));
+    }
+    Ok(secret.to_string())
+}
+
 /// A duration written for people: `250ms`, `10s`, `5m`, `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);

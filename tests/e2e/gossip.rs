@@ -75,6 +75,14 @@ struct Node {
     gw: Gateway,
 }
 
+/// The broker every node probes, with the topics the nodes need.
+fn broker(root: &Path) -> Broker {
+    let broker = Broker::start(root, "tansu");
+    broker.create_topic("traceo-health", 1);
+    broker.create_topic("metrics.eu", 1);
+    broker
+}
+
 fn keys_path(dir: &Path) -> PathBuf {
     dir.join("gossip.keys")
 }
@@ -316,9 +324,7 @@ fn a_node_without_the_key_and_a_hostile_sender_neither_join_nor_move_upstream_he
     let _turn = serial();
     let tmp = tempfile::tempdir().expect("temp dir");
     let root = tmp.path();
-    let broker = Broker::start(root, "tansu");
-    broker.create_topic("traceo-health", 1);
-    broker.create_topic("metrics.eu", 1);
+    let broker = broker(root);
     // The test is a seed of every node: it receives their sealed SYNs, to replay them.
     let trap_port = free_port();
     let trap = UdpSocket::bind(("127.0.0.1", trap_port)).expect("bind trap");
@@ -490,9 +496,7 @@ fn rotating_the_fleet_key_node_by_node_never_splits_it() {
     let _turn = serial();
     let tmp = tempfile::tempdir().expect("temp dir");
     let root = tmp.path();
-    let broker = Broker::start(root, "tansu");
-    broker.create_topic("traceo-health", 1);
-    broker.create_topic("metrics.eu", 1);
+    let broker = broker(root);
     let mut nodes = start_fleet(root, &broker, &[KEY_1], None);
     wait_converged(&nodes, &fleet(), "on key 1");
 

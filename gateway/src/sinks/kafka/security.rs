@@ -170,17 +170,7 @@ impl KafkaSecurity {
 
 impl Sasl {
     fn password(&self) -> Result<String, String> {
-        let p = &self.password_file;
-        let text =
-            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-        let secret = text.trim_end_matches(['\r', '\n']);
-        if secret.is_empty() {
-            return Err(format!("{} is empty", p.display()));
-        }
-        if secret.contains(['\r', '\n']) {
-            return Err(format!("{} holds more than one line", p.display()));
-        }
-        Ok(secret.to_string())
+        crate::yaml::read_secret_file(&self.password_file)
     }
 }
 

@@ -93,18 +93,7 @@ impl Credentials {
     /// its content.
     pub fn header(&self) -> Result<String, String> {
         use base64::Engine as _;
-        let read = |p: &PathBuf| -> Result<String, String> {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            let secret = text.trim_end_matches(['\r', '\n']).to_string();
-            if secret.is_empty() {
-                return Err(format!("{} is empty", p.display()));
-            }
-            if secret.contains(['\r', '\n']) {
-                return Err(format!("{} holds more than one line", p.display()));
-            }
-            Ok(secret)
-        };
+        let read = |p: &PathBuf| crate::yaml::read_secret_file(p);
         Ok(match self {
             Credentials::Bearer(p) => format!("Bearer {}", read(p)?),
             Credentials::Basic {
