@@ -360,6 +360,13 @@ mod tests {
             .port()
     }
 
+    /// A gossiping node `name` on `port`, seeded with `seeds`, holding key `[key; 32]`.
+    async fn node(name: &str, port: u16, seeds: &[u16], key: u8) -> Gossip {
+        Gossip::start(name, &settings(port, seeds, Some(key)))
+            .await
+            .unwrap()
+    }
+
     /// Reads `g` until `done` holds, for at most 10 s.
     async fn read_until(g: &mut Gossip, done: impl Fn(&PeerView) -> bool) -> PeerView {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -376,15 +383,9 @@ mod tests {
     async fn nodes_sharing_a_key_gossip_through_the_sealed_transport_and_a_stranger_stays_out() {
         // Real chitchat messages (SYN, SYN-ACK, ACK with deltas) pass the seal and the check.
         let (pa, pb, px) = (free_udp(), free_udp(), free_udp());
-        let mut a = Gossip::start("a", &settings(pa, &[pb], Some(1)))
-            .await
-            .unwrap();
-        let mut b = Gossip::start("b", &settings(pb, &[pa], Some(1)))
-            .await
-            .unwrap();
-        let mut x = Gossip::start("x", &settings(px, &[pa, pb], Some(2)))
-            .await
-            .unwrap();
+        let mut a = node("a", pa, &[pb], 1).await;
+        let mut b = node("b", pb, &[pa], 1).await;
+        let mut x = node("x", px, &[pa, pb], 2).await;
         b.publish(&[(
             observation_key("eu-primary"),
             observation_value(Health::Down, 1),
@@ -416,12 +417,8 @@ mod tests {
     #[tokio::test]
     async fn a_gossip_task_that_ends_is_restarted_under_a_new_generation() {
         let (pa, pb) = (free_udp(), free_udp());
-        let mut a = Gossip::start("a", &settings(pa, &[pb], Some(1)))
-            .await
-            .unwrap();
-        let mut b = Gossip::start("b", &settings(pb, &[pa], Some(1)))
-            .await
-            .unwrap();
+        let mut a = node("a", pa, &[pb], 1).await;
+        let mut b = node("b", pb, &[pa], 1).await;
         read_until(&mut a, |v| v.members.len() == 2).await;
         let before = a.me.clone();
         // End chitchat's task behind the node's back, as a panic would.

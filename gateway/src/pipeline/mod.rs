@@ -469,14 +469,19 @@ mod tests {
     use super::*;
     use crate::share::testing::batch;
 
+    /// One region, `eu`, and one tenant, `acme`, at home there.
+    fn acme_in_eu() -> residency_rules::CompiledPolicy {
+        residency_rules::load(
+            "regions: [{ id: eu, jurisdiction: EU }]\ntenants: [{ id: acme, home: eu }]\n",
+        )
+        .unwrap()
+    }
+
     /// A prepared submission hands nothing on until it is committed, and a refusal comes
     /// from `prepare`: a caller with several batches (OTLP tenants) can check them all first.
     #[tokio::test]
     async fn prepare_refuses_without_side_effects_and_commit_hands_on() {
-        let policy = residency_rules::load(
-            "regions: [{ id: eu, jurisdiction: EU }]\ntenants: [{ id: acme, home: eu }]\n",
-        )
-        .unwrap();
+        let policy = acme_in_eu();
         let eu = RegionId::parse("eu").unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(4);
         let pipeline = Pipeline::new(
@@ -523,10 +528,7 @@ mod tests {
     /// makes it ready again.
     #[tokio::test]
     async fn a_log_that_cannot_write_makes_the_pipeline_unready_naming_the_region() {
-        let policy = residency_rules::load(
-            "regions: [{ id: eu, jurisdiction: EU }]\ntenants: [{ id: acme, home: eu }]\n",
-        )
-        .unwrap();
+        let policy = acme_in_eu();
         let eu = RegionId::parse("eu").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let limits = crate::wal::WalLimits {

@@ -283,7 +283,8 @@ fn digest(r: &mut Reader<'_>, nodes: &mut Vec<NodeRef>) -> Result<(), Invalid> {
 /// The delta's block stream, decompressed within [`MAX_DELTA_BYTES`], then its ops.
 fn delta(r: &mut Reader<'_>, nodes: &mut Vec<NodeRef>) -> Result<(), Invalid> {
     let mut data = Vec::new();
-    let mut block = vec![0u8; BLOCK_MAX];
+    // Only deltas with a compressed block need the 64 KiB scratch; most gossip carries none.
+    let mut block: Vec<u8> = Vec::new();
     loop {
         let at = r.at;
         match r.u8()? {
@@ -291,6 +292,9 @@ fn delta(r: &mut Reader<'_>, nodes: &mut Vec<NodeRef>) -> Result<(), Invalid> {
             1 => {
                 let len = r.u16()? as usize;
                 let compressed = r.take(len)?;
+                if block.is_empty() {
+                    block = vec![0u8; BLOCK_MAX];
+                }
                 let n = zstd::bulk::decompress_to_buffer(compressed, &mut block[..])
                     .map_err(|_| Invalid::Decompression)?;
                 if data.len() + n > MAX_DELTA_BYTES {
