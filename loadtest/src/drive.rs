@@ -32,7 +32,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::acks::{Ack, AckWriter};
-use crate::report::{Code, Stats};
+use crate::report::{Code, RetryAfter, Stats};
 use crate::wire::{Body, Protocol};
 
 /// Wait before reopening a connection that failed: long enough not to spin on a gateway that
@@ -291,6 +291,8 @@ struct Done {
     code: Code,
     latency: Duration,
     rejected_points: u64,
+    /// The answer's `Retry-After` header, when it had one.
+    retry_after: Option<RetryAfter>,
 }
 
 /// One connection's state while it sends.
@@ -442,6 +444,7 @@ impl Conn {
             code: Code::Connect,
             latency: Duration::ZERO,
             rejected_points: 0,
+            retry_after: None,
         };
         let open = match self.sender.take().filter(|s| !s.is_closed()) {
             Some(s) => Some(s),
@@ -490,13 +493,14 @@ impl Conn {
         let protocol = target.protocol;
         let limit = plan.timeout;
         self.inflight.spawn(async move {
-            let (code, rejected_points) = timeout(limit, read_answer(answer, protocol))
+            let a = timeout(limit, read_answer(answer, protocol))
                 .await
-                .unwrap_or((Code::Timeout, 0));
+                .unwrap_or(Read::failed(Code::Timeout));
             Done {
-                code,
+                code: a.code,
                 latency: scheduled.elapsed(),
-                rejected_points,
+                rejected_points: a.rejected_points,
+                retry_after: a.retry_after,
                 ..done
             }
         });
@@ -508,6 +512,9 @@ impl Conn {
         let (plan, progress) = (&self.plan, &self.progress);
         self.stats.record(d.code, d.latency, d.samples, d.bytes);
         self.stats.rejected_points += d.rejected_points;
+        if let Some(r) = d.retry_after {
+            self.stats.record_retry_after(r);
+        }
         progress.done.fetch_add(1, Relaxed);
         if d.code.is_ack() {
             progress.acked.fetch_add(1, Relaxed);
@@ -544,23 +551,54 @@ fn origin_form(uri: &Uri) -> Uri {
     pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
 }
 
-/// Reads an answer to its end; the code, and the data points OTLP's `partial_success` says
-/// were refused.
-async fn read_answer(answer: Answer, protocol: Protocol) -> (Code, u64) {
+/// What reading one answer found.
+struct Read {
+    code: Code,
+    /// Data points OTLP's `partial_success` says were refused.
+    rejected_points: u64,
+    /// The `Retry-After` header of a complete answer.
+    retry_after: Option<RetryAfter>,
+}
+
+impl Read {
+    /// A request that got no complete answer.
+    fn failed(code: Code) -> Self {
+        Self {
+            code,
+            rejected_points: 0,
+            retry_after: None,
+        }
+    }
+}
+
+/// Reads an answer to its end: its code, the data points OTLP's `partial_success` says were
+/// refused, and its `Retry-After` header (any status). For gRPC only that HTTP header counts:
+/// a `RetryInfo` in `grpc-status-details-bin` is not decoded, so a gateway that says when to
+/// retry only there shows no `Retry-After` answers.
+async fn read_answer(answer: Answer, protocol: Protocol) -> Read {
     let Ok(resp) = answer.await else {
-        return (Code::Io, 0);
+        return Read::failed(Code::Io);
     };
     let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .map(|v| RetryAfter::parse(v.as_bytes()));
     // A trailers-only gRPC answer carries its status in the headers.
     let header_status = resp.headers().get("grpc-status").cloned();
     let Ok(collected) = resp.into_body().collect().await else {
-        return (Code::Io, 0);
+        return Read::failed(Code::Io);
     };
     let trailer_status = collected
         .trailers()
         .and_then(|t| t.get("grpc-status"))
         .cloned();
     let body = collected.to_bytes();
+    let read = |code, rejected_points| Read {
+        code,
+        rejected_points,
+        retry_after,
+    };
     if !protocol.is_grpc() {
         let code = Code::Http(status.as_u16());
         let rejected = if protocol.is_otlp() && status.is_success() {
@@ -568,13 +606,13 @@ async fn read_answer(answer: Answer, protocol: Protocol) -> (Code, u64) {
         } else {
             0
         };
-        return (code, rejected);
+        return read(code, rejected);
     }
     if status != http::StatusCode::OK {
-        return (Code::Http(status.as_u16()), 0);
+        return read(Code::Http(status.as_u16()), 0);
     }
     let Some(grpc) = trailer_status.or(header_status) else {
-        return (Code::GrpcMissing, 0);
+        return read(Code::GrpcMissing, 0);
     };
     let code = grpc
         .to_str()
@@ -586,7 +624,7 @@ async fn read_answer(answer: Answer, protocol: Protocol) -> (Code, u64) {
     } else {
         0
     };
-    (code, rejected)
+    read(code, rejected)
 }
 
 fn rejected_points(message: &[u8]) -> u64 {

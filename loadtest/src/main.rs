@@ -7,9 +7,16 @@
 //! send time (see `loadtest::drive`). Bodies are generated before the clock starts (a ring
 //! per connection) so the generator's own CPU does not limit the rate it measures; with
 //! `--record-acks` every request gets its own body (see `loadtest::acks` for the file).
+//!
+//! Per tenant (`--tenant-rate TENANT=SAMPLES_PER_S`, repeated): each tenant is an open loop of
+//! its own, with its own `--connections` and its own series, all at once, so a test of
+//! per-tenant rate limits can hold one tenant over its limit and another under it in the
+//! same run and read each one's answers apart (`per_tenant` in the JSON report). Answers that
+//! carry `Retry-After` are counted, with the longest delay asked for, per tenant and in all.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,14 +25,18 @@ use anyhow::{bail, ensure, Context};
 use clap::Parser;
 use http::HeaderValue;
 use loadtest::acks::AckWriter;
-use loadtest::drive::{self, Pace, Plan, Progress, Target};
+use loadtest::drive::{self, Outcome, Pace, Plan, Progress, Target};
 use loadtest::gen::{Generator, HistogramKind, PayloadSpec, Shape, DEFAULT_HISTOGRAM_FRACTION};
+use loadtest::report::Stats;
 use loadtest::wire::{self, Body, Protocol};
 use tokio_util::sync::CancellationToken;
 
 /// Memory the distinct bodies of a `--record-acks` run may take, all generated up front;
 /// a quarter of the 24 GiB the project's machines have, leaving room for a local gateway.
 const RECORD_BODIES_MAX_BYTES: u64 = 6 << 30;
+
+/// `--tenant`'s default; `--tenant-rate` names its tenants itself and refuses any other.
+const DEFAULT_TENANT: &str = "loadgen";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,7 +45,8 @@ const RECORD_BODIES_MAX_BYTES: u64 = 6 << 30;
     about = "Remote-write 1.0/2.0 and OTLP load generator",
     after_help = "Examples:\n  traceo-loadgen --duration 10 --json\n  \
         traceo-loadgen --protocol otlp-grpc --tenants 4 --histograms native --rate 200000\n  \
-        traceo-loadgen --requests 1000 --record-acks acks.txt"
+        traceo-loadgen --requests 1000 --record-acks acks.txt\n  \
+        traceo-loadgen --tenant-rate team-a=20000 --tenant-rate team-b=5000 --duration 30 --json"
 )]
 struct Args {
     /// Protocol: rw1 (remote-write 1.0), rw2 (remote-write 2.0), otlp-http, otlp-grpc.
@@ -46,13 +58,13 @@ struct Args {
     #[arg(long)]
     url: Option<String>,
     /// Tenant, sent as X-Scope-OrgID; with --tenants, the prefix of the tenant ids.
-    #[arg(long, default_value = "loadgen")]
+    #[arg(long, default_value = DEFAULT_TENANT)]
     tenant: String,
     /// Spread requests over this many tenants, TENANT-0 .. TENANT-(N-1), round robin.
     #[arg(long)]
     tenants: Option<usize>,
     /// Distinct series in the pool, over all connections (each connection sends its own
-    /// share, never the same series as another).
+    /// share, never the same series as another); with --tenant-rate, per tenant.
     #[arg(long, default_value_t = 20_000)]
     series: usize,
     /// Series (one point each) per request.
@@ -75,7 +87,7 @@ struct Args {
     /// Fraction of the pool's series (0..=1) that are histograms.
     #[arg(long, default_value_t = DEFAULT_HISTOGRAM_FRACTION)]
     histogram_fraction: f64,
-    /// Concurrent connections.
+    /// Concurrent connections; with --tenant-rate, per tenant.
     #[arg(long, default_value_t = 4)]
     connections: usize,
     /// Outstanding requests per connection; more than 1 needs HTTP/2 (--http2 or otlp-grpc).
@@ -99,6 +111,13 @@ struct Args {
     /// Without it the run is closed loop at maximum speed.
     #[arg(long, value_name = "SAMPLES_PER_S")]
     rate: Option<f64>,
+    /// Open loop per tenant, repeated for each: TENANT (sent as X-Scope-OrgID) gets this
+    /// many samples per second on --connections connections of its own, from a --series pool
+    /// of its own (never a series another tenant sends), all tenants at once for --duration.
+    /// The report adds `per_tenant`. Excludes --rate, --tenants, --tenant, --requests and
+    /// --record-acks.
+    #[arg(long, value_name = "TENANT=SAMPLES_PER_S")]
+    tenant_rate: Vec<String>,
     /// Run time in seconds (closed loop ignores it when --requests is set).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -132,6 +151,71 @@ struct Args {
     json: bool,
 }
 
+/// One `--tenant-rate` entry, parsed: a tenant usable as `X-Scope-OrgID` and a positive,
+/// finite rate, so the run never checks either again.
+#[derive(Debug, Clone, PartialEq)]
+struct TenantRate {
+    /// The tenant id as given, for the report.
+    name: String,
+    /// The same id as the header value every request of this tenant carries.
+    header: HeaderValue,
+    /// Target samples per second of this tenant alone.
+    samples_per_s: f64,
+}
+
+impl FromStr for TenantRate {
+    type Err = String;
+
+    /// `TENANT=SAMPLES_PER_S`, split at the last `=` (a rate never holds one); the error
+    /// names the flag and the value as given.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let Some((name, rate)) = s.rsplit_once('=') else {
+            return Err(format!("--tenant-rate {s:?} must be TENANT=SAMPLES_PER_S"));
+        };
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(format!(
+                "--tenant-rate {s:?}: tenant {name:?} must be non-empty, without spaces"
+            ));
+        }
+        let Ok(header) = HeaderValue::from_str(name) else {
+            return Err(format!(
+                "--tenant-rate {s:?}: tenant {name:?} is not a valid X-Scope-OrgID value"
+            ));
+        };
+        let Some(samples_per_s) = rate
+            .parse::<f64>()
+            .ok()
+            .filter(|r| r.is_finite() && *r > 0.0)
+        else {
+            return Err(format!(
+                "--tenant-rate {s:?}: rate {rate:?} must be a positive number of samples/s"
+            ));
+        };
+        Ok(Self {
+            name: name.to_string(),
+            header,
+            samples_per_s,
+        })
+    }
+}
+
+/// Every `--tenant-rate` entry parsed; each bad one, and each tenant named again, adds its
+/// mistake to `errors`.
+fn tenant_rates(raw: &[String], errors: &mut Vec<String>) -> Vec<TenantRate> {
+    let mut rates: Vec<TenantRate> = Vec::with_capacity(raw.len());
+    for entry in raw {
+        match entry.parse::<TenantRate>() {
+            Ok(r) if rates.iter().any(|o| o.name == r.name) => errors.push(format!(
+                "--tenant-rate: tenant {:?} is named more than once",
+                r.name
+            )),
+            Ok(r) => rates.push(r),
+            Err(e) => errors.push(e),
+        }
+    }
+    rates
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -142,8 +226,30 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Everything the arguments decide, checked together so every mistake is named at once.
-fn check(args: &Args) -> anyhow::Result<()> {
+/// Gives back the `--tenant-rate` entries (none without the flag): they are parsed here, not
+/// by clap, so that their mistakes are named with the others.
+fn check(args: &Args) -> anyhow::Result<Vec<TenantRate>> {
     let mut errors = Vec::new();
+    let rates = tenant_rates(&args.tenant_rate, &mut errors);
+    if !args.tenant_rate.is_empty() {
+        let conflicting: Vec<&str> = [
+            (args.rate.is_some(), "--rate"),
+            (args.tenants.is_some(), "--tenants"),
+            (args.tenant != DEFAULT_TENANT, "--tenant"),
+            (args.requests.is_some(), "--requests"),
+            (args.record_acks.is_some(), "--record-acks"),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect();
+        if !conflicting.is_empty() {
+            errors.push(format!(
+                "--tenant-rate cannot be combined with {}: each entry names its tenant and its \
+                 rate, and all run for --duration",
+                conflicting.join(", ")
+            ));
+        }
+    }
     if args.connections == 0 {
         errors.push("--connections must be at least 1".to_string());
     }
@@ -188,7 +294,11 @@ fn check(args: &Args) -> anyhow::Result<()> {
     if args.requests == Some(0) {
         errors.push("--requests must be at least 1".to_string());
     }
-    if args.record_acks.is_some() && args.requests.is_none() && args.rate.is_none() {
+    if args.record_acks.is_some()
+        && args.requests.is_none()
+        && args.rate.is_none()
+        && args.tenant_rate.is_empty()
+    {
         errors.push(
             "--record-acks needs --requests or --rate: every request gets its own body, \
              generated before the run"
@@ -206,7 +316,7 @@ fn check(args: &Args) -> anyhow::Result<()> {
         }
     }
     if errors.is_empty() {
-        Ok(())
+        Ok(rates)
     } else {
         bail!("{}", errors.join("\n"))
     }
@@ -298,25 +408,57 @@ fn tenants(args: &Args) -> anyhow::Result<Vec<HeaderValue>> {
         .collect()
 }
 
-/// `count` bodies from connection `c`'s own generator. Body `i` of connection `c` is request
-/// `seq = c + i * connections` and carries timestamp `base_ms + seq`.
-fn ring(args: &Args, c: usize, count: usize, base_ms: i64) -> Vec<Body> {
+/// Which generator a ring of bodies comes from: connection `connection` of the plan of
+/// tenant `tenant`, of `tenants` plans (the `--tenant-rate` entries; one otherwise). Each
+/// (tenant, connection) pair is a generator stream of its own with a seed of its own, so no
+/// two of them ever send the same series.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    tenant: usize,
+    tenants: usize,
+    connection: usize,
+}
+
+impl Source {
+    /// Connection `c` of a run with a single plan.
+    fn single(c: usize) -> Self {
+        Self {
+            tenant: 0,
+            tenants: 1,
+            connection: c,
+        }
+    }
+}
+
+/// `source`'s own generator.
+fn generator(args: &Args, source: Source) -> Generator {
     let connections = args.connections;
+    let c = source.connection;
+    // With a single plan this is `c` of `connections`: the streams and seeds runs had
+    // before per-tenant plans existed.
+    let stream = source.tenant * connections + c;
     let spec = PayloadSpec {
         series: args.series.div_ceil(connections),
         series_per_request: args.series_per_request,
         labels_per_series: args.labels,
-        seed: args.seed.wrapping_add(c as u64),
+        seed: args.seed.wrapping_add(stream as u64),
     };
     let shape = Shape {
         churn: args.churn,
         histograms: args.histograms,
         histogram_fraction: args.histogram_fraction,
         value_len: args.value_len,
-        stream: c,
-        streams: connections,
+        stream,
+        streams: source.tenants * connections,
     };
-    let mut gen = Generator::with_shape(spec, shape);
+    Generator::with_shape(spec, shape)
+}
+
+/// `count` bodies from `source`'s own generator. Body `i` of connection `c` is request
+/// `seq = c + i * connections` of its plan and carries timestamp `base_ms + seq`.
+fn ring(args: &Args, source: Source, count: usize, base_ms: i64) -> Vec<Body> {
+    let (c, connections) = (source.connection, args.connections);
+    let mut gen = generator(args, source);
     (0..count)
         .map(|i| {
             let seq = (c + i * connections) as i64;
@@ -325,13 +467,12 @@ fn ring(args: &Args, c: usize, count: usize, base_ms: i64) -> Vec<Body> {
         .collect()
 }
 
-/// The rings of every connection, `counts[c]` bodies each, generated in parallel.
-fn rings(args: &Args, counts: &[usize], base_ms: i64) -> Vec<Vec<Body>> {
+/// One ring per `(source, count)`, in that order, generated in parallel.
+fn rings(args: &Args, sources: &[(Source, usize)], base_ms: i64) -> Vec<Vec<Body>> {
     std::thread::scope(|s| {
-        let handles: Vec<_> = counts
+        let handles: Vec<_> = sources
             .iter()
-            .enumerate()
-            .map(|(c, &n)| s.spawn(move || ring(args, c, n, base_ms)))
+            .map(|&(source, n)| s.spawn(move || ring(args, source, n, base_ms)))
             .collect();
         handles
             .into_iter()
@@ -340,12 +481,22 @@ fn rings(args: &Args, counts: &[usize], base_ms: i64) -> Vec<Vec<Body>> {
     })
 }
 
+/// Mean samples and mean bytes per body over `rings`.
+fn body_means(rings: &[Vec<Body>]) -> (f64, f64) {
+    let n = rings.iter().map(Vec::len).sum::<usize>().max(1) as f64;
+    let bodies = || rings.iter().flatten();
+    (
+        bodies().map(|b| b.samples).sum::<u64>() as f64 / n,
+        bodies().map(|b| b.bytes.len()).sum::<usize>() as f64 / n,
+    )
+}
+
 /// `--decode-only`: the same bodies, decoded in a loop instead of sent.
 fn decode_only(args: &Args) -> anyhow::Result<()> {
     use protocols::DecodeLimits;
     let limits = DecodeLimits::default();
     let base_ms = 1_700_000_000_000;
-    let bodies = ring(args, 0, args.bodies.max(1), base_ms);
+    let bodies = ring(args, Source::single(0), args.bodies.max(1), base_ms);
     let samples_per_body =
         bodies.iter().map(|b| b.samples).sum::<u64>() as f64 / bodies.len() as f64;
     let duration = Duration::from_secs_f64(args.duration);
@@ -430,12 +581,11 @@ fn decode_only(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    check(&args)?;
+    let tenant_rates = check(&args)?;
     if args.decode_only {
         return decode_only(&args);
     }
     let target = target(&args)?;
-    let tenants = tenants(&args)?;
     let base_ms = i64::try_from(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -443,6 +593,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .as_millis(),
     )
     .context("clock")?;
+    if tenant_rates.is_empty() {
+        run_single(&args, target, base_ms).await
+    } else {
+        run_per_tenant(&args, target, &tenant_rates, base_ms).await
+    }
+}
+
+/// One plan for the whole run: closed loop, or open loop at `--rate`, over `--tenants`.
+async fn run_single(args: &Args, target: Target, base_ms: i64) -> anyhow::Result<()> {
+    let tenants = tenants(args)?;
     let mut plan = Plan {
         target,
         connections: args.connections,
@@ -458,7 +618,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // One body first to learn the samples per request (for the rate) and the body size (for
     // the memory a distinct body per request takes).
-    let probe = ring(&args, 0, 1, base_ms);
+    let probe = ring(args, Source::single(0), 1, base_ms);
     let probe = &probe[0];
     ensure!(probe.samples > 0, "the generator made an empty request");
     if let Some(rate) = args.rate {
@@ -488,12 +648,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if terminal && total_bodies > 256 {
         eprintln!("traceo-loadgen: generating {total_bodies} bodies ...");
     }
-    let rings = rings(&args, &counts, base_ms);
-    let bodies: Vec<&Body> = rings.iter().flatten().collect();
-    let mean_samples =
-        bodies.iter().map(|b| b.samples).sum::<u64>() as f64 / bodies.len().max(1) as f64;
-    let mean_bytes =
-        bodies.iter().map(|b| b.bytes.len()).sum::<usize>() as f64 / bodies.len().max(1) as f64;
+    let sources: Vec<(Source, usize)> = counts
+        .iter()
+        .enumerate()
+        .map(|(c, &n)| (Source::single(c), n))
+        .collect();
+    let rings = rings(args, &sources, base_ms);
+    let (mean_samples, mean_bytes) = body_means(&rings);
     if let Some(rate) = args.rate {
         plan.pace = Pace::Open {
             requests_per_s: rate / mean_samples,
@@ -511,21 +672,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let plan = Arc::new(plan);
     let progress = Arc::new(Progress::default());
-    let cancel = CancellationToken::new();
-    tokio::spawn({
-        let cancel = cancel.clone();
-        async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\ntraceo-loadgen: stopping; a second Ctrl-C quits at once");
-                cancel.cancel();
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(130);
-                }
-            }
-        }
-    });
+    let cancel = cancel_on_ctrl_c();
     let ticker = tokio::spawn(tick(
-        Arc::clone(&plan),
+        plan.acks.clone(),
         Arc::clone(&progress),
         terminal,
         args.duration,
@@ -544,17 +693,205 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Pace::Closed => ("closed", None),
         Pace::Open { requests_per_s } => ("open", Some(requests_per_s)),
     };
+    let setup = Setup {
+        url: plan.target.uri.to_string(),
+        mode,
+        target_samples_per_s: args.rate,
+        target_requests_per_s: target_rps,
+        connections: args.connections,
+        tenants: plan.tenants.len(),
+        bodies_per_connection: counts.iter().max().copied(),
+        samples_per_request: mean_samples,
+        body_bytes_mean: mean_bytes,
+    };
     if args.json {
-        let mut report = serde_json::json!({
+        let mut report = setup.json(args);
+        extend(&mut report, stats.json(outcome.elapsed));
+        println!("{report}");
+    } else {
+        println!("{}", setup.line(args));
+        println!("{}", stats.summary(outcome.elapsed));
+    }
+    Ok(())
+}
+
+/// `--tenant-rate`: one open-loop plan per tenant, each with its own connections and series,
+/// all run at once; reported merged and per tenant.
+async fn run_per_tenant(
+    args: &Args,
+    target: Target,
+    rates: &[TenantRate],
+    base_ms: i64,
+) -> anyhow::Result<()> {
+    let terminal = std::io::stderr().is_terminal();
+    let per_ring = args.bodies.max(1);
+    let sources: Vec<(Source, usize)> = (0..rates.len())
+        .flat_map(|tenant| {
+            (0..args.connections).map(move |connection| {
+                let source = Source {
+                    tenant,
+                    tenants: rates.len(),
+                    connection,
+                };
+                (source, per_ring)
+            })
+        })
+        .collect();
+    let total_bodies = sources.len() * per_ring;
+    if terminal && total_bodies > 256 {
+        eprintln!("traceo-loadgen: generating {total_bodies} bodies ...");
+    }
+    let all_rings = rings(args, &sources, base_ms);
+    let (mean_samples, mean_bytes) = body_means(&all_rings);
+    let mut all_rings = all_rings.into_iter();
+    let mut runs = Vec::with_capacity(rates.len());
+    let mut tenant_rings = Vec::with_capacity(rates.len());
+    for r in rates {
+        let rings: Vec<Vec<Body>> = all_rings.by_ref().take(args.connections).collect();
+        let (samples, _) = body_means(&rings);
+        ensure!(samples > 0.0, "the generator made an empty request");
+        let requests_per_s = r.samples_per_s / samples;
+        let plan = Plan {
+            target: target.clone(),
+            connections: args.connections,
+            max_in_flight: args.max_in_flight,
+            pace: Pace::Open { requests_per_s },
+            duration: Duration::from_secs_f64(args.duration),
+            requests: None,
+            timeout: Duration::from_secs_f64(args.timeout),
+            tenants: vec![r.header.clone()],
+            acks: None,
+        };
+        runs.push((Arc::new(plan), samples, requests_per_s));
+        tenant_rings.push(rings);
+    }
+
+    // One progress line over all tenants.
+    let progress = Arc::new(Progress::default());
+    let cancel = cancel_on_ctrl_c();
+    let ticker = tokio::spawn(tick(None, Arc::clone(&progress), terminal, args.duration));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (t, ((plan, _, _), rings)) in runs.iter().zip(tenant_rings).enumerate() {
+        let run = drive::run(
+            Arc::clone(plan),
+            rings,
+            Arc::clone(&progress),
+            cancel.clone(),
+        );
+        tasks.spawn(async move { (t, run.await) });
+    }
+    let mut outcomes: Vec<(usize, Outcome)> = Vec::with_capacity(rates.len());
+    while let Some(joined) = tasks.join_next().await {
+        let (t, outcome) = joined.context("a --tenant-rate run")?;
+        let outcome = outcome.with_context(|| format!("--tenant-rate {}", rates[t].name))?;
+        outcomes.push((t, outcome));
+    }
+    outcomes.sort_by_key(|(t, _)| *t);
+    ticker.abort();
+    if terminal {
+        eprint!("\r{:79}\r", "");
+    }
+
+    let mut total = Stats::default();
+    // The tenants' clocks start within a handshake of each other: the longest is the run's.
+    let mut elapsed = Duration::ZERO;
+    for (_, o) in &outcomes {
+        total.merge(&o.stats);
+        elapsed = elapsed.max(o.elapsed);
+    }
+    let setup = Setup {
+        url: target.uri.to_string(),
+        mode: "open",
+        target_samples_per_s: Some(rates.iter().map(|r| r.samples_per_s).sum()),
+        target_requests_per_s: Some(runs.iter().map(|(_, _, rps)| rps).sum()),
+        connections: args.connections * rates.len(),
+        tenants: rates.len(),
+        bodies_per_connection: Some(per_ring),
+        samples_per_request: mean_samples,
+        body_bytes_mean: mean_bytes,
+    };
+    if args.json {
+        let mut report = setup.json(args);
+        extend(&mut report, total.json(elapsed));
+        let per_tenant: serde_json::Map<String, serde_json::Value> = outcomes
+            .iter()
+            .map(|(t, o)| {
+                let (plan, samples, rps) = &runs[*t];
+                let mut entry = serde_json::json!({
+                    "target_samples_per_s": rates[*t].samples_per_s,
+                    "target_requests_per_s": rps,
+                    "connections": plan.connections,
+                    "samples_per_request": samples,
+                });
+                extend(&mut entry, o.stats.json(o.elapsed));
+                (rates[*t].name.clone(), entry)
+            })
+            .collect();
+        if let Some(obj) = report.as_object_mut() {
+            obj.insert("per_tenant".to_string(), per_tenant.into());
+        }
+        println!("{report}");
+    } else {
+        println!("{}", setup.line(args));
+        println!("{}", total.summary(elapsed));
+        for (t, o) in &outcomes {
+            println!(
+                "  {}: target {:.0} samples/s; {}",
+                rates[*t].name,
+                rates[*t].samples_per_s,
+                o.stats.summary(o.elapsed)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A token that fires on the first Ctrl-C (the runs drain what is in flight and report); a
+/// second one quits at once.
+fn cancel_on_ctrl_c() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\ntraceo-loadgen: stopping; a second Ctrl-C quits at once");
+                cancel.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        }
+    });
+    cancel
+}
+
+/// How a run was set up, beyond the arguments themselves: the head of the report.
+struct Setup {
+    url: String,
+    mode: &'static str,
+    target_samples_per_s: Option<f64>,
+    target_requests_per_s: Option<f64>,
+    /// Over all plans.
+    connections: usize,
+    tenants: usize,
+    bodies_per_connection: Option<usize>,
+    samples_per_request: f64,
+    body_bytes_mean: f64,
+}
+
+impl Setup {
+    /// The settings of the JSON report; the measurements are added after.
+    fn json(&self, args: &Args) -> serde_json::Value {
+        serde_json::json!({
             "protocol": args.protocol.name(),
-            "url": plan.target.uri.to_string(),
-            "mode": mode,
-            "target_samples_per_s": args.rate,
-            "target_requests_per_s": target_rps,
-            "connections": args.connections,
+            "url": self.url,
+            "mode": self.mode,
+            "target_samples_per_s": self.target_samples_per_s,
+            "target_requests_per_s": self.target_requests_per_s,
+            "connections": self.connections,
             "max_in_flight": args.max_in_flight,
             "http2": args.http2 || args.protocol.is_grpc(),
-            "tenants": plan.tenants.len(),
+            "tenants": self.tenants,
             "series": args.series,
             "series_per_request": args.series_per_request,
             "labels_per_series": args.labels,
@@ -564,45 +901,52 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "histogram_fraction": args.histogram_fraction,
             "gzip": args.gzip,
             "seed": args.seed,
-            "bodies_per_connection": counts.iter().max(),
-            "samples_per_request": mean_samples,
-            "body_bytes_mean": mean_bytes,
-        });
-        if let (Some(obj), serde_json::Value::Object(m)) =
-            (report.as_object_mut(), stats.json(outcome.elapsed))
-        {
-            obj.extend(m);
-        }
-        println!("{report}");
-    } else {
-        println!(
+            "bodies_per_connection": self.bodies_per_connection,
+            "samples_per_request": self.samples_per_request,
+            "body_bytes_mean": self.body_bytes_mean,
+        })
+    }
+
+    /// The first line of the human report.
+    fn line(&self, args: &Args) -> String {
+        format!(
             "{} {} loop, {} connections x {} in flight, {} tenants, \
              {:.0} samples and {:.0} bytes per request{}",
             args.protocol,
-            mode,
-            args.connections,
+            self.mode,
+            self.connections,
             args.max_in_flight,
-            plan.tenants.len(),
-            mean_samples,
-            mean_bytes,
-            args.rate
+            self.tenants,
+            self.samples_per_request,
+            self.body_bytes_mean,
+            self.target_samples_per_s
                 .map(|r| format!(", target {r:.0} samples/s"))
                 .unwrap_or_default()
-        );
-        println!("{}", stats.summary(outcome.elapsed));
+        )
     }
-    Ok(())
+}
+
+/// Adds the fields of `more` (an object) to `report` (an object).
+fn extend(report: &mut serde_json::Value, more: serde_json::Value) {
+    if let (Some(obj), serde_json::Value::Object(m)) = (report.as_object_mut(), more) {
+        obj.extend(m);
+    }
 }
 
 /// Once a second: flush the acks file; on a terminal, a progress line on stderr.
-async fn tick(plan: Arc<Plan>, progress: Arc<Progress>, terminal: bool, duration: f64) {
+async fn tick(
+    acks: Option<Arc<AckWriter>>,
+    progress: Arc<Progress>,
+    terminal: bool,
+    duration: f64,
+) {
     let started = tokio::time::Instant::now();
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.tick().await;
     let mut last_samples = 0;
     loop {
         every.tick().await;
-        if let Some(w) = &plan.acks {
+        if let Some(w) = &acks {
             if let Err(e) = w.flush() {
                 eprintln!("traceo-loadgen: writing acks: {e}");
             }
@@ -625,5 +969,184 @@ async fn tick(plan: Arc<Plan>, progress: Arc<Progress>, terminal: bool, duration
         );
         last_samples = samples;
         eprint!("\r{line:79}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("traceo-loadgen").chain(extra.iter().copied()))
+            .expect("arguments parse")
+    }
+
+    fn check_err(extra: &[&str]) -> String {
+        check(&args(extra)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn tenant_rate_parses_tenant_and_rate() {
+        let r: TenantRate = "team-a=20000".parse().unwrap();
+        assert_eq!(r.name, "team-a");
+        assert_eq!(r.header, "team-a");
+        assert_eq!(r.samples_per_s, 20_000.0);
+        let r: TenantRate = "team-b=2.5e3".parse().unwrap();
+        assert_eq!((r.name.as_str(), r.samples_per_s), ("team-b", 2500.0));
+    }
+
+    #[test]
+    fn tenant_rate_splits_at_the_last_equals_sign() {
+        let r: TenantRate = "a=b=5".parse().unwrap();
+        assert_eq!((r.name.as_str(), r.samples_per_s), ("a=b", 5.0));
+    }
+
+    #[test]
+    fn tenant_rate_refuses_each_bad_form_naming_the_flag() {
+        for (bad, why) in [
+            ("team-a", "must be TENANT=SAMPLES_PER_S"),
+            ("=100", "must be non-empty, without spaces"),
+            ("team a=100", "must be non-empty, without spaces"),
+            ("team\ta=100", "must be non-empty, without spaces"),
+            ("team\u{1}=100", "is not a valid X-Scope-OrgID value"),
+            ("team-a=", "must be a positive number of samples/s"),
+            ("team-a=fast", "must be a positive number of samples/s"),
+            ("team-a=0", "must be a positive number of samples/s"),
+            ("team-a=-5", "must be a positive number of samples/s"),
+            ("team-a=inf", "must be a positive number of samples/s"),
+            ("team-a=NaN", "must be a positive number of samples/s"),
+        ] {
+            let err = bad.parse::<TenantRate>().unwrap_err();
+            assert!(err.starts_with("--tenant-rate "), "{bad:?}: {err}");
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn check_gives_back_the_tenant_rates_in_order() {
+        let rates = check(&args(&[
+            "--tenant-rate",
+            "team-a=20000",
+            "--tenant-rate",
+            "team-b=5000",
+        ]))
+        .unwrap();
+        let got: Vec<(&str, f64)> = rates
+            .iter()
+            .map(|r| (r.name.as_str(), r.samples_per_s))
+            .collect();
+        assert_eq!(got, vec![("team-a", 20_000.0), ("team-b", 5000.0)]);
+        assert!(check(&args(&[])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_tenant_named_twice_is_refused() {
+        let err = check_err(&["--tenant-rate", "a=1", "--tenant-rate", "a=2"]);
+        assert!(
+            err.contains("tenant \"a\" is named more than once"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tenant_rate_conflicts_are_named_together() {
+        let err = check_err(&[
+            "--tenant-rate",
+            "a=1",
+            "--rate",
+            "100",
+            "--tenants",
+            "2",
+            "--tenant",
+            "x",
+            "--requests",
+            "10",
+            "--record-acks",
+            "acks.txt",
+        ]);
+        assert!(
+            err.contains(
+                "--tenant-rate cannot be combined with --rate, --tenants, --tenant, --requests, \
+                 --record-acks"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains("--record-acks needs"), "{err}");
+    }
+
+    #[test]
+    fn each_conflicting_flag_alone_is_refused() {
+        for extra in [
+            &["--rate", "100"][..],
+            &["--tenants", "2"],
+            &["--tenant", "x"],
+            &["--requests", "10"],
+            &["--record-acks", "acks.txt"],
+        ] {
+            let mut a = vec!["--tenant-rate", "a=1"];
+            a.extend_from_slice(extra);
+            let err = check_err(&a);
+            assert!(
+                err.contains(&format!(
+                    "--tenant-rate cannot be combined with {}:",
+                    extra[0]
+                )),
+                "{extra:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_tenant_rates_are_named_with_the_other_mistakes() {
+        let err = check_err(&[
+            "--tenant-rate",
+            "a=0",
+            "--tenant-rate",
+            "b",
+            "--connections",
+            "0",
+        ]);
+        for named in [
+            "--tenant-rate \"a=0\"",
+            "--tenant-rate \"b\"",
+            "--connections must be at least 1",
+        ] {
+            assert!(err.contains(named), "{named:?} not in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn tenant_pools_never_share_a_series() {
+        let a = args(&["--series", "400", "--series-per-request", "100"]);
+        let mut all = std::collections::HashSet::new();
+        let mut pools = 0;
+        for tenant in 0..3 {
+            for connection in 0..a.connections {
+                let source = Source {
+                    tenant,
+                    tenants: 3,
+                    connection,
+                };
+                for s in generator(&a, source).pool() {
+                    let labels: Vec<(String, String)> = s
+                        .labels
+                        .iter()
+                        .map(|l| (l.name.clone(), l.value.clone()))
+                        .collect();
+                    all.insert(labels);
+                    pools += 1;
+                }
+            }
+        }
+        assert_eq!(pools, 3 * 400);
+        assert_eq!(all.len(), pools);
+    }
+
+    #[test]
+    fn a_single_plan_keeps_its_streams_and_seeds() {
+        let a = args(&[]);
+        let g = generator(&a, Source::single(3));
+        assert_eq!(g.spec().seed, a.seed + 3);
+        assert_eq!((g.shape().stream, g.shape().streams), (3, a.connections));
     }
 }

@@ -1,6 +1,7 @@
 //! What a run measured, per connection and merged: request latency in an HDR histogram,
-//! answers by code, samples sent and acknowledged, requests that could not be sent on time.
-//! Rendered as one human line or as a JSON report.
+//! answers by code, samples sent and acknowledged, requests that could not be sent on time,
+//! answers that asked for a `Retry-After` pause. Rendered as one human line or as a JSON
+//! report.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -61,6 +62,32 @@ impl fmt::Display for Code {
     }
 }
 
+/// A `Retry-After` header on an answer, counted so that a rate-limit test can check the
+/// gateway tells a throttled client when to come back, not only that it refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryAfter {
+    /// The delta-seconds form (RFC 9110 §10.2.3: `delay-seconds = 1*DIGIT`).
+    Seconds(u64),
+    /// An HTTP date or anything unparsable: the answer counts, its delay is unknown.
+    Other,
+}
+
+impl RetryAfter {
+    /// Reads a header value. Only the delta-seconds form gives a delay: the gateway sends
+    /// that form, and a date would need the client's and the gateway's clocks to agree. A
+    /// number beyond `u64` is no real delay and counts as [`RetryAfter::Other`].
+    pub fn parse(value: &[u8]) -> Self {
+        let digits = value.trim_ascii();
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Self::Other;
+        }
+        std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .map_or(Self::Other, Self::Seconds)
+    }
+}
+
 /// Counters of one connection, or of a whole run once merged.
 #[derive(Debug, Clone)]
 pub struct Stats {
@@ -87,6 +114,11 @@ pub struct Stats {
     pub unsent: u64,
     /// OTLP: data points the gateway refused in `partial_success`.
     pub rejected_points: u64,
+    /// Answers (any status) that carried a `Retry-After` header.
+    pub retry_after_answers: u64,
+    /// The longest delay a `Retry-After` header asked for, in seconds; `None` when no answer
+    /// carried one in the delta-seconds form.
+    pub retry_after_max_s: Option<u64>,
 }
 
 impl Default for Stats {
@@ -103,6 +135,8 @@ impl Default for Stats {
             late: 0,
             unsent: 0,
             rejected_points: 0,
+            retry_after_answers: 0,
+            retry_after_max_s: None,
         }
     }
 }
@@ -125,6 +159,14 @@ impl Stats {
         }
     }
 
+    /// Counts an answer that carried a `Retry-After` header.
+    pub fn record_retry_after(&mut self, r: RetryAfter) {
+        self.retry_after_answers += 1;
+        if let RetryAfter::Seconds(s) = r {
+            self.retry_after_max_s = self.retry_after_max_s.max(Some(s));
+        }
+    }
+
     /// Adds another connection's counters.
     pub fn merge(&mut self, o: &Stats) {
         self.latency_us
@@ -141,6 +183,9 @@ impl Stats {
         self.late += o.late;
         self.unsent += o.unsent;
         self.rejected_points += o.rejected_points;
+        self.retry_after_answers += o.retry_after_answers;
+        // `None` orders before every `Some`: the larger known delay wins.
+        self.retry_after_max_s = self.retry_after_max_s.max(o.retry_after_max_s);
     }
 
     /// Latency at quantile `q` (0..=1) in milliseconds; 0 without answers.
@@ -180,6 +225,8 @@ impl Stats {
             "late": self.late,
             "unsent": self.unsent,
             "otlp_rejected_points": self.rejected_points,
+            "retry_after_answers": self.retry_after_answers,
+            "retry_after_max_s": self.retry_after_max_s,
             "latency_ms": {
                 "p50": self.latency_ms(0.50),
                 "p90": self.latency_ms(0.90),
@@ -220,6 +267,15 @@ impl Stats {
         }
         if self.rejected_points > 0 {
             line.push_str(&format!("; OTLP points rejected {}", self.rejected_points));
+        }
+        if self.retry_after_answers > 0 {
+            let max = self
+                .retry_after_max_s
+                .map_or_else(|| "unknown".to_string(), |s| format!("{s}s"));
+            line.push_str(&format!(
+                "; Retry-After on {} answers, max {max}",
+                self.retry_after_answers
+            ));
         }
         line
     }
@@ -265,5 +321,66 @@ mod tests {
         assert_eq!(j["codes"]["grpc_14"], 2);
         assert_eq!(j["codes"]["grpc_0"], 1);
         assert!(s.summary(Duration::from_secs(1)).contains("grpc_14: 2"));
+    }
+
+    #[test]
+    fn retry_after_reads_delta_seconds() {
+        assert_eq!(RetryAfter::parse(b"0"), RetryAfter::Seconds(0));
+        assert_eq!(RetryAfter::parse(b"120"), RetryAfter::Seconds(120));
+        assert_eq!(RetryAfter::parse(b" 7 "), RetryAfter::Seconds(7));
+    }
+
+    #[test]
+    fn retry_after_other_forms_have_no_delay() {
+        for v in [
+            &b""[..],
+            b"  ",
+            b"-1",
+            b"+5",
+            b"1.5",
+            b"5s",
+            b"99999999999999999999999",
+            b"Wed, 21 Oct 2015 07:28:00 GMT",
+            b"\xff",
+        ] {
+            assert_eq!(RetryAfter::parse(v), RetryAfter::Other, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn merge_adds_retry_after_answers_and_keeps_the_longest_delay() {
+        let mut a = Stats::default();
+        a.record_retry_after(RetryAfter::Seconds(3));
+        a.record_retry_after(RetryAfter::Other);
+        let mut b = Stats::default();
+        b.record_retry_after(RetryAfter::Seconds(9));
+        let mut c = Stats::default();
+        c.record_retry_after(RetryAfter::Other);
+        a.merge(&b);
+        a.merge(&c);
+        a.merge(&Stats::default());
+        assert_eq!(a.retry_after_answers, 4);
+        assert_eq!(a.retry_after_max_s, Some(9));
+        let j = a.json(Duration::from_secs(1));
+        assert_eq!(j["retry_after_answers"], 4);
+        assert_eq!(j["retry_after_max_s"], 9);
+        assert!(a
+            .summary(Duration::from_secs(1))
+            .contains("Retry-After on 4 answers, max 9s"));
+    }
+
+    #[test]
+    fn without_retry_after_the_max_is_null_and_the_line_is_silent() {
+        let mut s = Stats::default();
+        s.record(Code::Http(204), Duration::from_millis(1), 5, 1);
+        let mut other = Stats::default();
+        other.record_retry_after(RetryAfter::Other);
+        let j = s.json(Duration::from_secs(1));
+        assert_eq!(j["retry_after_answers"], 0);
+        assert!(j["retry_after_max_s"].is_null());
+        assert!(!s.summary(Duration::from_secs(1)).contains("Retry-After"));
+        s.merge(&other);
+        assert!(s.json(Duration::from_secs(1))["retry_after_max_s"].is_null());
+        assert_eq!(s.retry_after_answers, 1);
     }
 }

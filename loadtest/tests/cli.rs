@@ -48,3 +48,29 @@ fn recording_acks_needs_a_bounded_run() {
         "{err}"
     );
 }
+
+#[test]
+fn tenant_rate_refuses_the_flags_it_replaces_and_bad_entries_together() {
+    let out = Command::new(LOADGEN)
+        .args(["--url", "http://127.0.0.1:9/api/v1/write"])
+        .args(["--tenant-rate", "team-a=20000", "--tenant-rate", "team-a=5"])
+        .args([
+            "--tenant-rate",
+            "team-b=0",
+            "--rate",
+            "100",
+            "--tenants",
+            "2",
+        ])
+        .output()
+        .expect("run traceo-loadgen");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for named in [
+        "tenant \"team-a\" is named more than once",
+        "--tenant-rate \"team-b=0\": rate \"0\" must be a positive number",
+        "--tenant-rate cannot be combined with --rate, --tenants",
+    ] {
+        assert!(err.contains(named), "{named:?} not in:\n{err}");
+    }
+}

@@ -23,8 +23,9 @@ struct Seen {
     concurrent: AtomicU64,
 }
 
-/// A server that answers by tenant: `*-1` is refused (429, or gRPC UNAVAILABLE in
-/// trailers), `*-2` gets a trailers-only gRPC UNAVAILABLE, others succeed after `delay`.
+/// A server that answers by tenant: `*-1` is refused (429 with `Retry-After: 7`, or gRPC
+/// UNAVAILABLE in trailers), `*-2` gets a trailers-only gRPC UNAVAILABLE with
+/// `Retry-After: soon` (unparsable), others succeed after `delay`.
 async fn server(delay: Duration) -> (std::net::SocketAddr, Arc<Seen>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -73,17 +74,23 @@ async fn answer(
     s.concurrent.fetch_sub(1, Relaxed);
     let empty = || Full::new(Bytes::new()).boxed();
     if !grpc {
-        let status = if tenant.ends_with("-1") {
-            StatusCode::TOO_MANY_REQUESTS
-        } else {
-            StatusCode::NO_CONTENT
-        };
-        return Response::builder().status(status).body(empty()).unwrap();
+        if tenant.ends_with("-1") {
+            return Response::builder()
+                .status(StatusCode::TOO_MANY_REQUESTS)
+                .header("retry-after", "7")
+                .body(empty())
+                .unwrap();
+        }
+        return Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(empty())
+            .unwrap();
     }
     if tenant.ends_with("-2") {
         return Response::builder()
             .header("content-type", "application/grpc")
             .header("grpc-status", "14")
+            .header("retry-after", "soon")
             .body(empty())
             .unwrap();
     }
@@ -176,6 +183,19 @@ async fn closed_loop_sends_the_requested_count_and_counts_codes_per_tenant() {
 }
 
 #[tokio::test]
+async fn retry_after_is_counted_on_answers_that_carry_it() {
+    let (addr, _) = server(Duration::ZERO).await;
+    let out = go(
+        plan(addr, Protocol::RemoteWriteV1, 2),
+        rings(Protocol::RemoteWriteV1, 2, 4),
+    )
+    .await;
+    // The 10 answers of t-1 are 429 with `Retry-After: 7`; the 204s carry none.
+    assert_eq!(out.stats.retry_after_answers, 10);
+    assert_eq!(out.stats.retry_after_max_s, Some(7));
+}
+
+#[tokio::test]
 async fn grpc_status_is_read_from_trailers_and_from_trailers_only_answers() {
     let (addr, _) = server(Duration::ZERO).await;
     let mut p = plan(addr, Protocol::OtlpGrpc, 3);
@@ -187,6 +207,9 @@ async fn grpc_status_is_read_from_trailers_and_from_trailers_only_answers() {
     assert_eq!(s.codes[&Code::Grpc(0)], 10, "{:?}", s.codes);
     assert_eq!(s.codes[&Code::Grpc(14)], 20, "{:?}", s.codes);
     assert_eq!(s.acked, 10);
+    // t-2's trailers-only answers carry an unparsable `Retry-After`: counted, no delay.
+    assert_eq!(s.retry_after_answers, 10);
+    assert_eq!(s.retry_after_max_s, None);
 }
 
 #[tokio::test]
