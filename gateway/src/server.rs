@@ -148,7 +148,13 @@ pub async fn run(
         "traceo-gateway ready"
     );
 
-    let ingest = Arc::new(Ingest::new(config.clone(), pipeline));
+    // Rates are fleet-wide: each node takes the share gossip's member count gives it.
+    let limits = Arc::new(crate::limits::Limits::new(
+        &config.tenant_limits,
+        cluster.members(),
+    ));
+    tokio::spawn(limits.clone().run_upkeep(shutdown.clone()));
+    let ingest = Arc::new(Ingest::new(config.clone(), pipeline, limits));
     let state = Arc::new(AppState {
         config: config.clone(),
         ingest: ingest.clone(),
@@ -174,6 +180,11 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    tokio::spawn(crate::reload::watch_limit_overrides(
+        config.tenant_limits.clone(),
+        ingest.clone(),
+        shutdown.clone(),
+    ));
     if let Some(h) = metrics {
         // Histograms are summarised lazily; upkeep keeps memory flat between scrapes.
         let stop = shutdown.clone();

@@ -186,6 +186,9 @@ pub struct Cluster {
     routes: HashMap<RegionId, Arc<RegionRoute>>,
     table: RouteTable,
     view: ArcSwap<View>,
+    /// Live members as gossip sees them (0 with gossip off: the node alone), for the
+    /// fleet-wide tenant limits.
+    members: Arc<AtomicUsize>,
 }
 
 impl Cluster {
@@ -231,6 +234,7 @@ impl Cluster {
             routes,
             table,
             view: ArcSwap::new(Arc::new(view)),
+            members: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -244,6 +248,11 @@ impl Cluster {
     /// The route of `region`'s failing-over sink.
     pub fn route(&self, region: &RegionId) -> Option<Arc<RegionRoute>> {
         self.routes.get(region).cloned()
+    }
+
+    /// The live-member count, kept current by the control loop (0 until gossip says).
+    pub fn members(&self) -> Arc<AtomicUsize> {
+        self.members.clone()
     }
 
     /// The current view, for the status page.
@@ -409,6 +418,9 @@ async fn control_loop(
         decide(&cluster, &local, &peers, &mut failovers);
         // Without gossip `members` stays empty: the node alone.
         members_gauge.set(peers.members.len().max(1) as f64);
+        cluster
+            .members
+            .store(peers.members.len(), Ordering::Relaxed);
     }
     if let Some(g) = gossip {
         g.shutdown().await;

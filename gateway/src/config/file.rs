@@ -353,6 +353,29 @@ pub struct LimitsFile {
     /// the body is decoded.
     #[serde(default = "default_max_attributes")]
     pub max_attributes_per_request: usize,
+    /// Per-tenant limits every tenant gets unless the overrides file says otherwise (see
+    /// `docs/limits.md`).
+    #[serde(default)]
+    pub tenant: crate::limits::TenantLimitsFile,
+    /// File of per-tenant overrides (`overrides: {<tenant>: {<field>: <value>}}`), re-read on
+    /// SIGHUP and when its content changes; a file that does not validate keeps the limits in
+    /// force. Relative to the configuration file. Default: none.
+    #[serde(default)]
+    pub overrides_file: Option<PathBuf>,
+    /// How often the overrides file is checked for changes. Default `5s`.
+    #[serde(default = "default_overrides_poll")]
+    pub overrides_poll_interval: HumanDuration,
+    /// Most tenants a node keeps limit state for at once (with `unknown_tenants: allow`,
+    /// clients make tenant ids up); past it a new tenant gets 503. Default 10000.
+    #[serde(default = "default_max_tenants")]
+    pub max_tenants: usize,
+}
+
+const fn default_overrides_poll() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+const fn default_max_tenants() -> usize {
+    10_000
 }
 
 const fn default_max_samples() -> usize {
@@ -404,6 +427,10 @@ impl Default for LimitsFile {
             max_histogram_buckets_per_request: default_max_buckets(),
             max_exemplars_per_request: default_max_exemplars(),
             max_attributes_per_request: default_max_attributes(),
+            tenant: crate::limits::TenantLimitsFile::default(),
+            overrides_file: None,
+            overrides_poll_interval: default_overrides_poll(),
+            max_tenants: default_max_tenants(),
         }
     }
 }
@@ -623,6 +650,13 @@ impl ConfigFile {
             .is_some_and(|t| t.tenant_from != crate::tls::TenantFrom::None);
 
         let l = &self.limits;
+        let tenant_limits = crate::limits::LimitsSettings::from_file(
+            &l.tenant,
+            l.overrides_file.as_deref(),
+            l.overrides_poll_interval.0,
+            l.max_tenants,
+            &mut problems,
+        );
         for (field, v) in [
             ("max_body_bytes", l.max_body_bytes),
             ("max_decompressed_bytes", l.max_decompressed_bytes),
@@ -904,6 +938,7 @@ impl ConfigFile {
                 durability,
                 cluster,
                 tls,
+                tenant_limits,
             }),
             _ => Err(problems),
         }

@@ -175,6 +175,8 @@ pub struct Config {
     pub cluster: ClusterSettings,
     /// TLS on every listener, if configured.
     pub tls: Option<crate::tls::TlsSettings>,
+    /// Per-tenant limits and their overrides (`limits.tenant`, `limits.overrides_file`).
+    pub tenant_limits: crate::limits::LimitsSettings,
 }
 
 /// `durability:` validated.
@@ -254,6 +256,15 @@ impl Config {
             let settings = settings.clone();
             config.policy = Arc::new(config.load_policy(&settings).map_err(invalid)?);
         }
+        let limits = &mut config.tenant_limits;
+        if let Some(path) = limits.overrides_file.as_mut() {
+            if path.is_relative() {
+                if let Some(dir) = Path::new(file).parent() {
+                    *path = dir.join(&*path);
+                }
+            }
+        }
+        limits.load_overrides().map_err(invalid)?;
         Ok(config)
     }
 

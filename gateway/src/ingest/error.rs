@@ -30,6 +30,9 @@ pub enum IngestError {
     /// The data could not be made durable now, or a sink could not store it.
     #[error("{0}")]
     Unavailable(SubmitError),
+    /// A tenant limit refused the request (a rate; transient).
+    #[error("{0}")]
+    Limited(crate::limits::LimitError),
     /// The gateway is shutting down.
     #[error("shutting down")]
     Draining,

@@ -7,7 +7,8 @@
 //! durable submit, and the per-request and per-tenant counters. A per-request feature
 //! (tenant limits, HA deduplication) lands here once and holds for every protocol.
 //!
-//! May call: `tenant`, `pipeline`, `telemetry`, `config`; never a listener or a sink.
+//! May call: `tenant`, `limits`, `pipeline`, `telemetry`, `config`; never a listener or a
+//! sink.
 
 mod error;
 mod plan;
@@ -26,6 +27,7 @@ pub use error::IngestError;
 pub use plan::plan;
 
 use crate::config::Config;
+use crate::limits::{Limits, SeriesLimited};
 use crate::pipeline::Pipeline;
 use crate::tenant::{self, ORG_ID_HEADER};
 
@@ -213,6 +215,7 @@ impl RequestMetrics {
 pub struct Ingest {
     config: Arc<Config>,
     pipeline: Pipeline,
+    limits: Arc<Limits>,
     policy: ArcSwap<CompiledPolicy>,
     /// Status for a tenant the policy does not know (401 or 403).
     unknown_tenant_status: StatusCode,
@@ -221,8 +224,9 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Ingest for `config`, submitting to `pipeline`, with the configured policy in force.
-    pub fn new(config: Arc<Config>, pipeline: Pipeline) -> Self {
+    /// Ingest for `config`, submitting to `pipeline` under the tenant `limits`, with the
+    /// configured policy in force.
+    pub fn new(config: Arc<Config>, pipeline: Pipeline, limits: Arc<Limits>) -> Self {
         let unknown_tenant_status = config
             .residency
             .as_ref()
@@ -232,6 +236,7 @@ impl Ingest {
             policy: ArcSwap::new(config.policy()),
             config,
             pipeline,
+            limits,
             unknown_tenant_status,
             draining: AtomicBool::new(false),
         }
@@ -240,6 +245,11 @@ impl Ingest {
     /// The pipeline (readiness asks it).
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
+    }
+
+    /// The tenant limits (the overrides reload and the status page use them).
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 
     /// Puts `policy` in force for requests that start from now on.
@@ -333,12 +343,14 @@ impl Ingest {
             .map_err(IngestError::Unauthorized)
     }
 
-    /// Stores a decoded request: each group's tenant, its residency plan, the pipeline's
-    /// checks, then the durable submit; answers once every region made it durable. `fixed`
-    /// is what [`Ingest::admit`] returned. Every group is authenticated, planned and checked
-    /// before any is submitted, so a request refused for one tenant or one series leaves
-    /// nothing behind for another. One policy serves the whole request, even if a reload
-    /// swaps it meanwhile.
+    /// Stores a decoded request: each group's tenant, its limits, its residency plan, the
+    /// pipeline's checks, then the durable submit; answers once every region made it
+    /// durable. `fixed` is what [`Ingest::admit`] returned. Every group is authenticated,
+    /// limited, planned and checked before any is submitted, so a request refused for one
+    /// tenant or one series leaves nothing behind for another (and a refused or failed
+    /// request gives its charge against the rate limits back). Series over a tenant's
+    /// active-series limit are left out and said in [`Ingested::series_limited`]; the rest is
+    /// stored. One policy serves the whole request, even if a reload swaps it meanwhile.
     pub async fn ingest(
         &self,
         metrics: &mut RequestMetrics,
@@ -346,9 +358,10 @@ impl Ingest {
         cert: Option<&str>,
         fixed: Option<TenantId>,
         groups: Vec<Group>,
-    ) -> Result<Written, IngestError> {
+    ) -> Result<Ingested, IngestError> {
         let policy = self.policy.load_full();
         let mut planned = Vec::with_capacity(groups.len());
+        let mut series_limited: Option<SeriesLimited> = None;
         for group in groups {
             let tenant = match &fixed {
                 Some(t) => t.clone(),
@@ -356,12 +369,35 @@ impl Ingest {
             };
             let view = self.tenant_view(&policy, &tenant)?;
             metrics.authenticated(&tenant);
-            let (plan, dropped) = plan(&view, &tenant, &group.batch)?;
-            let written = Written::of(&group.batch).minus(dropped);
-            planned.push((tenant, view, plan, group.batch, group.points, written));
+            let admitted = self
+                .limits
+                .check(&tenant, &group.batch)
+                .map_err(IngestError::Limited)?;
+            let (plan, dropped) = plan(&view, &tenant, &group.batch, &admitted.refused)?;
+            let refused = admitted
+                .refused
+                .iter()
+                .filter_map(|&i| group.batch.series_at(i as usize))
+                .fold(Written::default(), |w, s| w.plus(plan::counts_of(&s)));
+            if let Some(s) = &admitted.series_limited {
+                match &mut series_limited {
+                    Some(all) => all.merge(s),
+                    None => series_limited = Some(s.clone()),
+                }
+            }
+            let written = Written::of(&group.batch).minus(dropped).minus(refused);
+            planned.push((
+                tenant,
+                view,
+                plan,
+                group.batch,
+                group.points,
+                written,
+                admitted,
+            ));
         }
         let mut prepared = Vec::with_capacity(planned.len());
-        for (tenant, view, plan, batch, points, written) in planned {
+        for (tenant, view, plan, batch, points, written, admitted) in planned {
             let ready = if plan.is_empty() {
                 None
             } else {
@@ -371,16 +407,17 @@ impl Ingest {
                         .map_err(IngestError::Unavailable)?,
                 )
             };
-            prepared.push((tenant, ready, points, written));
+            prepared.push((tenant, ready, points, written, admitted));
         }
         let mut total = Written::default();
-        for (tenant, ready, points, written) in prepared {
+        for (tenant, ready, points, written, admitted) in prepared {
             if let Some(ready) = ready {
                 self.pipeline
                     .commit(ready)
                     .await
                     .map_err(IngestError::Unavailable)?;
             }
+            admitted.keep();
             let labels = [
                 ("protocol", metrics.protocol().data_label().to_string()),
                 ("tenant", metrics.label_of(&tenant)),
@@ -394,6 +431,19 @@ impl Ingest {
             metrics::counter!("traceo_exemplars_total", &labels).increment(written.exemplars);
             total = total.plus(written);
         }
-        Ok(total)
+        Ok(Ingested {
+            written: total,
+            series_limited,
+        })
     }
+}
+
+/// What a request stored, and what of it a tenant's active-series limit refused.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    /// What was made durable.
+    pub written: Written,
+    /// New series refused for the active-series limit: the answer must not be a plain 2xx
+    /// (remote-write: 400; OTLP: `partial_success`).
+    pub series_limited: Option<SeriesLimited>,
 }

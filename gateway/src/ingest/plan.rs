@@ -6,8 +6,8 @@ use residency_rules::{DenyScope, SeriesDecision, TenantId, TenantView};
 use super::{IngestError, Written};
 use crate::pipeline::Plan;
 
-/// Counts of what the policy dropped (`deny_series`), for the written counts.
-fn counts_of(series: &protocols::SeriesRef<'_>) -> Written {
+/// Counts of one series' data, for the written counts of what the policy or a limit left out.
+pub(super) fn counts_of(series: &protocols::SeriesRef<'_>) -> Written {
     Written {
         samples: series.samples().len() as u64,
         histograms: series.histograms().len() as u64,
@@ -15,21 +15,32 @@ fn counts_of(series: &protocols::SeriesRef<'_>) -> Written {
     }
 }
 
-/// Residency decisions for every series of `batch`: where each may go and what to edit, and
-/// the counts of what it dropped. A tenant without label rules skips the per-series loop. A
-/// `deny_request` match refuses the whole request before anything reaches a sink;
+/// Residency decisions for every series of `batch` but those in `refused` (ascending: the
+/// series a tenant limit refused, which go nowhere): where each may go and what to edit, and
+/// the counts of what the policy dropped. A tenant without label rules skips the per-series
+/// loop. A `deny_request` match refuses the whole request before anything reaches a sink;
 /// `deny_series` drops the series (counted).
 pub fn plan(
     view: &TenantView<'_>,
     tenant: &TenantId,
     batch: &Batch,
+    refused: &[u32],
 ) -> Result<(Plan, Written), IngestError> {
     if !view.has_rules() {
-        return Ok((Plan::all(view.default_regions()), Written::default()));
+        let count = u32::try_from(batch.series_count()).unwrap_or(u32::MAX);
+        return Ok((
+            Plan::all_but(view.default_regions(), count, refused),
+            Written::default(),
+        ));
     }
     let mut plan = Plan::default();
     let mut dropped = Written::default();
+    let mut skip = refused.iter().peekable();
     for (i, series) in batch.series().enumerate() {
+        if skip.peek() == Some(&&(i as u32)) {
+            skip.next();
+            continue;
+        }
         match view.decide(series.labels().iter()) {
             SeriesDecision::Allow { regions, edits } => {
                 plan.add(i as u32, regions, &edits, view, &series)

@@ -142,15 +142,22 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>
 /// the last failovers; JSON, or text with `?format=text`.
 fn status(query: Option<&str>, state: &AppState) -> Response<Full<Bytes>> {
     let view = state.cluster.view();
+    let limits = state.ingest.limits().view();
     let as_text = query.is_some_and(|q| q.split('&').any(|kv| kv == "format=text"));
     let (body, content_type) = if as_text {
-        (
-            crate::cluster::status::render_text(&view),
-            "text/plain; charset=utf-8",
-        )
+        let mut text = crate::cluster::status::render_text(&view);
+        crate::limits::render_text(&limits, &mut text);
+        (text, "text/plain; charset=utf-8")
     } else {
+        let mut json = serde_json::to_value(&*view).unwrap_or_default();
+        if let Some(obj) = json.as_object_mut() {
+            obj.insert(
+                "limits".into(),
+                serde_json::to_value(&limits).unwrap_or_default(),
+            );
+        }
         (
-            serde_json::to_string_pretty(&*view).unwrap_or_default(),
+            serde_json::to_string_pretty(&json).unwrap_or_default(),
             "application/json",
         )
     };

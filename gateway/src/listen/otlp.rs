@@ -113,10 +113,22 @@ async fn export(
         })
         .collect();
     let cert = CertTenant::of(&parts.extensions);
-    state
+    let ingested = state
         .ingest
         .ingest(metrics, &parts.headers, cert, fixed_tenant, groups)
         .await?;
+    let mut refused = refused;
+    if let Some(limited) = ingested.series_limited {
+        // Persistent, so a partial success (a 200 clients do not retry), never an error
+        // that would have the kept points sent again.
+        metrics.rejected("series_limit", StatusCode::OK, &limited);
+        refused.rejected += limited.points;
+        refused.message = if refused.message.is_empty() {
+            limited.to_string()
+        } else {
+            format!("{}; {limited}", refused.message)
+        };
+    }
     if refused.rejected > 0 {
         let tenant = metrics.tenant_label().to_string();
         metrics::counter!("traceo_otlp_rejected_points_total", "tenant" => tenant)
@@ -148,16 +160,18 @@ fn inflate(
     }
 }
 
-/// The gRPC code for an error, and the retry delay when the client should retry.
+/// The gRPC code for an error, and the retry delay when the client should retry. A rate
+/// limit is `RESOURCE_EXHAUSTED` with `RetryInfo` (OTLP clients retry it only with one), or
+/// `UNAVAILABLE` where the tenant's limits ask for 503.
 fn grpc_code(e: &ApiError) -> (Code, Option<u32>) {
+    let retry = e.retry_after_secs().or(Some(RETRY_AFTER_SECS));
     match e.status() {
         StatusCode::UNAUTHORIZED => (Code::Unauthenticated, None),
         StatusCode::FORBIDDEN => (Code::PermissionDenied, None),
         StatusCode::PAYLOAD_TOO_LARGE => (Code::ResourceExhausted, None),
         StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => (Code::Unimplemented, None),
-        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
-            (Code::Unavailable, Some(RETRY_AFTER_SECS))
-        }
+        StatusCode::TOO_MANY_REQUESTS => (Code::ResourceExhausted, retry),
+        StatusCode::SERVICE_UNAVAILABLE => (Code::Unavailable, retry),
         _ => (Code::InvalidArgument, None),
     }
 }

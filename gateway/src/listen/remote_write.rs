@@ -11,7 +11,7 @@ use protocols::remote_write::{CONTENT_TYPE_PROTOBUF, PROTO_V1, PROTO_V2};
 use super::conn::CertTenant;
 use super::http::AppState;
 use super::ApiError;
-use crate::ingest::{Group, Protocol, RequestMetrics, Written};
+use crate::ingest::{Group, Ingested, Protocol, RequestMetrics, Written};
 
 /// The remote-write message a request carries, from its `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,13 +36,27 @@ pub(super) async fn handle(req: Request<Incoming>, state: &AppState) -> Response
     let version = check_content_type(req.headers()).unwrap_or(RwVersion::V1);
     let mut metrics = RequestMetrics::start(version.protocol());
     let response = match decode_and_ingest(req, state, &mut metrics).await {
-        Ok(w) => Response::builder()
-            .status(StatusCode::NO_CONTENT)
-            .header("x-prometheus-remote-write-samples-written", w.samples)
-            .header("x-prometheus-remote-write-histograms-written", w.histograms)
-            .header("x-prometheus-remote-write-exemplars-written", w.exemplars)
+        Ok(Ingested {
+            written: w,
+            series_limited: None,
+        }) => written(Response::builder().status(StatusCode::NO_CONTENT), w)
             .body(Full::new(Bytes::new()))
             .expect("static response is valid"),
+        // Series over the tenant's limit were refused, the rest written: a 400 that says
+        // what was written, never a 2xx for a partial write.
+        Ok(Ingested {
+            written: w,
+            series_limited: Some(limited),
+        }) => {
+            let e = ApiError::SeriesLimited(limited);
+            metrics.rejected(e.reason(), e.status(), &e);
+            let mut r = e.into_response();
+            let headers = written(Response::builder(), w);
+            if let Some(h) = headers.headers_ref() {
+                r.headers_mut().extend(h.clone());
+            }
+            r
+        }
         Err(e) => {
             metrics.rejected(e.reason(), e.status(), &e);
             e.into_response()
@@ -52,11 +66,18 @@ pub(super) async fn handle(req: Request<Incoming>, state: &AppState) -> Response
     response
 }
 
+/// The `X-Prometheus-Remote-Write-*-Written` headers: what was made durable.
+fn written(b: http::response::Builder, w: Written) -> http::response::Builder {
+    b.header("x-prometheus-remote-write-samples-written", w.samples)
+        .header("x-prometheus-remote-write-histograms-written", w.histograms)
+        .header("x-prometheus-remote-write-exemplars-written", w.exemplars)
+}
+
 async fn decode_and_ingest(
     req: Request<Incoming>,
     state: &AppState,
     metrics: &mut RequestMetrics,
-) -> Result<Written, ApiError> {
+) -> Result<Ingested, ApiError> {
     let headers = req.headers();
     // A draining node says so first, whatever else is wrong with the request (load
     // balancers and senders retry a 503 elsewhere).

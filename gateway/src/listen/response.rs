@@ -63,6 +63,14 @@ pub enum ApiError {
     /// The data could not be made durable now; retry.
     #[error("{0}")]
     Unavailable(SubmitError),
+    /// Over a tenant rate limit: 429 (or 503 by the tenant's `rate_limited_status`) with
+    /// `Retry-After` from the bucket.
+    #[error("{0}")]
+    Limited(crate::limits::LimitError),
+    /// New series over the tenant's active-series limit were refused, the rest written: a
+    /// 400 (persistent; senders must not retry it), never a 2xx for a partial write.
+    #[error("{0}")]
+    SeriesLimited(crate::limits::SeriesLimited),
     /// The gateway is shutting down.
     #[error("shutting down")]
     Draining,
@@ -84,6 +92,7 @@ impl From<IngestError> for ApiError {
             IngestError::TenantConflict(m) => ApiError::TenantConflict(m),
             IngestError::PolicyDenied(m) => ApiError::PolicyDenied(m),
             IngestError::Unavailable(s) => ApiError::Unavailable(s),
+            IngestError::Limited(l) => ApiError::Limited(l),
             IngestError::Draining => ApiError::Draining,
         }
     }
@@ -121,6 +130,9 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::Unavailable(SubmitError::Unstorable { .. }) => StatusCode::BAD_REQUEST,
+            ApiError::Limited(l) if l.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::SeriesLimited(_) => StatusCode::BAD_REQUEST,
             ApiError::Unavailable(_) | ApiError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -152,6 +164,8 @@ impl ApiError {
                 "upstream_refused"
             }
             ApiError::Unavailable(_) => "sink_unavailable",
+            ApiError::Limited(l) => l.reason(),
+            ApiError::SeriesLimited(_) => "series_limit",
             ApiError::Draining => "draining",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -178,6 +192,16 @@ impl ApiError {
         )
     }
 
+    /// Seconds the client should wait before retrying, for every retryable answer (each
+    /// 503, and a 429): a rate limit's from its bucket, others a short constant.
+    pub fn retry_after_secs(&self) -> Option<u32> {
+        match self {
+            ApiError::Limited(l) => Some(l.retry_after_secs()),
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => Some(RETRY_AFTER_SECS),
+            _ => None,
+        }
+    }
+
     /// The response: status, a plain-text message, and the headers the status calls for.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let status = self.status();
@@ -191,9 +215,9 @@ impl ApiError {
             ApiError::Unauthorized(_) if status == StatusCode::UNAUTHORIZED => {
                 b = b.header(header::WWW_AUTHENTICATE, "Basic realm=\"traceo\"");
             }
-            // Every 503 is retryable and says when; refusals mapped to 4xx say nothing.
-            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
-                b = b.header(header::RETRY_AFTER, RETRY_AFTER_SECS);
+            // Every 503 and 429 is retryable and says when; other refusals say nothing.
+            _ if self.retry_after_secs().is_some() => {
+                b = b.header(header::RETRY_AFTER, self.retry_after_secs().unwrap_or(1));
             }
             ApiError::MethodNotAllowed(allow) => b = b.header(header::ALLOW, *allow),
             _ => {}
@@ -304,6 +328,42 @@ mod tests {
             error: crate::sinks::SinkError::from_http_status(503, "busy"),
         });
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn a_rate_limit_is_429_with_the_bucket_delay_or_503_when_the_tenant_asks() {
+        use crate::limits::{LimitError, RateKind, RateLimitedStatus};
+        let limited = |status| {
+            ApiError::Limited(LimitError::RateLimited {
+                tenant: "a".into(),
+                kind: RateKind::Ingestion,
+                global: 100.0,
+                share: 50.0,
+                members: 2,
+                retry_after: std::time::Duration::from_millis(2500),
+                status,
+            })
+        };
+        let e = limited(RateLimitedStatus::TooManyRequests);
+        assert_eq!(e.reason(), "rate_limited");
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+        let r = limited(RateLimitedStatus::Unavailable).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+        let e = ApiError::SeriesLimited(crate::limits::SeriesLimited {
+            tenant: "a".into(),
+            limit: 1000,
+            series: 200,
+            samples: 200,
+            points: 200,
+        });
+        assert_eq!(e.reason(), "series_limit");
+        assert!(e.to_string().contains("limit of 1000 active series"), "{e}");
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(!r.headers().contains_key(header::RETRY_AFTER));
     }
 
     #[test]

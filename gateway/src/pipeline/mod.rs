@@ -57,6 +57,30 @@ impl Plan {
         }
     }
 
+    /// Every series of a batch of `count` to `set`, unedited, except those in `refused`
+    /// (ascending): a batch some of whose series a tenant limit refused.
+    pub fn all_but(set: RegionSet, count: u32, refused: &[u32]) -> Plan {
+        if refused.is_empty() {
+            return Plan::all(set);
+        }
+        let mut skip = refused.iter().peekable();
+        let kept: Vec<u32> = (0..count)
+            .filter(|i| {
+                if skip.peek() == Some(&i) {
+                    skip.next();
+                    false
+                } else {
+                    true
+                }
+            })
+            .collect();
+        let mut plan = Plan::default();
+        if !kept.is_empty() {
+            plan.groups.push((set, kept));
+        }
+        plan
+    }
+
     /// Adds one series with its decision.
     pub fn add(
         &mut self,
