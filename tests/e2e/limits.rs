@@ -106,8 +106,13 @@ fn tenant_status(gw: &Gateway, tenant: &str) -> Option<Value> {
 /// `traceo-loadgen` sending remote-write 1.0 to `url` for `secs` seconds, one open-loop load
 /// per `(tenant, samples/s)`; 500 series (one sample each) per request.
 fn loadgen(url: &str, tenants: &[(&str, u32)], secs: u32) -> Command {
+    loadgen_of("rw1", url, tenants, secs)
+}
+
+/// [`loadgen`] with `protocol` (a `--protocol` value).
+fn loadgen_of(protocol: &str, url: &str, tenants: &[(&str, u32)], secs: u32) -> Command {
     let mut cmd = Command::new(traceo_e2e::loadgen_bin(GATEWAY));
-    cmd.args(["--url", url])
+    cmd.args(["--protocol", protocol, "--url", url])
         .args([
             "--series",
             "4000",
@@ -624,5 +629,79 @@ remote_write:
         ),
         0.0,
         "a 503 is retried, never dropped"
+    );
+}
+
+#[test]
+fn otlp_senders_get_429_or_resource_exhausted_for_a_rate_and_partial_success_for_refused_series() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let gw = start_single(
+        tmp.path(),
+        "overrides:\n  otlp-rate: { ingestion_rate: 5000, ingestion_burst: 5000 }\n  \
+         otlp-series: { max_active_series: 1000 }\n",
+    );
+    let codes = |r: &Value, t: &str| {
+        r["per_tenant"][t]["codes"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+    };
+    // OTLP/HTTP over its rate: 429 with Retry-After.
+    let http = report_of(
+        &loadgen_of(
+            "otlp-http",
+            &gw.url("/v1/metrics"),
+            &[("otlp-rate", 30_000)],
+            3,
+        )
+        .output()
+        .expect("loadgen otlp-http"),
+    );
+    let c = codes(&http, "otlp-rate");
+    let limited = c.get("429").and_then(Value::as_u64).unwrap_or(0);
+    println!(
+        "OTLP/HTTP over the rate: codes {c:?}, Retry-After on {}",
+        http["retry_after_answers"]
+    );
+    assert!(limited > 0 && c.contains_key("200"), "{c:?}");
+    assert!(http["retry_after_answers"].as_u64().unwrap_or(0) >= limited);
+    // OTLP/gRPC over its rate: RESOURCE_EXHAUSTED (8), which carries RetryInfo.
+    let grpc = report_of(
+        &loadgen_of("otlp-grpc", &gw.url(""), &[("otlp-rate", 30_000)], 3)
+            .output()
+            .expect("loadgen otlp-grpc"),
+    );
+    let c = codes(&grpc, "otlp-rate");
+    println!("OTLP/gRPC over the rate: codes {c:?}");
+    assert!(
+        c.get("grpc_8").and_then(Value::as_u64).unwrap_or(0) > 0,
+        "{c:?}"
+    );
+    assert!(c.contains_key("grpc_0"), "{c:?}");
+    // Series past the limit: a 200 with partial_success naming the refused points (the
+    // client must not send the kept ones again).
+    let series = report_of(
+        &loadgen_of(
+            "otlp-http",
+            &gw.url("/v1/metrics"),
+            &[("otlp-series", 4_000)],
+            3,
+        )
+        .output()
+        .expect("loadgen otlp-http series"),
+    );
+    let s = &series["per_tenant"]["otlp-series"];
+    let c = codes(&series, "otlp-series");
+    println!(
+        "OTLP/HTTP past the series limit: codes {c:?}, rejected points {}",
+        s["otlp_rejected_points"]
+    );
+    assert_eq!(c.keys().collect::<Vec<_>>(), vec!["200"], "{c:?}");
+    let rejected = s["otlp_rejected_points"].as_f64().unwrap_or(0.0);
+    assert!(rejected > 0.0, "{s}");
+    assert_eq!(discarded(&gw, "otlp-series", "series_limit"), rejected);
+    assert_eq!(
+        gw.metric("traceo_tenant_active_series{tenant=\"otlp-series\"}"),
+        Some(1000.0)
     );
 }

@@ -442,6 +442,28 @@ mod tests {
         assert_eq!(grpc_code(&who), (Code::Unauthenticated, None));
         let denied = ApiError::PolicyDenied("no".into());
         assert_eq!(grpc_code(&denied), (Code::PermissionDenied, None));
+        // A rate limit: RESOURCE_EXHAUSTED with the bucket's delay in RetryInfo (OTLP clients
+        // retry it only with one), or UNAVAILABLE where the tenant asked for 503.
+        let limited = |status| {
+            ApiError::Limited(crate::limits::LimitError::RateLimited {
+                tenant: "a".into(),
+                kind: crate::limits::RateKind::Ingestion,
+                global: 10.0,
+                share: 10.0,
+                members: 1,
+                retry_after: std::time::Duration::from_secs(3),
+                status,
+            })
+        };
+        use crate::limits::RateLimitedStatus::{TooManyRequests, Unavailable};
+        assert_eq!(
+            grpc_code(&limited(TooManyRequests)),
+            (Code::ResourceExhausted, Some(3))
+        );
+        assert_eq!(
+            grpc_code(&limited(Unavailable)),
+            (Code::Unavailable, Some(3))
+        );
     }
 
     #[test]
