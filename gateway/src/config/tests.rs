@@ -488,3 +488,42 @@ fn limits_a_log_record_cannot_hold_are_refused() {
         assert!(all.contains(field), "{field} in {all}");
     }
 }
+
+#[test]
+fn tenant_limits_are_validated_at_load_and_the_overrides_file_read_beside_the_config() {
+    let base = "auth: { mode: off, default_region: local }\nregions:\n  - { id: local, sinks: { null: {} } }\n";
+    let bad = format!(
+        "{base}limits:\n  tenant: {{ ingestion_rate: -1, rate_limited_status: 500 }}\n  max_tenants: 0\n"
+    );
+    let err = Config::from_yaml("g.yaml", &bad).unwrap_err().to_string();
+    for needle in [
+        "limits.tenant.ingestion_rate: -1",
+        "limits.tenant.rate_limited_status: 500 is neither 429 nor 503",
+        "limits.max_tenants: must be at least 1",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing from {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!("{base}limits:\n  tenant: {{ ingestion_rate: 100 }}\n  overrides_file: o.yaml\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("o.yaml"),
+        "overrides:\n  team-a: { max_active_series: 5 }\n",
+    )
+    .unwrap();
+    let c = Config::load(&cfg).unwrap();
+    let a = &c.tenant_limits.overrides[&TenantId::parse("team-a").unwrap()];
+    assert_eq!(a.max_active_series, 5);
+    assert_eq!(a.ingestion_rate, 100.0, "an override keeps the defaults it does not name");
+    std::fs::write(
+        dir.path().join("o.yaml"),
+        "overrides:\n  team-a: { max_active_series: x }\n",
+    )
+    .unwrap();
+    let err = Config::load(&cfg).unwrap_err().to_string();
+    assert!(err.contains("limits.overrides_file") && err.contains("o.yaml"), "{err}");
+}
