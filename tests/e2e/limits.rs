@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use traceo_e2e::{
-    free_port, get, metric_in, post_with, prometheus_bin, remote_write_body, wait_for, Gateway,
-    Proc, REMOTE_WRITE_V1_HEADERS,
+    free_port, get, metric_in, post_with, prometheus_scraping_itself, remote_write_body, wait_for,
+    Gateway, REMOTE_WRITE_V1_HEADERS,
 };
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
@@ -484,7 +484,6 @@ fn prom_counter(page: &str, metric: &str, name: &str) -> f64 {
 fn prometheus_counts_of_failed_and_retried_samples_agree_with_the_gateway_discards() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
-    // Far below what Prometheus scraping itself every 100 ms sends.
     let tight = "overrides:\n  \
                  prom-drop: { ingestion_rate: 300, ingestion_burst: 600 }\n  \
                  prom-retry: { ingestion_rate: 300, ingestion_burst: 600, rate_limited_status: 503 }\n";
@@ -496,43 +495,23 @@ fn prometheus_counts_of_failed_and_retried_samples_agree_with_the_gateway_discar
          - { id: prom-retry, region: local, passwords: [\"p2\"] }",
     );
     let gw = Gateway::start(GATEWAY, dir, &config);
-    let prom_port = free_port();
-    let prom_cfg = dir.join("prometheus.yml");
     // Two queues: one left at Prometheus' defaults (a 429 is not retried: the samples count
-    // as failed), one for a tenant answered 503 (retried: counted as retried).
-    std::fs::write(
-        &prom_cfg,
+    // as failed), one for a tenant answered 503 (retried: counted as retried). Scraping
+    // itself every 100 ms, Prometheus sends far more than the limits let through.
+    let queue = |name: &str, user: &str, password: &str| {
         format!(
-            r#"
-global:
-  scrape_interval: 100ms
-scrape_configs:
-  - job_name: prometheus
-    scrape_interval: 100ms
-    static_configs:
-      - targets: ["127.0.0.1:{prom_port}"]
-remote_write:
-  - name: drop
-    url: "http://127.0.0.1:{gw}/api/v1/write"
-    basic_auth: {{ username: prom-drop, password: p1 }}
-    queue_config: {{ batch_send_deadline: 500ms, max_samples_per_send: 500, min_backoff: 100ms, max_backoff: 1s }}
-  - name: retry
-    url: "http://127.0.0.1:{gw}/api/v1/write"
-    basic_auth: {{ username: prom-retry, password: p2 }}
-    queue_config: {{ batch_send_deadline: 500ms, max_samples_per_send: 500, min_backoff: 100ms, max_backoff: 1s }}
-"#,
-            gw = gw.port
-        ),
-    )
-    .expect("prometheus.yml");
-    let mut cmd = Command::new(prometheus_bin());
-    cmd.arg(format!("--config.file={}", prom_cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("prom").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"));
-    let mut prom = Proc::spawn("prometheus", cmd, dir.join("prometheus.log"));
+            "  - name: {name}\n    url: \"http://127.0.0.1:{}/api/v1/write\"\n    \
+             basic_auth: {{ username: {user}, password: {password} }}\n    \
+             queue_config: {{ batch_send_deadline: 500ms, max_samples_per_send: 500, \
+             min_backoff: 100ms, max_backoff: 1s }}\n",
+            gw.port
+        )
+    };
+    let (mut prom, prom_port) = prometheus_scraping_itself(
+        dir,
+        "100ms",
+        &(queue("drop", "prom-drop", "p1") + &queue("retry", "prom-retry", "p2")),
+    );
     let prom_metrics = format!("http://127.0.0.1:{prom_port}/metrics");
 
     wait_for(

@@ -2,10 +2,9 @@
 //! gateway with basic auth; the series it sent must appear in the gateway's Parquet files with
 //! their labels, the tenant and plausible timestamps.
 
-use std::process::Command;
 use std::time::Duration;
 
-use traceo_e2e::{free_port, get, now_ms, prometheus_bin, read_rows, wait_for, Gateway, Proc};
+use traceo_e2e::{get, now_ms, prometheus_scraping_itself, read_rows, wait_for, Gateway};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
 
@@ -30,21 +29,12 @@ tenants:
 "#,
     );
 
-    let prom_port = free_port();
-    let prom_cfg = dir.join("prometheus.yml");
-    std::fs::write(
-        &prom_cfg,
-        format!(
-            r#"
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-scrape_configs:
-  - job_name: prometheus
-    static_configs:
-      - targets: ["127.0.0.1:{prom_port}"]
-remote_write:
-  - url: "http://127.0.0.1:{gw_port}/api/v1/write"
+    let started_ms = now_ms();
+    let (mut prom, prom_port) = prometheus_scraping_itself(
+        dir,
+        "1s",
+        &format!(
+            r#"  - url: "http://127.0.0.1:{gw_port}/api/v1/write"
     basic_auth:
       username: team-a
       password: s3cret
@@ -55,17 +45,7 @@ remote_write:
 "#,
             gw_port = gw.port
         ),
-    )
-    .expect("write prometheus.yml");
-    let started_ms = now_ms();
-    let mut cmd = Command::new(prometheus_bin());
-    cmd.arg(format!("--config.file={}", prom_cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("prom-data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"));
-    let mut prom = Proc::spawn("prometheus", cmd, dir.join("prometheus.log"));
+    );
 
     let data = dir.join("data");
     let rows = wait_for(

@@ -828,6 +828,38 @@ pub fn prometheus_bin() -> String {
     std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".to_string())
 }
 
+/// A Prometheus server (Debian's package) that scrapes itself every `scrape_interval` and
+/// remote-writes as `remote_write` says (the YAML list under `remote_write:`, indented by two
+/// spaces), with its data in `dir/prom-data`; returns it and its port.
+pub fn prometheus_scraping_itself(
+    dir: &Path,
+    scrape_interval: &str,
+    remote_write: &str,
+) -> (Proc, u16) {
+    let port = free_port();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: {scrape_interval}\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: prometheus\n    static_configs:\n      \
+             - targets: [\"127.0.0.1:{port}\"]\nremote_write:\n{remote_write}"
+        ),
+    )
+    .expect("write prometheus.yml");
+    let mut cmd = Command::new(prometheus_bin());
+    cmd.arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("prom-data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+    (
+        Proc::spawn("prometheus", cmd, dir.join("prometheus.log")),
+        port,
+    )
+}
+
 /// A running Prometheus server that accepts remote-write (`--web.enable-remote-write-receiver`)
 /// and scrapes nothing: a remote-write backend to query back.
 pub struct PrometheusBackend {

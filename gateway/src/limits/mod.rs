@@ -465,24 +465,23 @@ impl Limits {
 
 /// `tenant`'s share of its request rate on this node, if limited.
 fn request_rate(l: &TenantLimits, members: usize) -> Option<Rate> {
-    (l.request_rate > 0.0).then(|| Rate {
-        per_second: l.request_rate / members as f64,
-        burst: if l.request_burst > 0 {
-            l.request_burst as f64
-        } else {
-            l.request_rate.max(1.0)
-        },
-    })
+    node_share(l.request_rate, l.request_burst, members)
 }
 
 /// `tenant`'s share of its ingestion rate on this node, if limited.
 fn ingestion_rate(l: &TenantLimits, members: usize) -> Option<Rate> {
-    (l.ingestion_rate > 0.0).then(|| Rate {
-        per_second: l.ingestion_rate / members as f64,
-        burst: if l.ingestion_burst > 0 {
-            l.ingestion_burst as f64
+    node_share(l.ingestion_rate, l.ingestion_burst, members)
+}
+
+/// A fleet-wide `rate` divided over `members`, with its per-node `burst` (0: one second of
+/// the fleet-wide rate, at least one token); `None` when the rate is unlimited.
+fn node_share(rate: f64, burst: u64, members: usize) -> Option<Rate> {
+    (rate > 0.0).then(|| Rate {
+        per_second: rate / members as f64,
+        burst: if burst > 0 {
+            burst as f64
         } else {
-            l.ingestion_rate.max(1.0)
+            rate.max(1.0)
         },
     })
 }
