@@ -518,12 +518,18 @@ fn tenant_limits_are_validated_at_load_and_the_overrides_file_read_beside_the_co
     let c = Config::load(&cfg).unwrap();
     let a = &c.tenant_limits.overrides[&TenantId::parse("team-a").unwrap()];
     assert_eq!(a.max_active_series, 5);
-    assert_eq!(a.ingestion_rate, 100.0, "an override keeps the defaults it does not name");
+    assert_eq!(
+        a.ingestion_rate, 100.0,
+        "an override keeps the defaults it does not name"
+    );
     std::fs::write(
         dir.path().join("o.yaml"),
         "overrides:\n  team-a: { max_active_series: x }\n",
     )
     .unwrap();
     let err = Config::load(&cfg).unwrap_err().to_string();
-    assert!(err.contains("limits.overrides_file") && err.contains("o.yaml"), "{err}");
+    assert!(
+        err.contains("limits.overrides_file") && err.contains("o.yaml"),
+        "{err}"
+    );
 }
