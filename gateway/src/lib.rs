@@ -11,7 +11,8 @@
 //! - [`config`]: the YAML file, composed of sections each component validates;
 //! - [`delivery`]: from each region's log to its sinks, with per-sink cursors;
 //! - [`quarantine`]: each region's records its upstreams refused for good, replayable;
-//! - [`sinks`]: the sink contract and its kinds (Parquet, Kafka, remote-write, null);
+//! - [`sinks`]: the sink contract and its kinds (Parquet, Kafka, remote-write, null); [`ha`]:
+//!   HA-pair deduplication, its election kept in gossip;
 //! - [`cluster`]: upstream probes, gossip, fleet health and routes; [`limits`]: per-tenant
 //!   rates and active series;
 //! - [`wal`]: the write-ahead log files of a region;
@@ -28,6 +29,7 @@ pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod explain;
+pub mod ha;
 pub mod ingest;
 pub mod limits;
 pub mod listen;

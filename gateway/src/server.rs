@@ -110,6 +110,21 @@ pub async fn run(
         DurabilityMode::Upstream => Durability::Upstream,
         DurabilityMode::None => Durability::None,
     };
+    // HA elections live in gossip: the tracker joins the control loop before it starts. A
+    // node that gossips waits a few rounds before electing, to learn the fleet's elections
+    // first (after a restart above all).
+    let ha = config.ha_dedup.clone().map(|settings| {
+        let grace = config
+            .cluster
+            .gossip
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |g| {
+                (g.interval * 10).max(std::time::Duration::from_secs(2))
+            });
+        let tracker = Arc::new(crate::ha::HaTracker::new(settings, grace));
+        cluster.keep_in_gossip(tracker.clone());
+        tracker
+    });
     let cluster_stop = CancellationToken::new();
     let probing = cluster.start(cluster_stop.clone()).await?;
     let pipeline = Pipeline::new(
@@ -154,7 +169,11 @@ pub async fn run(
         cluster.members(),
     ));
     tokio::spawn(limits.clone().run_upkeep(shutdown.clone()));
-    let ingest = Arc::new(Ingest::new(config.clone(), pipeline, limits));
+    let mut ingest = Ingest::new(config.clone(), pipeline, limits);
+    if let Some(ha) = ha {
+        ingest = ingest.with_ha(ha);
+    }
+    let ingest = Arc::new(ingest);
     let state = Arc::new(AppState {
         config: config.clone(),
         ingest: ingest.clone(),

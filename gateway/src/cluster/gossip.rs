@@ -82,6 +82,9 @@ pub struct PeerView {
     pub members: Vec<Member>,
     /// The live peers' observations.
     pub observations: Vec<Observation>,
+    /// The live peers' keys under the prefixes asked for (see [`Gossip::read`]), as
+    /// `(node, key, value)`.
+    pub extra: Vec<(String, String, String)>,
 }
 
 /// This node's gossip endpoint.
@@ -247,10 +250,26 @@ impl Gossip {
             .await;
     }
 
-    /// Reads members and the peers' observations. A node is a member while chitchat's
-    /// detector calls it live and its heartbeat moved within `dead_after`; the observations
-    /// of others are dropped.
-    pub async fn read(&mut self) -> PeerView {
+    /// Deletes keys this node published.
+    pub async fn delete(&mut self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        self.revive().await;
+        self.handle
+            .with_chitchat(|c| {
+                let state = c.self_node_state();
+                for k in keys {
+                    state.delete(k);
+                }
+            })
+            .await;
+    }
+
+    /// Reads members, the peers' observations and their keys under `prefixes` (state other
+    /// components keep in gossip). A node is a member while chitchat's detector calls it
+    /// live and its heartbeat moved within `dead_after`; the keys of others are dropped.
+    pub async fn read(&mut self, prefixes: &[&str]) -> PeerView {
         self.revive().await;
         let now = Instant::now();
         let chitchat = self.handle.chitchat();
@@ -262,6 +281,7 @@ impl Gossip {
                 is_self: true,
             }],
             observations: Vec::new(),
+            extra: Vec::new(),
         };
         let live: Vec<ChitchatId> = guard.live_nodes().cloned().collect();
         for id in live {
@@ -301,6 +321,12 @@ impl Gossip {
                     health,
                     age: now.duration_since(seen.1),
                 });
+            }
+            for prefix in prefixes {
+                for (key, v) in state.iter_prefix(prefix) {
+                    view.extra
+                        .push((id.node_id.clone(), key.to_string(), v.value.clone()));
+                }
             }
         }
         drop(guard);
@@ -371,7 +397,7 @@ mod tests {
     async fn read_until(g: &mut Gossip, done: impl Fn(&PeerView) -> bool) -> PeerView {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let v = g.read().await;
+            let v = g.read(&[]).await;
             if done(&v) || Instant::now() > deadline {
                 return v;
             }
@@ -402,7 +428,7 @@ mod tests {
         assert_eq!(v.observations.len(), 1, "{:?}", v.observations);
         assert_eq!(v.observations[0].node, "b");
         assert_eq!(v.observations[0].health, Health::Down);
-        let vx = x.read().await;
+        let vx = x.read(&[]).await;
         assert_eq!(
             vx.members.len(),
             1,

@@ -24,7 +24,7 @@ use std::time::Duration;
 use residency_rules::RegionId;
 
 pub use health::{Health, HealthPolicy, Probe, Transition, UpstreamHealth};
-pub use runtime::{Cluster, RegionRoute, View};
+pub use runtime::{Cluster, GossipState, RegionRoute, View};
 
 /// An upstream cluster (a Kafka cluster, an object store, a remote-write endpoint) by its
 /// configured name, e.g. `eu-primary`.

@@ -189,6 +189,20 @@ pub struct Cluster {
     /// Live members as gossip sees them (0 with gossip off: the node alone), for the
     /// fleet-wide tenant limits.
     members: Arc<AtomicUsize>,
+    /// State other components keep in gossip, until [`Cluster::start`] takes it.
+    states: Mutex<Vec<Arc<dyn GossipState>>>,
+}
+
+/// State another component keeps in gossip under its own key prefix (the HA elections): the
+/// control loop publishes what it hands over and gives it what the live peers publish, every
+/// gossip round. Nothing of it is on a request's path.
+pub trait GossipState: Send + Sync {
+    /// The key prefix, e.g. `ha.`; keys under it belong to this state alone.
+    fn prefix(&self) -> &'static str;
+    /// Keys to set, and keys to delete, on this node now (what changed since the last call).
+    fn to_publish(&self) -> (Vec<(String, String)>, Vec<String>);
+    /// The live peers' keys under the prefix, as `(node, key, value)`.
+    fn absorb(&self, peers: &[(String, String, String)]);
 }
 
 impl Cluster {
@@ -235,6 +249,7 @@ impl Cluster {
             table,
             view: ArcSwap::new(Arc::new(view)),
             members: Arc::new(AtomicUsize::new(0)),
+            states: Mutex::new(Vec::new()),
         })
     }
 
@@ -248,6 +263,14 @@ impl Cluster {
     /// The route of `region`'s failing-over sink.
     pub fn route(&self, region: &RegionId) -> Option<Arc<RegionRoute>> {
         self.routes.get(region).cloned()
+    }
+
+    /// Keeps `state` in gossip from [`Cluster::start`] on.
+    pub fn keep_in_gossip(&self, state: Arc<dyn GossipState>) {
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(state);
     }
 
     /// The live-member count, kept current by the control loop (0 until gossip says).
@@ -296,7 +319,8 @@ impl Cluster {
         }
         drop(probe_loop);
         drop(tx);
-        let control = tokio::spawn(control_loop(self.clone(), rx, gossip, stop));
+        let states = std::mem::take(&mut *self.states.lock().unwrap_or_else(|p| p.into_inner()));
+        let control = tokio::spawn(control_loop(self.clone(), rx, gossip, states, stop));
         Ok(Running {
             control,
             threads,
@@ -339,9 +363,11 @@ async fn control_loop(
     cluster: Arc<Cluster>,
     mut results: mpsc::Receiver<ProbeResult>,
     mut gossip: Option<Gossip>,
+    states: Vec<Arc<dyn GossipState>>,
     stop: CancellationToken,
 ) {
     let s = &cluster.settings;
+    let prefixes: Vec<&'static str> = states.iter().map(|st| st.prefix()).collect();
     let now = Instant::now();
     let mut local: Vec<Local> = cluster
         .upstreams
@@ -411,7 +437,28 @@ async fn control_loop(
             }
             _ = tick.tick() => {
                 if let Some(g) = &mut gossip {
-                    peers = g.read().await;
+                    peers = g.read(&prefixes).await;
+                    for st in &states {
+                        let prefix = st.prefix();
+                        let mine: Vec<(String, String, String)> = peers
+                            .extra
+                            .iter()
+                            .filter(|(_, k, _)| k.starts_with(prefix))
+                            .cloned()
+                            .collect();
+                        st.absorb(&mine);
+                        let (set, delete) = st.to_publish();
+                        if !set.is_empty() {
+                            g.publish(&set).await;
+                        }
+                        g.delete(&delete).await;
+                    }
+                } else {
+                    // Alone: nothing to learn, nothing to tell; the state still ages.
+                    for st in &states {
+                        st.absorb(&[]);
+                        let _ = st.to_publish();
+                    }
                 }
             }
         }

@@ -59,6 +59,9 @@ pub struct ConfigFile {
     /// TLS on every listener (see `tls:`); absent: plain TCP.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsFile>,
+    /// Prometheus HA-pair deduplication (see `docs/limits.md`); absent: off.
+    #[serde(default)]
+    pub ha_dedup: Option<crate::ha::HaDedupFile>,
 }
 
 /// `durability:`
@@ -645,6 +648,7 @@ impl ConfigFile {
         let durability = self.durability.validate(&mut problems);
         let cluster = self.cluster.unwrap_or_default().validate(&mut problems);
         let tls = self.tls.map(|t| t.validate(&mut problems));
+        let ha_dedup = self.ha_dedup.map(|h| h.validate(&mut problems));
         let cert_tenants = tls
             .as_ref()
             .is_some_and(|t| t.tenant_from != crate::tls::TenantFrom::None);
@@ -939,6 +943,7 @@ impl ConfigFile {
                 cluster,
                 tls,
                 tenant_limits,
+                ha_dedup,
             }),
             _ => Err(problems),
         }

@@ -177,6 +177,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsSettings>,
     /// Per-tenant limits and their overrides (`limits.tenant`, `limits.overrides_file`).
     pub tenant_limits: crate::limits::LimitsSettings,
+    /// HA-pair deduplication, if on.
+    pub ha_dedup: Option<crate::ha::HaSettings>,
 }
 
 /// `durability:` validated.

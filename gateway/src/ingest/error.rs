@@ -33,6 +33,9 @@ pub enum IngestError {
     /// A tenant limit refused the request (a rate; transient).
     #[error("{0}")]
     Limited(crate::limits::LimitError),
+    /// The request's HA labels cannot be tracked (too long, too many clusters).
+    #[error("{0}")]
+    Ha(crate::ha::HaError),
     /// The gateway is shutting down.
     #[error("shutting down")]
     Draining,

@@ -27,6 +27,7 @@ pub use error::IngestError;
 pub use plan::plan;
 
 use crate::config::Config;
+use crate::ha::{HaOutcome, HaTracker};
 use crate::limits::{Limits, SeriesLimited};
 use crate::pipeline::Pipeline;
 use crate::tenant::{self, ORG_ID_HEADER};
@@ -216,6 +217,7 @@ pub struct Ingest {
     config: Arc<Config>,
     pipeline: Pipeline,
     limits: Arc<Limits>,
+    ha: Option<Arc<HaTracker>>,
     policy: ArcSwap<CompiledPolicy>,
     /// Status for a tenant the policy does not know (401 or 403).
     unknown_tenant_status: StatusCode,
@@ -237,6 +239,7 @@ impl Ingest {
             config,
             pipeline,
             limits,
+            ha: None,
             unknown_tenant_status,
             draining: AtomicBool::new(false),
         }
@@ -245,6 +248,17 @@ impl Ingest {
     /// The pipeline (readiness asks it).
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
+    }
+
+    /// Deduplicates HA pairs with `ha` (before the limits count the data).
+    pub fn with_ha(mut self, ha: Arc<HaTracker>) -> Self {
+        self.ha = Some(ha);
+        self
+    }
+
+    /// The HA tracker, when HA deduplication is on (the status page shows it).
+    pub fn ha(&self) -> Option<&Arc<HaTracker>> {
+        self.ha.as_ref()
     }
 
     /// The tenant limits (the overrides reload and the status page use them).
@@ -362,6 +376,7 @@ impl Ingest {
         let policy = self.policy.load_full();
         let mut planned = Vec::with_capacity(groups.len());
         let mut series_limited: Option<SeriesLimited> = None;
+        let mut deduplicated = 0;
         for group in groups {
             let tenant = match &fixed {
                 Some(t) => t.clone(),
@@ -369,11 +384,27 @@ impl Ingest {
             };
             let view = self.tenant_view(&policy, &tenant)?;
             metrics.authenticated(&tenant);
+            // HA deduplication first: a non-elected replica's samples never count against
+            // the tenant's limits.
+            let replica_label = match &self.ha {
+                None => None,
+                Some(ha) => match ha.check(&tenant, &group.batch).map_err(IngestError::Ha)? {
+                    HaOutcome::Untouched => None,
+                    HaOutcome::Keep { replica_label } => Some(replica_label),
+                    HaOutcome::Deduplicated { samples } => {
+                        deduplicated += samples;
+                        continue;
+                    }
+                },
+            };
             let admitted = self
                 .limits
                 .check(&tenant, &group.batch)
                 .map_err(IngestError::Limited)?;
-            let (plan, dropped) = plan(&view, &tenant, &group.batch, &admitted.refused)?;
+            let (mut plan, dropped) = plan(&view, &tenant, &group.batch, &admitted.refused)?;
+            if let Some(label) = &replica_label {
+                plan.drop_label(&group.batch, label);
+            }
             let refused = admitted
                 .refused
                 .iter()
@@ -434,6 +465,7 @@ impl Ingest {
         Ok(Ingested {
             written: total,
             series_limited,
+            deduplicated,
         })
     }
 }
@@ -446,4 +478,7 @@ pub struct Ingested {
     /// New series refused for the active-series limit: the answer must not be a plain 2xx
     /// (remote-write: 400; OTLP: `partial_success`).
     pub series_limited: Option<SeriesLimited>,
+    /// Samples dropped as a non-elected HA replica's (remote-write answers 202 when that was
+    /// all of the request).
+    pub deduplicated: u64,
 }

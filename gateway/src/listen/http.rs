@@ -147,6 +147,9 @@ fn status(query: Option<&str>, state: &AppState) -> Response<Full<Bytes>> {
     let (body, content_type) = if as_text {
         let mut text = crate::cluster::status::render_text(&view);
         crate::limits::render_text(&limits, &mut text);
+        if let Some(ha) = state.ingest.ha() {
+            crate::ha::render_text(&ha.view(), &mut text);
+        }
         (text, "text/plain; charset=utf-8")
     } else {
         let mut json = serde_json::to_value(&*view).unwrap_or_default();
@@ -155,6 +158,12 @@ fn status(query: Option<&str>, state: &AppState) -> Response<Full<Bytes>> {
                 "limits".into(),
                 serde_json::to_value(&limits).unwrap_or_default(),
             );
+            if let Some(ha) = state.ingest.ha() {
+                obj.insert(
+                    "ha".into(),
+                    serde_json::to_value(ha.view()).unwrap_or_default(),
+                );
+            }
         }
         (
             serde_json::to_string_pretty(&json).unwrap_or_default(),

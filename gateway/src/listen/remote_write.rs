@@ -36,9 +36,21 @@ pub(super) async fn handle(req: Request<Incoming>, state: &AppState) -> Response
     let version = check_content_type(req.headers()).unwrap_or(RwVersion::V1);
     let mut metrics = RequestMetrics::start(version.protocol());
     let response = match decode_and_ingest(req, state, &mut metrics).await {
+        // All of it from a non-elected HA replica: 202, a 2xx so the sender does not retry
+        // what the elected replica already sent.
         Ok(Ingested {
             written: w,
             series_limited: None,
+            deduplicated,
+        }) if deduplicated > 0 && w == Written::default() => {
+            written(Response::builder().status(StatusCode::ACCEPTED), w)
+                .body(Full::new(Bytes::new()))
+                .expect("static response is valid")
+        }
+        Ok(Ingested {
+            written: w,
+            series_limited: None,
+            ..
         }) => written(Response::builder().status(StatusCode::NO_CONTENT), w)
             .body(Full::new(Bytes::new()))
             .expect("static response is valid"),
@@ -47,6 +59,7 @@ pub(super) async fn handle(req: Request<Incoming>, state: &AppState) -> Response
         Ok(Ingested {
             written: w,
             series_limited: Some(limited),
+            ..
         }) => {
             let e = ApiError::SeriesLimited(limited);
             metrics.rejected(e.reason(), e.status(), &e);

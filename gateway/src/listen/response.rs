@@ -63,6 +63,9 @@ pub enum ApiError {
     /// The data could not be made durable now; retry.
     #[error("{0}")]
     Unavailable(SubmitError),
+    /// HA labels that cannot be tracked: 400 naming the limit.
+    #[error("{0}")]
+    Ha(crate::ha::HaError),
     /// Over a tenant rate limit: 429 (or 503 by the tenant's `rate_limited_status`) with
     /// `Retry-After` from the bucket.
     #[error("{0}")]
@@ -93,6 +96,7 @@ impl From<IngestError> for ApiError {
             IngestError::PolicyDenied(m) => ApiError::PolicyDenied(m),
             IngestError::Unavailable(s) => ApiError::Unavailable(s),
             IngestError::Limited(l) => ApiError::Limited(l),
+            IngestError::Ha(h) => ApiError::Ha(h),
             IngestError::Draining => ApiError::Draining,
         }
     }
@@ -132,7 +136,7 @@ impl ApiError {
             ApiError::Unavailable(SubmitError::Unstorable { .. }) => StatusCode::BAD_REQUEST,
             ApiError::Limited(l) if l.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::SeriesLimited(_) => StatusCode::BAD_REQUEST,
+            ApiError::SeriesLimited(_) | ApiError::Ha(_) => StatusCode::BAD_REQUEST,
             ApiError::Unavailable(_) | ApiError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -166,6 +170,8 @@ impl ApiError {
             ApiError::Unavailable(_) => "sink_unavailable",
             ApiError::Limited(l) => l.reason(),
             ApiError::SeriesLimited(_) => "series_limit",
+            ApiError::Ha(crate::ha::HaError::LabelTooLong { .. }) => "ha_label_too_long",
+            ApiError::Ha(_) => "ha_too_many_clusters",
             ApiError::Draining => "draining",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",

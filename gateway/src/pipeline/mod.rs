@@ -81,6 +81,22 @@ impl Plan {
         plan
     }
 
+    /// Removes label `name` from every series of `batch` that has it (the HA replica label),
+    /// before any other edit of the series.
+    pub fn drop_label(&mut self, batch: &Batch, name: &str) {
+        for (i, s) in batch.series().enumerate() {
+            let Some(pos) = s.labels().iter().position(|(n, _)| n == name) else {
+                continue;
+            };
+            let drop = ResolvedEdit {
+                index: pos as u16,
+                replacement: None,
+            };
+            let edits = self.edits.entry(i as u32).or_default();
+            *edits = std::iter::once(drop).chain(edits.iter().cloned()).collect();
+        }
+    }
+
     /// Adds one series with its decision.
     pub fn add(
         &mut self,
