@@ -836,26 +836,51 @@ pub fn prometheus_scraping_itself(
     scrape_interval: &str,
     remote_write: &str,
 ) -> (Proc, u16) {
+    prometheus_client(
+        dir,
+        "prom",
+        &format!("  scrape_interval: {scrape_interval}\n"),
+        ("prometheus", &["SELF"]),
+        remote_write,
+    )
+}
+
+/// A Prometheus server named `name` (config, data and log under `dir`): `global` is YAML
+/// under `global:` (indented by two spaces: `scrape_interval`, `external_labels`), it scrapes
+/// `(job, targets)` (`host:port`; `SELF` is its own address), and remote-writes as
+/// `remote_write` says (the YAML list under `remote_write:`). Returns it and its port.
+pub fn prometheus_client(
+    dir: &Path,
+    name: &str,
+    global: &str,
+    (job, targets): (&str, &[&str]),
+    remote_write: &str,
+) -> (Proc, u16) {
     let port = free_port();
-    let config = dir.join("prometheus.yml");
+    let me = format!("127.0.0.1:{port}");
+    let targets: Vec<String> = targets
+        .iter()
+        .map(|t| format!("\"{}\"", if *t == "SELF" { me.as_str() } else { t }))
+        .collect();
+    let config = dir.join(format!("{name}.yml"));
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: {scrape_interval}\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: prometheus\n    static_configs:\n      \
-             - targets: [\"127.0.0.1:{port}\"]\nremote_write:\n{remote_write}"
+            "global:\n  evaluation_interval: 1s\n{global}scrape_configs:\n  - job_name: {job}\n    \
+             static_configs:\n      - targets: [{}]\nremote_write:\n{remote_write}",
+            targets.join(", ")
         ),
     )
-    .expect("write prometheus.yml");
+    .expect("write prometheus config");
     let mut cmd = Command::new(prometheus_bin());
     cmd.arg(format!("--config.file={}", config.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
-            dir.join("prom-data").display()
+            dir.join(format!("{name}-data")).display()
         ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        .arg(format!("--web.listen-address={me}"));
     (
-        Proc::spawn("prometheus", cmd, dir.join("prometheus.log")),
+        Proc::spawn("prometheus", cmd, dir.join(format!("{name}.log"))),
         port,
     )
 }
