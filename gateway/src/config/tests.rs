@@ -533,3 +533,28 @@ fn tenant_limits_are_validated_at_load_and_the_overrides_file_read_beside_the_co
         "{err}"
     );
 }
+
+#[test]
+fn ha_dedup_is_validated_with_field_names() {
+    let base = "auth: { mode: off, default_region: local }\nregions:\n  - { id: local, sinks: { null: {} } }\n";
+    let bad = format!(
+        "{base}ha_dedup:\n  tenants: some\n  cluster_label: x\n  replica_label: x\n  failover_timeout: 0s\n  \
+         max_pairs: 0\n  tenant_labels: {{ team-a: {{ replica_label: \"9bad\" }} }}\n"
+    );
+    let err = Config::from_yaml("g.yaml", &bad).unwrap_err().to_string();
+    for needle in [
+        "ha_dedup.tenants: \"some\" is neither `all`",
+        "ha_dedup.replica_label: must differ from cluster_label",
+        "ha_dedup.failover_timeout: must be at least 1s",
+        "ha_dedup.max_pairs",
+        "ha_dedup.tenant_labels.team-a.replica_label: \"9bad\" is not a label name",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing from {err}");
+    }
+    let good = format!("{base}ha_dedup:\n  tenants: [team-a]\n");
+    let c = Config::from_yaml("g.yaml", &good).unwrap();
+    let ha = c.ha_dedup.unwrap();
+    assert_eq!(ha.tenants, Some(vec![TenantId::parse("team-a").unwrap()]));
+    assert_eq!(ha.labels.replica, "__replica__");
+    assert_eq!(ha.failover_timeout, std::time::Duration::from_secs(30));
+}
