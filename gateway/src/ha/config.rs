@@ -10,7 +10,7 @@ use crate::yaml::HumanDuration;
 
 /// Longest cluster or replica label value an HA pair is tracked by: both travel in every
 /// gossip datagram that carries the pair.
-pub const MAX_HA_LABEL_BYTES: usize = 128;
+pub const MAX_HA_LABEL_BYTES: usize = protocols::gossip::ha_pair::MAX_LABEL_BYTES;
 /// Most pairs a node tracks and gossips at all (each is one gossip key on every node).
 const MAX_PAIRS: usize = 4096;
 

@@ -21,6 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use protocols::gossip::ha_pair::HaPairValue;
 use protocols::Batch;
 use residency_rules::TenantId;
 
@@ -155,30 +156,27 @@ fn key_of(tenant: &TenantId, cluster: &str) -> String {
 }
 
 fn encode(tenant: &TenantId, cluster: &str, e: &Election) -> String {
-    serde_json::json!([
-        tenant.as_str(),
-        cluster,
-        e.replica,
-        e.elected_at_ms,
-        e.last_seen_ms
-    ])
-    .to_string()
+    HaPairValue {
+        tenant: tenant.as_str().to_string(),
+        cluster: cluster.to_string(),
+        replica: e.replica.clone(),
+        elected_at_ms: e.elected_at_ms,
+        last_seen_ms: e.last_seen_ms,
+    }
+    .encode()
 }
 
-/// A peer's published pair, checked like any input: a bad one is ignored.
+/// A peer's published pair, checked like any input (see [`HaPairValue::decode`]): a bad one
+/// is ignored.
 fn decode(value: &str) -> Option<(TenantId, String, Election)> {
-    let v: (String, String, String, u64, u64) = serde_json::from_str(value).ok()?;
-    let (tenant, cluster, replica, elected_at_ms, last_seen_ms) = v;
-    if cluster.len() > MAX_HA_LABEL_BYTES || replica.len() > MAX_HA_LABEL_BYTES {
-        return None;
-    }
+    let v = HaPairValue::decode(value).ok()?;
     Some((
-        TenantId::parse(&tenant).ok()?,
-        cluster,
+        TenantId::parse(&v.tenant).ok()?,
+        v.cluster,
         Election {
-            replica,
-            elected_at_ms,
-            last_seen_ms: last_seen_ms.max(elected_at_ms),
+            replica: v.replica,
+            elected_at_ms: v.elected_at_ms,
+            last_seen_ms: v.last_seen_ms,
         },
     ))
 }

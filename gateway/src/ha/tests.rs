@@ -86,7 +86,11 @@ fn gossip(from: &HaTracker, node: &str, to: &HaTracker, now: u64) {
         .filter_map(|p| {
             let state = p.state.lock().unwrap();
             let (e, _) = state.published.as_ref()?;
-            Some((node.to_string(), p.key.clone(), encode(&p.tenant, &p.cluster, e)))
+            Some((
+                node.to_string(),
+                p.key.clone(),
+                encode(&p.tenant, &p.cluster, e),
+            ))
         })
         .collect();
     to.absorb_at(&peers, now);
