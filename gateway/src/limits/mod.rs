@@ -213,9 +213,46 @@ impl Drop for Admitted {
     }
 }
 
+/// Names of the `limit` label of the per-tenant limit gauges.
+const LIMIT_NAMES: [&str; 5] = [
+    "ingestion_rate",
+    "ingestion_burst",
+    "request_rate",
+    "request_burst",
+    "max_active_series",
+];
+
+/// A tenant's gauges, registered once with its state: the upkeep sets them every second,
+/// and a registry lookup per gauge per tenant per second would cost more than the setting.
+struct TenantGauges {
+    ingestion_rate: metrics::Gauge,
+    request_rate: metrics::Gauge,
+    active_series: metrics::Gauge,
+    /// `traceo_tenant_limit` and `traceo_tenant_limit_node_share`, in [`LIMIT_NAMES`] order.
+    limits: [(metrics::Gauge, metrics::Gauge); 5],
+}
+
+impl TenantGauges {
+    fn new(label: &str) -> TenantGauges {
+        let t = label.to_string();
+        TenantGauges {
+            ingestion_rate: metrics::gauge!("traceo_tenant_ingestion_rate", "tenant" => t.clone()),
+            request_rate: metrics::gauge!("traceo_tenant_request_rate", "tenant" => t.clone()),
+            active_series: metrics::gauge!("traceo_tenant_active_series", "tenant" => t.clone()),
+            limits: LIMIT_NAMES.map(|name| {
+                (
+                    metrics::gauge!("traceo_tenant_limit", "tenant" => t.clone(), "limit" => name),
+                    metrics::gauge!("traceo_tenant_limit_node_share", "tenant" => t.clone(), "limit" => name),
+                )
+            }),
+        }
+    }
+}
+
 /// One tenant's limit state.
 struct TenantState {
     label: String,
+    gauges: TenantGauges,
     samples: Bucket,
     requests: Bucket,
     series: ArcSwapOption<SeriesTable>,
@@ -312,8 +349,10 @@ impl Limits {
             return Err(LimitError::TooManyTenants(self.max_tenants));
         }
         let (_, now) = self.now();
+        let label = crate::telemetry::tenant_label(Some(tenant));
         let state = Arc::new(TenantState {
-            label: crate::telemetry::tenant_label(Some(tenant)),
+            gauges: TenantGauges::new(&label),
+            label,
             samples: Bucket::default(),
             requests: Bucket::default(),
             series: ArcSwapOption::empty(),
@@ -515,45 +554,33 @@ impl TenantState {
         self.sample_rate.store(samples.to_bits(), Ordering::Relaxed);
         self.request_rate
             .store(requests.to_bits(), Ordering::Relaxed);
-        let t = &self.label;
-        metrics::gauge!("traceo_tenant_ingestion_rate", "tenant" => t.clone()).set(samples);
-        metrics::gauge!("traceo_tenant_request_rate", "tenant" => t.clone()).set(requests);
-        let share = |global: f64, divided: bool| {
-            if divided {
+        let g = &self.gauges;
+        g.ingestion_rate.set(samples);
+        g.request_rate.set(requests);
+        let values = [
+            (limits.ingestion_rate, true),
+            (ingestion_rate(limits, 1).map_or(0.0, |r| r.burst), false),
+            (limits.request_rate, true),
+            (request_rate(limits, 1).map_or(0.0, |r| r.burst), false),
+            (limits.max_active_series as f64, false),
+        ];
+        for ((global, divided), (limit, share)) in values.into_iter().zip(&g.limits) {
+            limit.set(global);
+            share.set(if divided {
                 global / members as f64
             } else {
                 global
-            }
-        };
-        for (name, global, divided) in [
-            ("ingestion_rate", limits.ingestion_rate, true),
-            (
-                "ingestion_burst",
-                ingestion_rate(limits, 1).map_or(0.0, |r| r.burst),
-                false,
-            ),
-            ("request_rate", limits.request_rate, true),
-            (
-                "request_burst",
-                request_rate(limits, 1).map_or(0.0, |r| r.burst),
-                false,
-            ),
-            ("max_active_series", limits.max_active_series as f64, false),
-        ] {
-            metrics::gauge!("traceo_tenant_limit", "tenant" => t.clone(), "limit" => name)
-                .set(global);
-            metrics::gauge!("traceo_tenant_limit_node_share", "tenant" => t.clone(), "limit" => name)
-                .set(share(global, divided));
+            });
         }
         // Series expiry: a rebuild at a twentieth of the window (at least every second), or
         // at once when the limit changed.
         let Some(table) = self.series.load_full() else {
-            metrics::gauge!("traceo_tenant_active_series", "tenant" => t.clone()).set(0.0);
+            g.active_series.set(0.0);
             return;
         };
         if limits.max_active_series == 0 {
             self.series.store(None);
-            metrics::gauge!("traceo_tenant_active_series", "tenant" => t.clone()).set(0.0);
+            g.active_series.set(0.0);
             return;
         }
         let window = u32::try_from(limits.active_series_window.as_secs()).unwrap_or(u32::MAX);
@@ -565,14 +592,12 @@ impl TenantState {
             let next = Arc::new(table.rebuilt(limits.max_active_series, cutoff));
             self.series.store(Some(next.clone()));
             self.last_sweep.store(now, Ordering::Relaxed);
-            metrics::gauge!("traceo_tenant_active_series", "tenant" => t.clone())
-                .set(next.len() as f64);
+            g.active_series.set(next.len() as f64);
         } else {
             if due {
                 self.last_sweep.store(now, Ordering::Relaxed);
             }
-            metrics::gauge!("traceo_tenant_active_series", "tenant" => t.clone())
-                .set(table.len() as f64);
+            g.active_series.set(table.len() as f64);
         }
     }
 }
