@@ -10,13 +10,18 @@
 #   - the decompression-only and full-decode speed of the same bodies on the gateway's core,
 #     and the gateway's share of the decompression-only speed.
 #
+# SINK=remote_write forwards instead: a remote_write sink (1.0, the gateway's defaults) to
+# `traceo-loadgen --serve-204`, an endpoint on the loadgen CPUs that reads every body and
+# answers 204, so the durable default users run (log + forwarding) is what gets measured.
+#
 # Usage: loadtest/bench.sh [rw1|rw2|otlp-http|otlp-grpc]      (default rw1)
 # Environment: DURATION (s per phase, 20), GATEWAY_CPU (0), SHARDS (one per gateway CPU),
 # LOADGEN_CPUS (1, or e.g. 1-15),
 # CONNECTIONS (8), SERIES_PER_REQUEST (2000), LABELS (10), PORT_BASE (18000),
 # DURABILITY (wal: ack after the write-ahead log's fsync, with the log in a temporary
 # directory on the same filesystem as /tmp; upstream: ack after the sink; none),
-# EXTRA_LOADGEN_ARGS (passed to every loadgen run, e.g. "--gzip").
+# EXTRA_LOADGEN_ARGS (passed to every loadgen run, e.g. "--gzip"), SINK (null, or
+# remote_write: forward to a local 204 endpoint).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +35,7 @@ SERIES_PER_REQUEST=${SERIES_PER_REQUEST:-2000}
 LABELS=${LABELS:-10}
 PORT_BASE=${PORT_BASE:-18000}
 EXTRA=${EXTRA_LOADGEN_ARGS:-}
+SINK=${SINK:-null}
 
 command -v taskset >/dev/null || { echo "bench.sh needs taskset (util-linux)" >&2; exit 1; }
 cargo build --release --locked -q -p traceo-gateway -p traceo-loadtest
@@ -48,11 +54,29 @@ esac
 
 work=$(mktemp -d)
 gw_pid=""
+up_pid=""
 cleanup() {
     [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null && wait "$gw_pid" 2>/dev/null
+    [ -n "$up_pid" ] && kill "$up_pid" 2>/dev/null && wait "$up_pid" 2>/dev/null
     rm -rf "$work"
 }
 trap cleanup EXIT
+
+UP_PORT=$((PORT_BASE + 2))
+case "$SINK" in
+    null) SINK_YAML='null: { format: remote_write_v1 }'; SINK_NAME="null sink (Kafka framing)" ;;
+    remote_write)
+        SINK_YAML="remote_write: [ { name: up, url: \"http://127.0.0.1:$UP_PORT/api/v1/write\" } ]"
+        SINK_NAME="remote_write sink to a local 204 endpoint (traceo-loadgen --serve-204 on CPUs $LOADGEN_CPUS)"
+        taskset -c "$LOADGEN_CPUS" "$LG" --serve-204 "127.0.0.1:$UP_PORT" >"$work/upstream.json" 2>"$work/upstream.log" &
+        up_pid=$!
+        for _ in $(seq 100); do
+            if (exec 3<>"/dev/tcp/127.0.0.1/$UP_PORT") 2>/dev/null; then break; fi
+            sleep 0.1
+        done
+        ;;
+    *) echo "unknown SINK $SINK: use null or remote_write" >&2; exit 2 ;;
+esac
 
 cat >"$work/gateway.yaml" <<EOF
 listen: { http: "127.0.0.1:$HTTP_PORT" }
@@ -62,7 +86,7 @@ durability: { mode: $DURABILITY, dir: "$work/wal" }
 regions:
   - id: local
     sinks:
-      null: { format: remote_write_v1 }
+      $SINK_YAML
 EOF
 # SHARDS overrides pipeline.shards (default: one per core the gateway may run on).
 [ -n "${SHARDS:-}" ] && echo "pipeline: { shards: $SHARDS }" >>"$work/gateway.yaml"
@@ -135,7 +159,7 @@ full=$(json_num "$work/decode.json" full_decode_samples_per_s)
 ratio=$(awk -v s="$sat" -v d="$decomp" 'BEGIN {if (d > 0) printf "%.2f", s / d; else print "n/a"}')
 
 cat <<EOF
-traceo-gateway bench: protocol $PROTOCOL, $SERIES_PER_REQUEST series x $LABELS labels x 1 sample per request, null sink (Kafka framing), durability $DURABILITY
+traceo-gateway bench: protocol $PROTOCOL, $SERIES_PER_REQUEST series x $LABELS labels x 1 sample per request, $SINK_NAME, durability $DURABILITY
 machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1); gateway on CPU $GATEWAY_CPU, loadgen on $LOADGEN_CPUS, $CONNECTIONS connections
 saturation:            $(printf '%.0f' "$sat") samples/s (p50 $sat_p50 ms, p99 $sat_p99 ms)
 gateway CPU:           $cpu_per_m CPU-seconds per million samples ($cpu_s s for $acked samples)

@@ -6,11 +6,13 @@
 //! - [`wire`]: payloads as remote-write 1.0/2.0 and OTLP/HTTP/gRPC bodies and headers (pure);
 //! - [`drive`]: connections, closed- and open-loop pacing, answers (network I/O only);
 //! - [`report`]: latency histogram and counters, text and JSON;
-//! - [`acks`]: the `--record-acks` file format (written by the runner, read by loss tests).
+//! - [`acks`]: the `--record-acks` file format (written by the runner, read by loss tests);
+//! - [`sink`]: `--serve-204`, the upstream of a forwarding benchmark.
 #![forbid(unsafe_code)]
 
 pub mod acks;
 pub mod drive;
 pub mod gen;
 pub mod report;
+pub mod sink;
 pub mod wire;

@@ -146,6 +146,11 @@ struct Args {
     /// the gateway's core to get the "share of snappy speed" yardstick.
     #[arg(long)]
     decode_only: bool,
+    /// Send nothing: be the upstream of a forwarding benchmark instead, a remote-write
+    /// endpoint on ADDR (HTTP/1.1 and h2c) that reads every body and answers 204, until
+    /// SIGINT/SIGTERM; then print what it received as JSON.
+    #[arg(long, value_name = "ADDR")]
+    serve_204: Option<std::net::SocketAddr>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -491,6 +496,29 @@ fn body_means(rings: &[Vec<Body>]) -> (f64, f64) {
     )
 }
 
+/// `--serve-204`: the endpoint until SIGINT or SIGTERM, then its counts.
+async fn serve_204(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let stop = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let server = tokio::spawn(loadtest::sink::serve_204(addr, stop.clone()));
+    eprintln!("traceo-loadgen: answering 204 on {addr}");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    stop.cancel();
+    let received = server.await.context("server task")??;
+    println!(
+        "{}",
+        serde_json::json!({
+            "requests": received.requests.load(Relaxed),
+            "bytes": received.bytes.load(Relaxed),
+        })
+    );
+    Ok(())
+}
+
 /// `--decode-only`: the same bodies, decoded in a loop instead of sent.
 fn decode_only(args: &Args) -> anyhow::Result<()> {
     use protocols::DecodeLimits;
@@ -584,6 +612,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let tenant_rates = check(&args)?;
     if args.decode_only {
         return decode_only(&args);
+    }
+    if let Some(addr) = args.serve_204 {
+        return serve_204(addr).await;
     }
     let target = target(&args)?;
     let base_ms = i64::try_from(
