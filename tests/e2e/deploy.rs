@@ -688,6 +688,32 @@ fn alert_rules_pass_promtool_and_each_alert_has_a_firing_and_a_quiet_test() {
     }
 }
 
+#[test]
+fn the_documented_prometheus_rule_wrapper_carries_the_alert_rules() {
+    // docs/kubernetes.md wraps alerts.yaml in a PrometheusRule with a shell one-liner: run it
+    // (without the final `kubectl apply`) and compare.
+    let doc = std::fs::read_to_string(repo().join("docs/kubernetes.md")).expect("doc");
+    let line = doc
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("{ printf 'apiVersion: monitoring.coreos.com/v1"))
+        .expect("the PrometheusRule one-liner in docs/kubernetes.md");
+    let script = line
+        .strip_suffix("| kubectl apply -f -")
+        .expect("the one-liner pipes into kubectl apply");
+    let out = run(
+        "the PrometheusRule one-liner",
+        Command::new("sh").arg("-c").arg(script).current_dir(repo()),
+    );
+    let rule: Value = serde_yaml::from_str(&out).expect("PrometheusRule YAML");
+    assert_eq!(str_at(&rule, &["kind"]), "PrometheusRule");
+    assert_eq!(
+        rule.get("spec"),
+        Some(&read_yaml(&prometheus_dir().join("alerts.yaml"))),
+        "the PrometheusRule's spec must be alerts.yaml"
+    );
+}
+
 /// The dashboard.
 fn dashboard() -> serde_json::Value {
     let path = repo().join("deploy/grafana/traceo-gateway.json");
