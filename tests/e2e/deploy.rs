@@ -1063,7 +1063,7 @@ fn every_metric_the_alerts_and_the_dashboard_use_is_exported() {
     .expect("keys");
     std::fs::write(
         dir.join("overrides.yaml"),
-        "overrides:\n  team-limited: { ingestion_rate: 10, ingestion_burst: 10 }\n",
+        "overrides:\n  team-limited: { ingestion_rate: 1, ingestion_burst: 5 }\n",
     )
     .expect("overrides");
     let config = CONFIG
@@ -1095,7 +1095,7 @@ fn every_metric_the_alerts_and_the_dashboard_use_is_exported() {
         assert_eq!(post(&team_a, &[&replica("r1")]), 204);
         (post(&team_a, &[&replica("r2")]) == 202).then_some(())
     });
-    // Refused: bad credentials, then a tenant over its rate (10 samples/s, 5 per request).
+    // Refused: bad credentials, then a tenant over its rate (1 sample/s, a burst of 5: one request of 5).
     assert_eq!(post(&basic("team-a", "wrong"), &[&replica("r1")]), 401);
     let limited = basic("team-limited", "s3cret");
     let five: Vec<Vec<(&str, &str)>> = ["0", "1", "2", "3", "4"]
