@@ -33,9 +33,12 @@ pub struct SaslFile {
 pub enum SaslMechanism {
     /// `PLAIN`: the password itself goes to the broker (use it over TLS).
     Plain,
-    /// `SCRAM-SHA-256`.
+    /// `SCRAM-SHA-256`. (Named explicitly: kebab-case alone would spell it `scram-sha256`,
+    /// not what the documentation and Kafka's own name say.)
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
     /// `SCRAM-SHA-512`.
+    #[serde(rename = "scram-sha-512")]
     ScramSha512,
 }
 
@@ -177,6 +180,19 @@ impl Sasl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mechanisms_are_spelled_as_documented() {
+        for (text, want) in [
+            ("plain", SaslMechanism::Plain),
+            ("scram-sha-256", SaslMechanism::ScramSha256),
+            ("scram-sha-512", SaslMechanism::ScramSha512),
+        ] {
+            let got: SaslMechanism = serde_yaml::from_str(text).unwrap();
+            assert_eq!(got, want, "{text}");
+        }
+        assert!(serde_yaml::from_str::<SaslMechanism>("scram-sha256").is_err());
+    }
 
     #[test]
     fn sasl_and_tls_map_onto_librdkafka_and_secrets_stay_in_files() {
