@@ -14,33 +14,16 @@ set -euo pipefail
 
 _traceo_log() { printf '\n== %s\n' "$*"; }
 
-_TRACEO_SUDO=""
-if [ "$(id -u)" != 0 ]; then _TRACEO_SUDO="sudo"; fi
+# The build's own prerequisites (the OpenSSL headers) and `apt_install`.
+# shellcheck source=scripts/install-build-deps.sh
+. "$(dirname "${BASH_SOURCE[0]}")/install-build-deps.sh"
 
-# --- system packages -------------------------------------------------------------------
-# apt_install PKG...: installs the packages not yet installed; `apt-get update` runs at most
-# once per run, and only when something is missing.
-_TRACEO_APT_UPDATED=""
-apt_install() {
-    local missing=() p
-    for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    [ ${#missing[@]} -gt 0 ] || return 0
-    _traceo_log "apt-get install ${missing[*]}"
-    if [ -z "$_TRACEO_APT_UPDATED" ]; then
-        $_TRACEO_SUDO apt-get update -qq
-        _TRACEO_APT_UPDATED=1
-    fi
-    DEBIAN_FRONTEND=noninteractive $_TRACEO_SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-}
 # prometheus: the real remote-write client and backend of the end-to-end tests; it ships
 # promtool, which checks and unit-tests deploy/prometheus/alerts.yaml (tests/e2e/deploy.rs).
 apt_install prometheus
-# libssl-dev, pkg-config: librdkafka's TLS and SASL/SCRAM (rdkafka's `ssl` feature) link the
-# system OpenSSL. stunnel4: the TLS terminator in front of tansu in the Kafka-over-TLS test
-# (tansu 0.6 accepts --cert/--key but serves plaintext).
-apt_install libssl-dev pkg-config stunnel4
+# stunnel4: the TLS terminator in front of tansu in the Kafka-over-TLS test (tansu 0.6 accepts
+# --cert/--key but serves plaintext).
+apt_install stunnel4
 command -v prometheus >/dev/null || { echo "prometheus not on PATH after install" >&2; exit 1; }
 command -v promtool >/dev/null || { echo "promtool not on PATH after installing prometheus" >&2; exit 1; }
 # The Debian package may start a system service on :9090; the tests use their own ports
