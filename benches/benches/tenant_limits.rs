@@ -71,7 +71,7 @@ fn rates_only() -> TenantLimits {
 /// Checks and keeps, as the server does for a request it writes; panics on a refusal, so a
 /// bench meant for the pass path cannot silently measure the refuse path.
 fn admit(l: &Limits, tenant: &TenantId, batch: &Batch) {
-    match l.check(tenant, batch) {
+    match l.check(tenant, batch, None) {
         Ok(a) => {
             assert!(a.refused.is_empty(), "a pass-path bench refused series");
             a.keep();
@@ -105,12 +105,12 @@ fn per_request(c: &mut Criterion) {
     });
     admit(&refusing, &tenant, &one);
     assert!(
-        refusing.check(&tenant, &one).is_err(),
+        refusing.check(&tenant, &one, None).is_err(),
         "the bucket is empty"
     );
     group.bench_function("refused_ingestion_rate_1_series", |b| {
         b.iter(|| {
-            let r = refusing.check(black_box(&tenant), black_box(&one));
+            let r = refusing.check(black_box(&tenant), black_box(&one), None);
             assert!(r.is_err(), "the empty bucket let a request through");
             black_box(r.is_err())
         })

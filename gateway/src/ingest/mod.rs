@@ -376,7 +376,7 @@ impl Ingest {
         let policy = self.policy.load_full();
         let mut planned = Vec::with_capacity(groups.len());
         let mut series_limited: Option<SeriesLimited> = None;
-        let mut deduplicated = 0;
+        let mut deduplicated = Written::default();
         for group in groups {
             let tenant = match &fixed {
                 Some(t) => t.clone(),
@@ -391,15 +391,23 @@ impl Ingest {
                 Some(ha) => match ha.check(&tenant, &group.batch).map_err(IngestError::Ha)? {
                     HaOutcome::Untouched => None,
                     HaOutcome::Keep { replica_label } => Some(replica_label),
-                    HaOutcome::Deduplicated { samples } => {
-                        deduplicated += samples;
+                    HaOutcome::Deduplicated {
+                        samples,
+                        histograms,
+                        exemplars,
+                    } => {
+                        deduplicated = deduplicated.plus(Written {
+                            samples,
+                            histograms,
+                            exemplars,
+                        });
                         continue;
                     }
                 },
             };
             let admitted = self
                 .limits
-                .check(&tenant, &group.batch)
+                .check(&tenant, &group.batch, replica_label.as_deref())
                 .map_err(IngestError::Limited)?;
             let (mut plan, dropped) = plan(&view, &tenant, &group.batch, &admitted.refused)?;
             if let Some(label) = &replica_label {
@@ -442,13 +450,16 @@ impl Ingest {
         }
         let mut total = Written::default();
         for (tenant, ready, points, written, admitted) in prepared {
+            // The charge is final from here: once the commit starts, the data may be durable
+            // even if this request is cancelled (client gone, deadline) or the commit fails,
+            // and a refund would let that data past the rate.
+            admitted.keep();
             if let Some(ready) = ready {
                 self.pipeline
                     .commit(ready)
                     .await
                     .map_err(IngestError::Unavailable)?;
             }
-            admitted.keep();
             let labels = [
                 ("protocol", metrics.protocol().data_label().to_string()),
                 ("tenant", metrics.label_of(&tenant)),
@@ -478,7 +489,7 @@ pub struct Ingested {
     /// New series refused for the active-series limit: the answer must not be a plain 2xx
     /// (remote-write: 400; OTLP: `partial_success`).
     pub series_limited: Option<SeriesLimited>,
-    /// Samples dropped as a non-elected HA replica's (remote-write answers 202 when that was
-    /// all of the request).
-    pub deduplicated: u64,
+    /// What was dropped as a non-elected HA replica's (remote-write answers 202 when that was
+    /// all of the request, with these counts as written: the elected replica's copy is).
+    pub deduplicated: Written,
 }

@@ -39,6 +39,13 @@ pub fn plan(
     for (i, series) in batch.series().enumerate() {
         if skip.peek() == Some(&&(i as u32)) {
             skip.next();
+            // Refused by a limit, so stored nowhere; but a rule that refuses the whole
+            // request still does, whichever series it matches.
+            if let SeriesDecision::Deny(d) = view.decide(series.labels().iter()) {
+                if d.scope == DenyScope::Request {
+                    return Err(IngestError::PolicyDenied(d.reason.to_string()));
+                }
+            }
             continue;
         }
         match view.decide(series.labels().iter()) {

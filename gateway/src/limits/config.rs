@@ -15,8 +15,10 @@ use crate::yaml::HumanDuration;
 const MIN_WINDOW: Duration = Duration::from_secs(1);
 /// Longest `active_series_window`.
 const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Largest `max_active_series`: the tracker takes 24 to 48 bytes a series (about 48 GB here).
-const MAX_SERIES_LIMIT: u64 = 1 << 30;
+/// Largest `max_active_series`: a full tracker takes 24 to 48 bytes a series (3 GiB here).
+const MAX_SERIES_LIMIT: u64 = 1 << 26;
+/// Smallest rate other than 0: below it a token would take longer than a bucket can count.
+const MIN_RATE: f64 = 1e-3;
 
 /// One tenant's limits as written: every field optional, so an override names only what it
 /// changes. `0` means unlimited.
@@ -115,9 +117,9 @@ impl TenantLimitsFile {
     pub fn over(&self, base: &TenantLimits, field: &str) -> Result<TenantLimits, Vec<String>> {
         let mut problems = Vec::new();
         let rate = |v: Option<f64>, name: &str, base: f64, problems: &mut Vec<String>| match v {
-            Some(r) if !(r.is_finite() && r >= 0.0) => {
+            Some(r) if !(r.is_finite() && (r == 0.0 || r >= MIN_RATE)) => {
                 problems.push(format!(
-                    "{field}.{name}: {r} is not a rate (a number >= 0; 0 is unlimited)"
+                    "{field}.{name}: {r} is not a rate (0 for unlimited, or at least {MIN_RATE})"
                 ));
                 base
             }

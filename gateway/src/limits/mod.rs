@@ -188,7 +188,21 @@ pub struct Admitted {
 struct Charge {
     state: Arc<TenantState>,
     samples: u64,
-    rate: Option<Rate>,
+    /// The rate charged and the bucket state the take left, when the tenant has a rate.
+    rate: Option<(Rate, u64)>,
+    epoch: Instant,
+}
+
+impl Charge {
+    /// Gives `n` of the charged samples back.
+    fn refund(&mut self, n: u64) {
+        let n = n.min(self.samples);
+        if let Some((rate, end)) = self.rate {
+            let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.state.samples.refund(n, rate, end, now);
+        }
+        self.samples -= n;
+    }
 }
 
 impl Admitted {
@@ -205,10 +219,9 @@ impl Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        if let Some(c) = self.charge.take() {
-            if let Some(rate) = c.rate {
-                c.state.samples.refund(c.samples, rate);
-            }
+        if let Some(mut c) = self.charge.take() {
+            let n = c.samples;
+            c.refund(n);
         }
     }
 }
@@ -256,6 +269,8 @@ struct TenantState {
     samples: Bucket,
     requests: Bucket,
     series: ArcSwapOption<SeriesTable>,
+    /// Held while the series table grows (rare: a doubling), so it grows once at a time.
+    grow_lock: std::sync::Mutex<()>,
     /// Seconds since the epoch the tenant last sent.
     last_seen: AtomicU32,
     /// Seconds since the epoch the series table was last rebuilt.
@@ -356,6 +371,7 @@ impl Limits {
             samples: Bucket::default(),
             requests: Bucket::default(),
             series: ArcSwapOption::empty(),
+            grow_lock: std::sync::Mutex::new(()),
             last_seen: AtomicU32::new(now),
             last_sweep: AtomicU32::new(now),
             accepted_samples: AtomicU64::new(0),
@@ -371,10 +387,28 @@ impl Limits {
     /// the ingestion rate (for every sample, histogram sample and exemplar of `batch`), then
     /// each series against the active-series limit. A rate refusal refuses the whole part
     /// (nothing is tracked); series over the limit are refused one by one, the rest kept.
-    pub fn check(&self, tenant: &TenantId, batch: &Batch) -> Result<Admitted, LimitError> {
+    /// A series is identified by its labels without `without` (the HA replica label, which
+    /// is not stored), so both replicas of a pair count as one series. A tenant without any
+    /// limit keeps no state at all.
+    pub fn check(
+        &self,
+        tenant: &TenantId,
+        batch: &Batch,
+        without: Option<&str>,
+    ) -> Result<Admitted, LimitError> {
         let samples =
             (batch.sample_count() + batch.histogram_count() + batch.exemplar_count()) as u64;
         let limits = self.limits_of(tenant);
+        if limits.ingestion_rate == 0.0
+            && limits.request_rate == 0.0
+            && limits.max_active_series == 0
+        {
+            return Ok(Admitted {
+                charge: None,
+                refused: Vec::new(),
+                series_limited: None,
+            });
+        }
         let state = match self.state(tenant) {
             Ok(s) => s,
             Err(e) => {
@@ -406,22 +440,26 @@ impl Limits {
                 refuse(RateKind::Requests, limits.request_rate, r.per_second, wait)
             })?;
         }
-        let rate = ingestion_rate(&limits, members);
-        if let Some(r) = rate {
-            state.samples.take(samples, r, now_ns).map_err(|wait| {
-                refuse(
-                    RateKind::Ingestion,
-                    limits.ingestion_rate,
-                    r.per_second,
-                    wait,
-                )
-            })?;
-        }
+        let rate = match ingestion_rate(&limits, members) {
+            Some(r) => {
+                let end = state.samples.take(samples, r, now_ns).map_err(|wait| {
+                    refuse(
+                        RateKind::Ingestion,
+                        limits.ingestion_rate,
+                        r.per_second,
+                        wait,
+                    )
+                })?;
+                Some((r, end))
+            }
+            None => None,
+        };
         let mut admitted = Admitted {
             charge: Some(Charge {
                 state: state.clone(),
                 samples,
                 rate,
+                epoch: self.epoch,
             }),
             refused: Vec::new(),
             series_limited: None,
@@ -429,7 +467,7 @@ impl Limits {
         if limits.max_active_series == 0 {
             return Ok(admitted);
         }
-        let table = state.table(limits.max_active_series);
+        let mut table = state.table(limits.max_active_series);
         let mut scratch = Vec::new();
         let mut refused = SeriesLimited {
             tenant: tenant.as_str().to_string(),
@@ -439,7 +477,21 @@ impl Limits {
             points: 0,
         };
         for (i, s) in batch.series().enumerate() {
-            if table.observe(s.labels_hash(&mut scratch), now_s) == Seen::Refused {
+            let hash = match without {
+                Some(name) if s.labels().get(name).is_some() => protocols::label_set_hash(
+                    s.labels().iter().filter(|(n, _)| *n != name),
+                    &mut scratch,
+                ),
+                _ => s.labels_hash(&mut scratch),
+            };
+            let mut seen = table.observe(hash, now_s);
+            // The table grows by doubling up to twice the limit, so memory follows the
+            // series a tenant has, not its limit.
+            while seen == Seen::Full {
+                table = state.grow(&table);
+                seen = table.observe(hash, now_s);
+            }
+            if seen == Seen::Refused {
                 admitted.refused.push(i as u32);
                 let points = (s.samples().len() + s.histograms().len()) as u64;
                 refused.series += 1;
@@ -450,10 +502,7 @@ impl Limits {
         if refused.series > 0 {
             discard(&state.label, "series_limit", refused.samples);
             if let Some(c) = admitted.charge.as_mut() {
-                if let Some(r) = c.rate {
-                    c.state.samples.refund(refused.samples, r);
-                }
-                c.samples -= refused.samples.min(c.samples);
+                c.refund(refused.samples);
             }
             admitted.series_limited = Some(refused);
         }
@@ -545,6 +594,21 @@ impl TenantState {
         match &*prev {
             Some(winner) => winner.clone(),
             None => fresh,
+        }
+    }
+
+    /// A table twice the size of `full` (which said [`Seen::Full`]), swapped in; or the one
+    /// another request grew meanwhile.
+    fn grow(&self, full: &Arc<SeriesTable>) -> Arc<SeriesTable> {
+        let _one_at_a_time = self.grow_lock.lock().unwrap_or_else(|p| p.into_inner());
+        match self.series.load_full() {
+            Some(current) if Arc::ptr_eq(&current, full) => {
+                let next = Arc::new(current.grown());
+                self.series.store(Some(next.clone()));
+                next
+            }
+            Some(current) => current,
+            None => full.clone(),
         }
     }
 

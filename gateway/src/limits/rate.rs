@@ -36,8 +36,9 @@ impl Rate {
 }
 
 impl Bucket {
-    /// Takes `n` tokens at `now_ns`, or says how long until the bucket holds enough.
-    pub fn take(&self, n: u64, rate: Rate, now_ns: u64) -> Result<(), Duration> {
+    /// Takes `n` tokens at `now_ns`, or says how long until the bucket holds enough. On
+    /// success, the state it left (for [`Bucket::refund`]).
+    pub fn take(&self, n: u64, rate: Rate, now_ns: u64) -> Result<u64, Duration> {
         let t = rate.ns_per_token();
         let capacity = rate.burst * t;
         let need = (n as f64).min(rate.burst) * t;
@@ -49,26 +50,32 @@ impl Bucket {
             if debt + need > capacity {
                 return Err(Duration::from_nanos((debt + need - capacity).ceil() as u64));
             }
-            match self.tat.compare_exchange_weak(
-                tat,
-                base.saturating_add(cost),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Ok(()),
+            let end = base.saturating_add(cost);
+            match self
+                .tat
+                .compare_exchange_weak(tat, end, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(end),
                 Err(actual) => tat = actual,
             }
         }
     }
 
-    /// Gives back `n` tokens taken for data that was not kept after all (refused later in
-    /// the request, or never made durable), so only kept data counts against the rate.
-    pub fn refund(&self, n: u64, rate: Rate) {
+    /// Gives back `n` tokens of a take that left the state at `end` (its [`Bucket::take`]
+    /// result), for data that was not kept after all, so only kept data counts against the
+    /// rate. Only what of that take has not refilled by `now_ns` comes back (at most
+    /// `end - now`), and the state never goes below `now_ns`: a refund cannot hand out tokens
+    /// that other requests' charges took since.
+    pub fn refund(&self, n: u64, rate: Rate, end: u64, now_ns: u64) {
         let cost = (n as f64 * rate.ns_per_token()).min(u64::MAX as f64 / 4.0) as u64;
+        let back = cost.min(end.saturating_sub(now_ns));
+        if back == 0 {
+            return;
+        }
         let _ = self
             .tat
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
-                Some(tat.saturating_sub(cost))
+                Some(tat.saturating_sub(back).max(now_ns.min(tat)))
             });
     }
 
@@ -119,10 +126,29 @@ mod tests {
     fn a_refund_gives_the_tokens_back() {
         let b = Bucket::default();
         let r = rate(10.0, 10.0);
-        assert!(b.take(10, r, SEC).is_ok());
+        let end = b.take(10, r, SEC).unwrap();
         assert!(b.take(5, r, SEC).is_err());
-        b.refund(5, r);
+        b.refund(5, r, end, SEC);
         assert!(b.take(5, r, SEC).is_ok());
+    }
+
+    #[test]
+    fn a_late_refund_never_hands_out_what_later_charges_took() {
+        // 100/s, burst 100: A takes 100 at 0 s, B 100 at 1 s; A's refund at 1.5 s may give
+        // back only what of A has not refilled by then (nothing), not B's charge.
+        let b = Bucket::default();
+        let r = rate(100.0, 100.0);
+        let a_end = b.take(100, r, 10 * SEC).unwrap();
+        b.take(100, r, 11 * SEC).unwrap();
+        b.refund(100, r, a_end, 11 * SEC + SEC / 2);
+        assert!(
+            b.take(100, r, 11 * SEC + SEC / 2).is_err(),
+            "B's tokens are still taken"
+        );
+        assert!(
+            b.take(50, r, 11 * SEC + SEC / 2).is_ok(),
+            "half a second refilled 50"
+        );
     }
 
     proptest! {
@@ -140,9 +166,15 @@ mod tests {
             let mut now = start;
             let mut passed = 0u64;
             let mut largest = 0u64;
-            for (n, gap) in requests {
+            for (i, (n, gap)) in requests.into_iter().enumerate() {
                 now += gap;
-                if b.take(n, r, now).is_ok() {
+                if let Ok(end) = b.take(n, r, now) {
+                    // Every third charge is refunded at once (a request that failed after
+                    // its check): it must not count, and must not free anyone else's.
+                    if i % 3 == 2 {
+                        b.refund(n, r, end, now);
+                        continue;
+                    }
                     passed += n;
                     largest = largest.max(n);
                 }

@@ -2,12 +2,13 @@
 //! window, in a fixed-size open-addressing table of atomics, so that checking a series is a
 //! few loads and at most one compare-and-swap: no lock, whatever the number of cores.
 //!
-//! The table is sized once for the tenant's limit (twice the limit, rounded up to a power of
-//! two, so probes stay short) and never grows, which bounds the memory by construction: a
-//! tenant's set never holds more than its limit, and costs 12 bytes a slot. Slots are only
-//! ever filled on the hot path; expiry rebuilds the table (a [`SeriesTable::rebuilt`] copy
-//! without the series unseen for a window, swapped in by the caller), so a lookup never has
-//! to step over deleted slots. A series added to the old table while the copy is made may
+//! The table starts small and doubles (a [`SeriesTable::grown`] copy the caller swaps in,
+//! when [`Seen::Full`] says it is half full) up to twice the tenant's limit rounded up to a
+//! power of two, so probes stay short and memory follows the series a tenant really has: a
+//! set never holds more than its limit, and costs 12 bytes a slot. Slots are only ever
+//! filled on the hot path; expiry rebuilds the table (a [`SeriesTable::rebuilt`] copy without
+//! the series unseen for a window, swapped in by the caller), so a lookup never has to step
+//! over deleted slots. A series added to the old table while the copy is made may
 //! be missed by it; it is then counted as new once more when next seen (an overcount of at
 //! most what arrives during one rebuild, never an undercount).
 
@@ -18,6 +19,8 @@ const EMPTY: u64 = 0;
 
 /// Fewest slots of a table.
 const MIN_SLOTS: usize = 16;
+/// Slots of a new table (12 KiB), before it grows.
+const FIRST_SLOTS: usize = 1024;
 
 /// What the table says of one series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +31,8 @@ pub enum Seen {
     Added,
     /// New, and the set is at its limit: refused.
     Refused,
+    /// New, under the limit, but the table is half full: grow it and look again.
+    Full,
 }
 
 /// A set of at most `limit` series hashes with the time each was last seen.
@@ -39,21 +44,38 @@ pub struct SeriesTable {
     mask: usize,
     live: AtomicU64,
     limit: u64,
+    /// Past this many series a larger table is wanted; `u64::MAX` at the largest size.
+    grow_at: u64,
 }
 
 impl SeriesTable {
-    /// An empty table for at most `limit` series.
+    /// An empty table for at most `limit` series, at its first size.
     pub fn new(limit: u64) -> SeriesTable {
-        let slots = usize::try_from(limit.saturating_mul(2))
+        SeriesTable::with_slots(limit, FIRST_SLOTS)
+    }
+
+    /// The most slots a table for `limit` takes: twice the limit, as a power of two.
+    fn max_slots(limit: u64) -> usize {
+        usize::try_from(limit.saturating_mul(2))
             .unwrap_or(usize::MAX / 2)
             .max(MIN_SLOTS)
-            .next_power_of_two();
+            .next_power_of_two()
+    }
+
+    fn with_slots(limit: u64, slots: usize) -> SeriesTable {
+        let max = SeriesTable::max_slots(limit);
+        let slots = slots.next_power_of_two().clamp(MIN_SLOTS, max);
         SeriesTable {
             keys: (0..slots).map(|_| AtomicU64::new(EMPTY)).collect(),
             seen: (0..slots).map(|_| AtomicU32::new(0)).collect(),
             mask: slots - 1,
             live: AtomicU64::new(0),
             limit,
+            grow_at: if slots < max {
+                slots as u64 / 2
+            } else {
+                u64::MAX
+            },
         }
     }
 
@@ -89,8 +111,9 @@ impl SeriesTable {
                 return Seen::Known;
             }
             if k == EMPTY {
-                if !self.reserve() {
-                    return Seen::Refused;
+                match self.reserve() {
+                    Ok(()) => {}
+                    Err(full) => return full,
                 }
                 match self.keys[i].compare_exchange(EMPTY, key, Ordering::AcqRel, Ordering::Acquire)
                 {
@@ -113,13 +136,32 @@ impl SeriesTable {
         Seen::Refused
     }
 
-    /// Counts one more series if the set is under its limit.
-    fn reserve(&self) -> bool {
+    /// Counts one more series if the set is under its limit and the table has room.
+    fn reserve(&self) -> Result<(), Seen> {
+        let mut why = Seen::Refused;
         self.live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.limit).then_some(n + 1)
+                if n >= self.limit {
+                    why = Seen::Refused;
+                    None
+                } else if n >= self.grow_at {
+                    why = Seen::Full;
+                    None
+                } else {
+                    Some(n + 1)
+                }
             })
-            .is_ok()
+            .map(|_| ())
+            .map_err(|_| why)
+    }
+
+    /// A copy twice the size (up to the largest for the limit), with every series.
+    pub fn grown(&self) -> SeriesTable {
+        let next = SeriesTable::with_slots(self.limit, self.keys.len() * 2);
+        for (key, seen) in self.entries() {
+            next.observe(key, seen);
+        }
+        next
     }
 
     /// Series last seen before `cutoff` (seconds).
@@ -137,12 +179,13 @@ impl SeriesTable {
     /// A copy for `limit` without the series last seen before `cutoff` (seconds); with a
     /// lower limit than before, the most recently seen are kept.
     pub fn rebuilt(&self, limit: u64, cutoff: u32) -> SeriesTable {
-        let next = SeriesTable::new(limit);
         let mut keep: Vec<(u64, u32)> = self.entries().filter(|&(_, s)| s >= cutoff).collect();
         if keep.len() as u64 > limit {
             keep.sort_unstable_by_key(|&(_, seen)| std::cmp::Reverse(seen));
             keep.truncate(limit as usize);
         }
+        // Room for what is kept at under half full, and no smaller than a new table.
+        let next = SeriesTable::with_slots(limit, (keep.len() * 4).max(FIRST_SLOTS));
         for (key, seen) in keep {
             next.observe(key, seen);
         }
@@ -156,11 +199,21 @@ mod tests {
     use std::collections::HashSet;
     use std::sync::Arc;
 
+    /// Observes like the limits do: growing the table when it says so.
+    fn observe(t: &mut SeriesTable, hash: u64, now: u32) -> Seen {
+        loop {
+            match t.observe(hash, now) {
+                Seen::Full => *t = t.grown(),
+                seen => return seen,
+            }
+        }
+    }
+
     #[test]
     fn the_limit_holds_and_known_series_keep_passing() {
-        let t = SeriesTable::new(1000);
+        let mut t = SeriesTable::new(1000);
         let outcomes: Vec<Seen> = (0..1200u64)
-            .map(|i| t.observe(i.wrapping_mul(0x9e37_79b9_7f4a_7c15), 5))
+            .map(|i| observe(&mut t, i.wrapping_mul(0x9e37_79b9_7f4a_7c15), 5))
             .collect();
         assert_eq!(outcomes.iter().filter(|&&s| s == Seen::Added).count(), 1000);
         assert_eq!(
@@ -202,18 +255,34 @@ mod tests {
     }
 
     #[test]
-    fn memory_is_sized_by_the_limit_alone() {
-        let t = SeriesTable::new(1000);
-        assert_eq!(t.heap_bytes(), 2048 * 12);
-        for i in 0..100_000u64 {
-            t.observe(i, 1);
+    fn memory_follows_the_series_up_to_twice_the_limit() {
+        let mut t = SeriesTable::new(1_000_000);
+        assert_eq!(
+            t.heap_bytes(),
+            1024 * 12,
+            "a new tenant takes 12 KiB whatever its limit"
+        );
+        for i in 1..=10_000u64 {
+            observe(&mut t, i, 1);
         }
-        assert_eq!(t.heap_bytes(), 2048 * 12, "refused series take no memory");
+        assert_eq!(t.len(), 10_000);
+        assert_eq!(
+            t.heap_bytes(),
+            32_768 * 12,
+            "grown to keep it at most half full"
+        );
+        let mut small = SeriesTable::new(1000);
+        for i in 1..=100_000u64 {
+            observe(&mut small, i, 1);
+        }
+        assert_eq!(small.len(), 1000);
+        assert_eq!(small.heap_bytes(), 2048 * 12, "never past twice the limit");
     }
 
     #[test]
     fn concurrent_requests_never_pass_the_limit_nor_count_a_series_twice() {
-        let t = Arc::new(SeriesTable::new(5000));
+        // At its largest size: growth is the caller's, and not what this test is about.
+        let t = Arc::new(SeriesTable::with_slots(5000, 1 << 20));
         let threads: Vec<_> = (0..4)
             .map(|w| {
                 let t = t.clone();
