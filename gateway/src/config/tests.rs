@@ -545,7 +545,7 @@ fn ha_dedup_is_validated_with_field_names() {
     for needle in [
         "ha_dedup.tenants: \"some\" is neither `all`",
         "ha_dedup.replica_label: must differ from cluster_label",
-        "ha_dedup.failover_timeout: must be at least 1s",
+        "ha_dedup.failover_timeout: must be within 1s..=1h",
         "ha_dedup.max_pairs",
         "ha_dedup.tenant_labels.team-a.replica_label: \"9bad\" is not a label name",
     ] {

@@ -147,8 +147,9 @@ impl HaDedupFile {
         if self.cluster_label == self.replica_label {
             problems.push("ha_dedup.replica_label: must differ from cluster_label".into());
         }
-        if self.failover_timeout.0 < Duration::from_secs(1) {
-            problems.push("ha_dedup.failover_timeout: must be at least 1s".into());
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.failover_timeout.0)
+        {
+            problems.push("ha_dedup.failover_timeout: must be within 1s..=1h".into());
         }
         if self.max_clusters_per_tenant == 0 {
             problems.push("ha_dedup.max_clusters_per_tenant: must be at least 1".into());
@@ -181,6 +182,11 @@ impl HaDedupFile {
                 &format!("{field}.replica_label"),
                 &own.replica,
             ));
+            if own.cluster == own.replica {
+                problems.push(format!(
+                    "{field}.replica_label: must differ from cluster_label"
+                ));
+            }
             tenant_labels.insert(id, own);
         }
         HaSettings {

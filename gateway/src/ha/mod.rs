@@ -35,6 +35,9 @@ const PREFIX: &str = "ha.";
 const REPUBLISH_EVERY_MS: u64 = 1000;
 /// Elected-replica changes kept for the status page.
 const CHANGES_KEPT: usize = 32;
+/// A peer's version dated more than this ahead of this node's clock is ignored: an election
+/// from the future would never look silent, and lock the pair's other replicas out.
+const MAX_PEER_CLOCK_AHEAD_MS: u64 = 60_000;
 
 /// Why a request's HA labels were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +49,13 @@ pub enum HaError {
         label: String,
         /// Its length.
         len: usize,
+    },
+    /// A cluster or replica label value with control characters (it travels in gossip and
+    /// shows on the status page and in logs).
+    #[error("the {label} label value holds control characters; an HA pair is tracked by printable values")]
+    LabelUnprintable {
+        /// The label.
+        label: String,
     },
     /// The tenant has `max_clusters_per_tenant` clusters already.
     #[error("tenant {tenant:?} has {limit} HA clusters already (ha_dedup.max_clusters_per_tenant); cluster {cluster:?} is one more")]
@@ -74,8 +84,12 @@ pub enum HaOutcome {
     },
     /// From a replica that is not elected: drop it, answer 202.
     Deduplicated {
-        /// Float samples, histogram samples and exemplars dropped.
+        /// Float samples dropped.
         samples: u64,
+        /// Histogram samples dropped.
+        histograms: u64,
+        /// Exemplars dropped.
+        exemplars: u64,
     },
 }
 
@@ -233,13 +247,29 @@ impl HaTracker {
                     len: v.len(),
                 });
             }
+            if v.chars().any(char::is_control) {
+                return Err(HaError::LabelUnprintable {
+                    label: label.clone(),
+                });
+            }
         }
-        let pair = self.pair(tenant, cluster, true)?;
         let keep = HaOutcome::Keep {
             replica_label: labels.replica.clone(),
         };
+        // In the sync grace a pair this node does not know yet is kept without an election,
+        // and not even tracked: a pair made here would count toward the limits without ever
+        // being elected, published or forgotten.
+        let syncing = self.started.elapsed() < self.sync_grace;
+        let pair = if syncing {
+            match self.known(tenant, cluster) {
+                Some(p) => p,
+                None => return Ok(keep),
+            }
+        } else {
+            self.pair(tenant, cluster, true)?
+        };
         let mut state = pair.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.current.is_none() && self.started.elapsed() < self.sync_grace {
+        if state.current.is_none() && syncing {
             return Ok(keep);
         }
         match decide(
@@ -262,13 +292,19 @@ impl HaTracker {
                 Ok(keep)
             }
             Verdict::Reject => {
-                let samples = (batch.sample_count()
-                    + batch.histogram_count()
-                    + batch.exemplar_count()) as u64;
+                let (samples, histograms, exemplars) = (
+                    batch.sample_count() as u64,
+                    batch.histogram_count() as u64,
+                    batch.exemplar_count() as u64,
+                );
                 metrics::counter!("traceo_ha_deduplicated_samples_total",
                     "tenant" => crate::telemetry::tenant_label(Some(tenant)))
-                .increment(samples);
-                Ok(HaOutcome::Deduplicated { samples })
+                .increment(samples + histograms + exemplars);
+                Ok(HaOutcome::Deduplicated {
+                    samples,
+                    histograms,
+                    exemplars,
+                })
             }
         }
     }
@@ -289,6 +325,15 @@ impl HaTracker {
             from,
             to: to.to_string(),
         });
+    }
+
+    /// The pair of `(tenant, cluster)`, if this node tracks it.
+    fn known(&self, tenant: &TenantId, cluster: &str) -> Option<Arc<Pair>> {
+        self.pairs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(tenant.clone(), cluster.to_string()))
+            .cloned()
     }
 
     /// The pair of `(tenant, cluster)`, made if `create` and under the limits.
@@ -329,7 +374,7 @@ impl HaTracker {
 
     /// Pairs unseen this long are forgotten (on every node alike, as they share `last_seen`).
     fn forget_after_ms(&self) -> u64 {
-        (self.settings.failover_timeout * 10)
+        (self.settings.failover_timeout.saturating_mul(10))
             .max(Duration::from_secs(600))
             .as_millis() as u64
     }
@@ -367,13 +412,24 @@ impl HaTracker {
 
     fn absorb_at(&self, peers: &[(String, String, String)], now: u64) {
         let mut by_pair: HashMap<(TenantId, String), Vec<(String, Election)>> = HashMap::new();
+        // No peer is trusted with more pairs than the fleet may track.
+        let mut per_node: HashMap<&str, usize> = HashMap::new();
         for (node, _key, value) in peers {
-            if let Some((tenant, cluster, e)) = decode(value) {
-                by_pair
-                    .entry((tenant, cluster))
-                    .or_default()
-                    .push((node.clone(), e));
+            let n = per_node.entry(node.as_str()).or_default();
+            if *n >= self.settings.max_pairs {
+                continue;
             }
+            *n += 1;
+            let Some((tenant, cluster, e)) = decode(value) else {
+                continue;
+            };
+            if e.last_seen_ms > now.saturating_add(MAX_PEER_CLOCK_AHEAD_MS) {
+                continue;
+            }
+            by_pair
+                .entry((tenant, cluster))
+                .or_default()
+                .push((node.clone(), e));
         }
         // Pairs only peers know (learned, e.g. after this node restarted).
         for (tenant, cluster) in by_pair.keys() {
@@ -505,14 +561,14 @@ pub fn render_text(view: &HaView, out: &mut String) {
                     out,
                     "  {:<24} {:<20} {:<20} elected {}  last seen {}",
                     p.tenant,
-                    p.cluster,
-                    e.replica,
+                    format!("{:?}", p.cluster),
+                    format!("{:?}", e.replica),
                     at(e.elected_at_ms),
                     at(e.last_seen_ms)
                 );
             }
             None => {
-                let _ = writeln!(out, "  {:<24} {:<20} (syncing)", p.tenant, p.cluster);
+                let _ = writeln!(out, "  {:<24} {:<20?} (syncing)", p.tenant, p.cluster);
             }
         }
     }
@@ -523,7 +579,7 @@ pub fn render_text(view: &HaView, out: &mut String) {
     for c in &view.changes {
         let _ = writeln!(
             out,
-            "  {}  {}/{}: {} -> {}",
+            "  {}  {}/{:?}: {:?} -> {:?}",
             at(c.at_ms),
             c.tenant,
             c.cluster,

@@ -70,6 +70,12 @@ fn t(id: &str) -> TenantId {
     TenantId::parse(id).unwrap()
 }
 
+const DEDUP: HaOutcome = HaOutcome::Deduplicated {
+    samples: 2,
+    histograms: 0,
+    exemplars: 0,
+};
+
 const KEEP: fn() -> HaOutcome = || HaOutcome::Keep {
     replica_label: "__replica__".into(),
 };
@@ -106,7 +112,7 @@ fn the_first_replica_is_kept_without_its_label_and_the_other_deduplicated_until_
     );
     assert_eq!(
         h.check_at(&tenant, &batch(Some("c1"), Some("b")), 1500),
-        Ok(HaOutcome::Deduplicated { samples: 2 })
+        Ok(DEDUP)
     );
     assert_eq!(
         h.check_at(&tenant, &batch(Some("c1"), Some("a")), 20_000),
@@ -115,7 +121,7 @@ fn the_first_replica_is_kept_without_its_label_and_the_other_deduplicated_until_
     // a silent from 20 s: at 49.999 s b is still refused, at 50 s it takes over.
     assert_eq!(
         h.check_at(&tenant, &batch(Some("c1"), Some("b")), 49_999),
-        Ok(HaOutcome::Deduplicated { samples: 2 })
+        Ok(DEDUP)
     );
     assert_eq!(
         h.check_at(&tenant, &batch(Some("c1"), Some("b")), 50_000),
@@ -123,7 +129,7 @@ fn the_first_replica_is_kept_without_its_label_and_the_other_deduplicated_until_
     );
     assert_eq!(
         h.check_at(&tenant, &batch(Some("c1"), Some("a")), 50_001),
-        Ok(HaOutcome::Deduplicated { samples: 2 })
+        Ok(DEDUP)
     );
     let v = h.view();
     assert_eq!(v.pairs[0].elected.as_ref().unwrap().replica, "b");
@@ -182,6 +188,10 @@ fn clusters_per_tenant_and_label_lengths_are_bounded() {
         h.check_at(&t("team-b"), &batch(Some("c3"), Some("a")), 1),
         Ok(KEEP())
     );
+    assert!(matches!(
+        h.check_at(&tenant, &batch(Some("c1"), Some("a\u{1}b")), 1),
+        Err(HaError::LabelUnprintable { .. })
+    ));
     let long = "x".repeat(MAX_HA_LABEL_BYTES + 1);
     assert!(matches!(
         h.check_at(&tenant, &batch(Some("c1"), Some(&long)), 1),
@@ -211,7 +221,7 @@ fn two_nodes_that_elected_different_replicas_converge_on_the_earlier_in_one_roun
         assert_eq!(n.view().pairs[0].elected.as_ref().unwrap().replica, "a");
         assert_eq!(
             n.check_at(&tenant, &batch(Some("c1"), Some("b")), 1300),
-            Ok(HaOutcome::Deduplicated { samples: 2 })
+            Ok(DEDUP)
         );
     }
     // n2 receives only b's requests; it learns a's last_seen from n1, so it does not fail
@@ -225,7 +235,7 @@ fn two_nodes_that_elected_different_replicas_converge_on_the_earlier_in_one_roun
         gossip(&n1, "n1", &n2, now);
         assert_eq!(
             n2.check_at(&tenant, &batch(Some("c1"), Some("b")), now + 100),
-            Ok(HaOutcome::Deduplicated { samples: 2 })
+            Ok(DEDUP)
         );
     }
 }
@@ -251,7 +261,7 @@ fn a_restarted_node_learns_the_election_back_and_does_not_change_it() {
     gossip(&n1, "n1", &n2, 2100);
     assert_eq!(
         n2.check_at(&tenant, &batch(Some("c1"), Some("b")), 2200),
-        Ok(HaOutcome::Deduplicated { samples: 2 })
+        Ok(DEDUP)
     );
     // A node without grace that elected b in ignorance gives way too.
     let n3 = HaTracker::new(settings(), Duration::ZERO);
@@ -281,9 +291,20 @@ fn a_pair_is_republished_when_it_changes_and_last_seen_at_most_once_a_second() {
     assert_eq!(set.len(), 1);
     let (_, _, e) = decode(&set[0].1).unwrap();
     assert_eq!(e.last_seen_ms, 1500);
-    // A peer's garbage is ignored.
+    // A peer's garbage is ignored, and so is an election from the future.
     h.absorb_at(&[("x".into(), "ha.00".into(), "not json".into())], 2000);
     assert_eq!(h.view().pairs.len(), 1);
+    let future = encode(
+        &tenant,
+        "c1",
+        &Election {
+            replica: "z".into(),
+            elected_at_ms: 10_000_000,
+            last_seen_ms: 10_000_000,
+        },
+    );
+    h.absorb_at(&[("x".into(), key_of(&tenant, "c1"), future)], 2000);
+    assert_eq!(h.view().pairs[0].elected.as_ref().unwrap().replica, "a");
 }
 
 #[test]

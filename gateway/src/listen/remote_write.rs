@@ -37,16 +37,19 @@ pub(super) async fn handle(req: Request<Incoming>, state: &AppState) -> Response
     let mut metrics = RequestMetrics::start(version.protocol());
     let response = match decode_and_ingest(req, state, &mut metrics).await {
         // All of it from a non-elected HA replica: 202, a 2xx so the sender does not retry
-        // what the elected replica already sent.
+        // what the elected replica already sent. The written counts are the request's own:
+        // a remote-write 2.0 sender takes a 2xx saying less than it sent as a failure, and
+        // the pair's copy of this data is stored.
         Ok(Ingested {
             written: w,
             series_limited: None,
             deduplicated,
-        }) if deduplicated > 0 && w == Written::default() => {
-            written(Response::builder().status(StatusCode::ACCEPTED), w)
-                .body(Full::new(Bytes::new()))
-                .expect("static response is valid")
-        }
+        }) if deduplicated != Written::default() && w == Written::default() => written(
+            Response::builder().status(StatusCode::ACCEPTED),
+            deduplicated,
+        )
+        .body(Full::new(Bytes::new()))
+        .expect("static response is valid"),
         Ok(Ingested {
             written: w,
             series_limited: None,

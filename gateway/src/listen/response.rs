@@ -170,7 +170,10 @@ impl ApiError {
             ApiError::Unavailable(_) => "sink_unavailable",
             ApiError::Limited(l) => l.reason(),
             ApiError::SeriesLimited(_) => "series_limit",
-            ApiError::Ha(crate::ha::HaError::LabelTooLong { .. }) => "ha_label_too_long",
+            ApiError::Ha(
+                crate::ha::HaError::LabelTooLong { .. }
+                | crate::ha::HaError::LabelUnprintable { .. },
+            ) => "ha_bad_label",
             ApiError::Ha(_) => "ha_too_many_clusters",
             ApiError::Draining => "draining",
             ApiError::NotFound => "not_found",
