@@ -55,13 +55,11 @@ tenants:
 }
 
 fn start_node(root: &Path, name: &str, gossip: u16, seeds: &[u16], backend: &str) -> Gateway {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).expect("node dir");
-    std::fs::write(
-        dir.join("gossip.keys"),
-        "5555555555555555555555555555555555555555555555555555555555555555\n",
-    )
-    .expect("keys");
+    let dir = traceo_e2e::node_dir(
+        root,
+        name,
+        "5555555555555555555555555555555555555555555555555555555555555555",
+    );
     Gateway::start(GATEWAY, &dir, &node_config(name, gossip, seeds, backend))
 }
 

@@ -226,13 +226,11 @@ fn a_tenant_over_its_rate_gets_429_with_retry_after_and_keeps_no_more_than_rate_
 
 /// A node of the three-node fleet: gossip on `gossip`, seeded with `seeds`.
 fn start_node(root: &Path, name: &str, gossip: u16, seeds: &[u16]) -> Gateway {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).expect("node dir");
-    std::fs::write(
-        dir.join("gossip.keys"),
-        "4444444444444444444444444444444444444444444444444444444444444444\n",
-    )
-    .expect("keys");
+    let dir = traceo_e2e::node_dir(
+        root,
+        name,
+        "4444444444444444444444444444444444444444444444444444444444444444",
+    );
     std::fs::write(
         dir.join("overrides.yaml"),
         "overrides:\n  team-a: { ingestion_rate: 30000, ingestion_burst: 3000 }\n",

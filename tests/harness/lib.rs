@@ -828,6 +828,15 @@ pub fn prometheus_bin() -> String {
     std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".to_string())
 }
 
+/// `root/name`, made, holding the gossip key ring `key` as `gossip.keys`: the directory of
+/// one node of a gossiping fleet.
+pub fn node_dir(root: &Path, name: &str, key: &str) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).expect("node dir");
+    std::fs::write(dir.join("gossip.keys"), format!("{key}\n")).expect("gossip keys");
+    dir
+}
+
 /// A Prometheus server (Debian's package) that scrapes itself every `scrape_interval` and
 /// remote-writes as `remote_write` says (the YAML list under `remote_write:`, indented by two
 /// spaces), with its data in `dir/prom-data`; returns it and its port.

@@ -327,6 +327,16 @@ impl HaTracker {
         });
     }
 
+    /// Every pair, taken out of the map's lock (the gossip rounds work on them unlocked).
+    fn all_pairs(&self) -> Vec<Arc<Pair>> {
+        self.pairs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// The pair of `(tenant, cluster)`, if this node tracks it.
     fn known(&self, tenant: &TenantId, cluster: &str) -> Option<Arc<Pair>> {
         self.pairs
@@ -437,13 +447,7 @@ impl HaTracker {
             // than this node would, so it is the same set everywhere but in a race.
             let _ = self.pair(tenant, cluster, true);
         }
-        let all: Vec<Arc<Pair>> = self
-            .pairs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let all = self.all_pairs();
         let timeout = self.settings.failover_timeout;
         let mut forgotten = Vec::new();
         let mut clusters: HashMap<TenantId, usize> = HashMap::new();
@@ -490,13 +494,7 @@ impl HaTracker {
     }
 
     fn to_publish_at(&self, now: u64) -> (Vec<(String, String)>, Vec<String>) {
-        let pairs: Vec<Arc<Pair>> = self
-            .pairs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let pairs = self.all_pairs();
         let mut set = Vec::new();
         for pair in pairs {
             let mut state = pair.state.lock().unwrap_or_else(|p| p.into_inner());
