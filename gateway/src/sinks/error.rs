@@ -26,6 +26,8 @@ pub enum Reason {
     InvalidTopic,
     /// The cluster does not let this gateway write there.
     NotAuthorized,
+    /// The object store's bucket (or container) does not exist.
+    NoSuchBucket,
     /// The broker refused the record's content (timestamp, policy, format).
     InvalidRecord,
     /// A remote-write endpoint answered a 4xx other than 429.
@@ -64,6 +66,7 @@ impl Reason {
             Reason::UnknownTopic => "unknown_topic",
             Reason::InvalidTopic => "invalid_topic",
             Reason::NotAuthorized => "not_authorized",
+            Reason::NoSuchBucket => "no_such_bucket",
             Reason::InvalidRecord => "invalid_record",
             Reason::ClientError4xx => "client_error_4xx",
             Reason::Encoding => "encoding",

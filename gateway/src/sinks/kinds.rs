@@ -211,7 +211,7 @@ impl SinkConfig {
                 upstreams: vec![Watched {
                     name: format!("parquet-{region}"),
                     kind: "object_store",
-                    setup: parquet::probe::setup(p.path.clone()),
+                    setup: parquet::probe::setup(p.store.clone()),
                 }],
                 failover: false,
             }),

@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
 
 /// Where Debian (and most distributions) keep the system CA bundle.
-const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub(crate) const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// An upstream's `tls:` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -117,7 +117,7 @@ impl ClientTlsSettings {
 }
 
 /// The system CA bundle, if there is one.
-fn system_bundle() -> Option<PathBuf> {
+pub(crate) fn system_bundle() -> Option<PathBuf> {
     std::env::var_os("SSL_CERT_FILE")
         .map(PathBuf::from)
         .filter(|p| p.is_file())

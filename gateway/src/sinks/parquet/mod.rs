@@ -4,20 +4,25 @@
 //!
 //! Rows are buffered per (tenant, hour) and a file is written when its buffer reaches
 //! `max_file_bytes` or its oldest row `max_file_age`. A file appears whole or not at all: the
-//! object store writes it under a temporary name and renames it (local) or completes a single
-//! PUT (S3). On local disk the file and its directories are fsynced before the requests whose
-//! rows it holds are acknowledged, so a 2xx means the rows survive a crash.
+//! object store writes it under a temporary name and renames it (local), or a bucket gets a
+//! single PUT or, past `multipart_part_bytes`, a multipart upload that is visible only once
+//! completed (an interrupted one is aborted, or left invisible by a crash). On local disk the
+//! file and its directories are fsynced before the requests whose rows it holds are
+//! acknowledged; a bucket's 200 is its durability. A refusal that retrying cannot mend (403,
+//! 401, a missing bucket) is permanent: the records are quarantined and the log line names
+//! the store and the key.
 //!
 //! May call: the object store and the local filesystem. Never: the network to clients.
 
+mod http;
 mod rows;
+pub mod store;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use object_store::local::LocalFileSystem;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use protocols::METRIC_NAME_LABEL;
 use residency_rules::{RegionId, TenantId};
@@ -37,25 +42,12 @@ pub use rows::schema;
 
 /// Why the sink could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The directory could not be created or opened.
-    #[error("parquet sink of region {region}: cannot use {path}: {source}")]
-    Dir {
-        /// Region.
-        region: RegionId,
-        /// Directory.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The object store refused the directory.
-    #[error("parquet sink of region {region}: object store: {source}")]
-    Store {
-        /// Region.
-        region: RegionId,
-        /// Cause.
-        source: object_store::Error,
-    },
+#[error("parquet sink of region {region}: {source}")]
+pub struct StartError {
+    /// Region.
+    region: RegionId,
+    /// Cause.
+    source: store::StoreError,
 }
 
 /// Why a file could not be written.
@@ -83,6 +75,16 @@ impl FileError {
         match self {
             FileError::Arrow(_) | FileError::Parquet(_) | FileError::Path(_) => {
                 SinkError::permanent(Reason::Encoding, answer)
+            }
+            // The store refuses us (credentials, permissions, no such bucket): the same every
+            // time until someone changes its configuration.
+            FileError::Store(
+                object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. },
+            ) => SinkError::permanent(Reason::NotAuthorized, answer),
+            // A put never finds a missing key: NotFound is the bucket.
+            FileError::Store(object_store::Error::NotFound { .. }) => {
+                SinkError::permanent(Reason::NoSuchBucket, answer)
             }
             FileError::Store(_) | FileError::Sync(_) => SinkError::retryable(Reason::Io, answer),
             FileError::Join(_) => SinkError::retryable(Reason::Other, answer),
@@ -113,7 +115,8 @@ struct ParquetSink {
     name: String,
     region: RegionId,
     cfg: ParquetSinkConfig,
-    root: PathBuf,
+    /// The canonical directory of a local store (fsynced after each file); None for a bucket.
+    root: Option<PathBuf>,
     store: Arc<dyn ObjectStore>,
     partitions: HashMap<PartitionKey, Partition>,
     buffered_bytes: usize,
@@ -125,14 +128,7 @@ pub fn spawn(
     cfg: ParquetSinkConfig,
     cancel: CancellationToken,
 ) -> Result<(SinkHandle, JoinHandle<()>), StartError> {
-    let dir_err = |source| StartError::Dir {
-        region: region.clone(),
-        path: cfg.path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&cfg.path).map_err(dir_err)?;
-    let root = std::fs::canonicalize(&cfg.path).map_err(dir_err)?;
-    let store = LocalFileSystem::new_with_prefix(&root).map_err(|source| StartError::Store {
+    let (store, root) = cfg.store.open().map_err(|source| StartError {
         region: region.clone(),
         source,
     })?;
@@ -142,7 +138,7 @@ pub fn spawn(
         name: name.clone(),
         region: region.clone(),
         root,
-        store: Arc::new(store),
+        store,
         cfg,
         partitions: HashMap::new(),
         buffered_bytes: 0,
@@ -250,8 +246,9 @@ impl ParquetSink {
             ("sink", self.name.clone()),
             ("region", self.region.to_string()),
         ];
-        match self.write_file(&key, p.rows).await {
-            Ok((path, size)) => {
+        let path = object_path(&self.region, &key);
+        match self.write_file(&key, &path, p.rows).await {
+            Ok(size) => {
                 metrics::counter!("traceo_sink_files_written_total", &labels).increment(1);
                 metrics::counter!("traceo_sink_rows_written_total", &labels).increment(rows as u64);
                 metrics::counter!("traceo_sink_bytes_written_total", &labels)
@@ -263,7 +260,7 @@ impl ParquetSink {
             Err(e) => {
                 metrics::counter!("traceo_sink_write_errors_total", &labels).increment(1);
                 let err = e.into_sink_error();
-                error!(sink = %self.name, tenant = %key.tenant, rows, error = %err, permanent = err.is_permanent(), "parquet file not written; its requests fail (retried, or quarantined if the rows cannot be encoded)");
+                error!(sink = %self.name, store = %self.cfg.store.describe(), key = %path, tenant = %key.tenant, rows, error = %err, permanent = err.is_permanent(), "parquet file not written; its requests fail (retried, or quarantined when the rows cannot be encoded or the store refuses us)");
                 for a in &p.acks {
                     a.fail(err.clone());
                 }
@@ -276,24 +273,46 @@ impl ParquetSink {
     async fn write_file(
         &self,
         key: &PartitionKey,
+        path: &str,
         rows: Rows,
-    ) -> Result<(String, usize), FileError> {
+    ) -> Result<usize, FileError> {
         let tenant = key.tenant.clone();
         let region = self.region.clone();
         let encoded =
             tokio::task::spawn_blocking(move || rows.encode_parquet(&tenant, &region)).await??;
         let size = encoded.len();
-        let path = object_path(&self.region, key);
-        self.store
-            .put(
-                &object_store::path::Path::parse(&path)?,
-                PutPayload::from(encoded),
-            )
-            .await?;
-        let root = self.root.clone();
-        let rel = path.clone();
-        tokio::task::spawn_blocking(move || sync_file_and_dirs(&root, &rel)).await??;
-        Ok((path, size))
+        let location = object_store::path::Path::parse(path)?;
+        let encoded = bytes::Bytes::from(encoded);
+        if size <= self.cfg.multipart_part_bytes {
+            self.store.put(&location, PutPayload::from(encoded)).await?;
+        } else {
+            self.put_in_parts(&location, encoded).await?;
+        }
+        if let Some(root) = self.root.clone() {
+            let rel = path.to_string();
+            tokio::task::spawn_blocking(move || sync_file_and_dirs(&root, &rel)).await??;
+        }
+        Ok(size)
+    }
+
+    /// A multipart upload: the object exists only once `finish` completes it. A failed upload
+    /// is aborted so its parts do not linger (a crash leaves them invisible; a bucket lifecycle
+    /// rule for incomplete uploads cleans them, see docs/configuration.md).
+    async fn put_in_parts(
+        &self,
+        location: &object_store::path::Path,
+        encoded: bytes::Bytes,
+    ) -> Result<(), FileError> {
+        let upload = self.store.put_multipart(location).await?;
+        let mut parts = object_store::WriteMultipart::new_with_chunk_size(
+            upload,
+            self.cfg.multipart_part_bytes,
+        );
+        parts.put(encoded);
+        match parts.finish().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -1,26 +1,41 @@
-//! The Parquet sink's probe of its object store (the sink's root): a put and a delete of a
-//! small object under `_traceo_probe/`, both within the timeout (a hung mount fails the probe
-//! instead of hanging it).
+//! The Parquet sink's probe of its object store (the sink's root or bucket prefix): a put and
+//! a delete of a small object `_traceo_probe/<node>`, both within the timeout (a hung mount or
+//! an unanswering bucket fails the probe instead of hanging it).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use super::store::StoreLocation;
 
 use crate::cluster::probe::{ProbeFn, ProbeSetup};
 use crate::cluster::Probe;
 
-/// The probe of the object store rooted at `root_dir`.
-pub fn setup(root_dir: PathBuf) -> ProbeSetup {
+/// The probe of the object store at `location`.
+pub fn setup(location: StoreLocation) -> ProbeSetup {
     Box::new(move |node_id: &str, timeout: Duration| {
         use object_store::{ObjectStoreExt, PutPayload};
         let node_id = node_id.to_string();
         let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
+            .enable_all()
             .build()
             .map_err(|e| format!("cannot start the probe runtime: {e}"))?;
-        let root = std::fs::canonicalize(&root_dir)
-            .map_err(|e| format!("object store at {}: {e}", root_dir.display()))?;
-        let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
-            .map_err(|e| format!("object store at {}: {e}", root.display()))?;
+        let store: std::sync::Arc<dyn object_store::ObjectStore> = match &location {
+            // The probe never creates the directory: a missing one (an unmounted volume) fails.
+            StoreLocation::Local(dir) => {
+                let root = std::fs::canonicalize(dir)
+                    .map_err(|e| format!("object store at {}: {e}", dir.display()))?;
+                std::sync::Arc::new(
+                    object_store::local::LocalFileSystem::new_with_prefix(&root)
+                        .map_err(|e| format!("object store at {}: {e}", root.display()))?,
+                )
+            }
+            StoreLocation::Cloud { .. } => {
+                let _in_runtime = runtime.enter();
+                location
+                    .open()
+                    .map_err(|e| format!("object store at {}: {e}", location.describe()))?
+                    .0
+            }
+        };
         let path = object_store::path::Path::from(format!("_traceo_probe/{node_id}"));
         Ok(Box::new(move |n: u64| {
             let started = Instant::now();
@@ -57,6 +72,7 @@ mod tests {
     use crate::cluster::probe::{ProbeLoop, ProbeResult};
 
     fn first_result(root: std::path::PathBuf) -> ProbeResult {
+        let root = StoreLocation::Local(root);
         let (tx, mut rx) = mpsc::channel(4);
         let stop = Arc::new(AtomicBool::new(false));
         let t = ProbeLoop {
