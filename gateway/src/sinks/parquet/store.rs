@@ -160,9 +160,10 @@ pub fn check_option(kind: Cloud, key: &str) -> Result<(), String> {
         Cloud::S3 => match AmazonS3ConfigKey::from_str(key) {
             Ok(AmazonS3ConfigKey::Client(c)) => Some(c),
             Ok(_) => None,
-            Err(_) => return Err(format!(
+            Err(_) => return Err(
                 "not an S3 option of object_store (e.g. aws_endpoint, aws_region, aws_allow_http)"
-            )),
+                    .to_string(),
+            ),
         },
         Cloud::Gcs => match GoogleConfigKey::from_str(key) {
             Ok(GoogleConfigKey::Client(c)) => Some(c),
