@@ -6,7 +6,7 @@
 //! `max_file_bytes` or its oldest row `max_file_age`. A file appears whole or not at all: the
 //! object store writes it under a temporary name and renames it (local), or a bucket gets a
 //! single PUT or, past `multipart_part_bytes`, a multipart upload that is visible only once
-//! completed (an interrupted one is aborted, or left invisible by a crash). On local disk the
+//! completed (a failed or crashed one stays incomplete, hence invisible). On local disk the
 //! file and its directories are fsynced before the requests whose rows it holds are
 //! acknowledged; a bucket's 200 is its durability. A refusal that retrying cannot mend (403,
 //! 401, a missing bucket) is permanent: the records are quarantined and the log line names
@@ -295,9 +295,9 @@ impl ParquetSink {
         Ok(size)
     }
 
-    /// A multipart upload: the object exists only once `finish` completes it. A failed upload
-    /// is aborted so its parts do not linger (a crash leaves them invisible; a bucket lifecycle
-    /// rule for incomplete uploads cleans them, see docs/configuration.md).
+    /// A multipart upload: the object exists only once `finish` completes it. A failed or
+    /// crashed upload stays incomplete and invisible; a bucket lifecycle rule for incomplete
+    /// uploads removes its parts (docs/configuration.md).
     async fn put_in_parts(
         &self,
         location: &object_store::path::Path,
@@ -309,10 +309,8 @@ impl ParquetSink {
             self.cfg.multipart_part_bytes,
         );
         parts.put(encoded);
-        match parts.finish().await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        parts.finish().await?;
+        Ok(())
     }
 }
 

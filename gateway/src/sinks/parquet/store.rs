@@ -89,7 +89,6 @@ pub enum StoreError {
     Store(#[from] object_store::Error),
 }
 
-/// The store's bucket (or container) and key prefix, for log lines.
 impl StoreLocation {
     /// `bucket/prefix` of a cloud store, the directory of a local one.
     pub fn describe(&self) -> String {
