@@ -2,8 +2,8 @@
 # Installs everything the test suite needs on a fresh Debian machine, and nothing twice: a
 # cached machine skips what it already has (a second run takes a few seconds). The one copy
 # of the install logic: `scripts/test.sh` (the README's test command) and `.ci/run` both
-# source it, so the variables it exports (TANSU_BIN, TRACEO_PYTHON, KUBERNETES_VALIDATE)
-# reach the tests. Run on its own, it only installs:
+# source it, so the variables it exports (TANSU_BIN, TRACEO_PYTHON, TRACEO_S3_PYTHON,
+# KUBERNETES_VALIDATE) reach the tests. Run on its own, it only installs:
 #
 #     scripts/install-test-deps.sh
 #
@@ -86,6 +86,22 @@ python_venv "$TOOLS/otel-venv" opentelemetry.sdk \
     "opentelemetry-exporter-otlp-proto-grpc==$OTEL_VERSION" \
     "opentelemetry-exporter-otlp-proto-http==$OTEL_VERSION"
 export TRACEO_PYTHON="$TOOLS/otel-venv/bin/python"
+
+# The S3 end-to-end tests (tests/e2e/s3.rs): moto's server mode is the S3-protocol server
+# (multipart uploads, path-style addressing, in memory: nothing to clean up); pyarrow's S3
+# filesystem and duckdb's httpfs read the files back as users would; boto3 makes buckets and
+# lists objects, multipart uploads included. duckdb's httpfs extension comes from PyPI
+# (duckdb-extension-httpfs) because the tests have no internet to fetch it at run time; its
+# version must equal duckdb's.
+DUCKDB_VERSION=1.5.5
+python_venv "$TOOLS/s3-venv" "moto.server, pyarrow.fs, duckdb, duckdb_extensions, boto3" \
+    "moto[server]==5.2.5" \
+    "boto3==1.44.8" \
+    "pyarrow==26.0.1" \
+    "duckdb==$DUCKDB_VERSION" \
+    "duckdb-extensions==$DUCKDB_VERSION" \
+    "duckdb-extension-httpfs==$DUCKDB_VERSION"
+export TRACEO_S3_PYTHON="$TOOLS/s3-venv/bin/python"
 
 # kubernetes-validate: checks every rendered Kubernetes object against the API's JSON
 # schemas, which it ships (no network at test time).

@@ -521,16 +521,28 @@ pub fn wait_for_listener(what: &str, port: u16, timeout: Duration) {
 /// `.ci/run` builds (`$TRACEO_TOOLS/otel-venv`, default `~/.cache/traceo-tools/otel-venv`),
 /// else `python3` from `PATH`.
 pub fn python_bin() -> String {
-    if let Ok(p) = std::env::var("TRACEO_PYTHON") {
+    venv_python("TRACEO_PYTHON", "otel-venv")
+}
+
+/// The Python interpreter with moto's S3 server, boto3, pyarrow and duckdb:
+/// `$TRACEO_S3_PYTHON`, else `$TRACEO_TOOLS/s3-venv` (default `~/.cache/traceo-tools`), else
+/// `python3` from `PATH`.
+pub fn s3_python_bin() -> String {
+    venv_python("TRACEO_S3_PYTHON", "s3-venv")
+}
+
+/// `$var`, else the interpreter of the tools cache's virtualenv `venv`, else `python3`.
+fn venv_python(var: &str, venv: &str) -> String {
+    if let Ok(p) = std::env::var(var) {
         return p;
     }
     let tools = std::env::var("TRACEO_TOOLS")
         .map(PathBuf::from)
         .or_else(|_| std::env::var("HOME").map(|h| Path::new(&h).join(".cache/traceo-tools")));
     if let Ok(tools) = tools {
-        let venv = tools.join("otel-venv/bin/python");
-        if venv.exists() {
-            return venv.display().to_string();
+        let python = tools.join(venv).join("bin/python");
+        if python.exists() {
+            return python.display().to_string();
         }
     }
     "python3".to_string()
