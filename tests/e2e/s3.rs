@@ -532,6 +532,16 @@ fn a_hung_s3_server_for_30s_under_load_keeps_2xx_and_delivery_resumes_by_itself(
     }
     let files_after_hang = files();
     s3.proc.signal("CONT");
+    let resumed = Instant::now();
+    wait_for(
+        "a file written after the S3 server came back",
+        Duration::from_secs(90),
+        || (files() > files_after_hang).then_some(()),
+    );
+    println!(
+        "first file after the hang {:?} after the server came back",
+        resumed.elapsed()
+    );
     println!(
         "S3 hung 30 s: files written {files_hung} -> {files_after_hang} meanwhile; log peaked \
          at {peak_logged} records"
@@ -560,10 +570,6 @@ fn a_hung_s3_server_for_30s_under_load_keeps_2xx_and_delivery_resumes_by_itself(
 
     let want = acknowledged(&acks);
     let (census, missing, duplicates) = drained(&s3, "traceo-outage", &want);
-    assert!(
-        files() > files_after_hang,
-        "delivery resumed after the hang"
-    );
     println!(
         "{} requests acknowledged; bucket: {} objects, {} rows, {duplicates} duplicate samples",
         want.len(),
