@@ -21,7 +21,8 @@
 # DURABILITY (wal: ack after the write-ahead log's fsync, with the log in a temporary
 # directory on the same filesystem as /tmp; upstream: ack after the sink; none),
 # EXTRA_LOADGEN_ARGS (passed to every loadgen run, e.g. "--gzip"), SINK (null, or
-# remote_write: forward to a local 204 endpoint).
+# remote_write: forward to a local 204 endpoint), GATEWAY_BIN (a gateway binary to measure
+# instead of the one built here, e.g. a copy built from another commit, for before/after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,7 +40,7 @@ SINK=${SINK:-null}
 
 command -v taskset >/dev/null || { echo "bench.sh needs taskset (util-linux)" >&2; exit 1; }
 cargo build --release --locked -q -p traceo-gateway -p traceo-loadtest
-GW=target/release/traceo-gateway
+GW=${GATEWAY_BIN:-target/release/traceo-gateway}
 LG=target/release/traceo-loadgen
 
 HTTP_PORT=$PORT_BASE

@@ -418,3 +418,36 @@ fn a_failed_write_leaves_nothing_and_the_next_append_goes_on() {
     assert_eq!(append_range(&mut wal, 2..3), 2);
     assert_records(&wal, 0, 3);
 }
+
+/// A file that takes at most 3 bytes per write, as a signal-interrupted or nearly full one
+/// may: the vectored append must resume mid-slice and lose or repeat nothing.
+struct Trickle(Vec<u8>);
+
+impl Write for Trickle {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(3);
+        self.0.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        self.write(first)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_vectored_append_resumes_after_short_writes() {
+    let parts: [&[u8]; 4] = [b"frame-1", b"", b"payload one", b"x"];
+    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut out = Trickle(Vec::new());
+    write_all_vectored(&mut out, &mut slices).unwrap();
+    assert_eq!(out.0, parts.concat());
+}
