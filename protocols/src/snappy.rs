@@ -65,6 +65,41 @@ pub fn compress(data: &[u8]) -> Vec<u8> {
         .expect("snappy block compression of a bounded buffer cannot fail")
 }
 
+/// A snappy block compressor for a caller that compresses one body after another (a sink
+/// worker): it keeps the encoder's hash table and its output buffer between calls, so a call
+/// neither allocates nor zeroes a fresh buffer of the body's maximum compressed size (that
+/// memset was 5-6 % of a forwarding gateway's CPU). The buffer only grows, to the largest
+/// body's bound, which the caller's batch size and the decode limits keep small.
+pub struct Compressor {
+    encoder: snap::raw::Encoder,
+    out: Vec<u8>,
+}
+
+impl Default for Compressor {
+    fn default() -> Self {
+        Self {
+            encoder: snap::raw::Encoder::new(),
+            out: Vec::new(),
+        }
+    }
+}
+
+impl Compressor {
+    /// Compresses `data` into one snappy block; the result lives until the next call.
+    pub fn compress(&mut self, data: &[u8]) -> &[u8] {
+        let need = snap::raw::max_compress_len(data.len());
+        if self.out.len() < need {
+            self.out.resize(need, 0);
+        }
+        // As in `compress`: only an input past snappy's ~4 GiB block limit fails.
+        let n = self
+            .encoder
+            .compress(data, &mut self.out)
+            .expect("snappy block compression of a bounded buffer cannot fail");
+        &self.out[..n]
+    }
+}
+
 /// The decompressed length a snappy block header claims (an unsigned LEB128 varint of at most
 /// 32 bits, per the snappy format description).
 fn claimed_len(body: &[u8]) -> Result<u64, DecodeError> {
@@ -85,6 +120,21 @@ fn claimed_len(body: &[u8]) -> Result<u64, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_reused_compressor_gives_what_a_fresh_one_does() {
+        let mut c = super::Compressor::default();
+        let big: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let small = b"a short body after a long one".to_vec();
+        for data in [&big, &small, &big] {
+            let out = c.compress(data).to_vec();
+            assert_eq!(out, super::compress(data));
+            let limits = crate::DecodeLimits::new_default();
+            assert_eq!(&super::decompress(&out, &limits).unwrap(), data);
+        }
+    }
+
     use super::*;
 
     #[test]

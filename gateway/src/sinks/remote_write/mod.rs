@@ -79,6 +79,8 @@ pub fn spawn(
             body: Vec::new(),
             v2: V2Writer::new(),
             series: 0,
+            compressor: protocols::snappy::Compressor::default(),
+            payload: Vec::new(),
         });
     }
     let (mut handle, threads) = spawn_shards(&name, region, cfg.queue_capacity, workers, &cancel)
@@ -109,6 +111,12 @@ struct RwWorker {
     /// Series in the batch (for the metrics; a share read back from the log is not decoded,
     /// so series, not samples, are what every path can count).
     series: u64,
+    /// Kept between batches: its table and output buffer (see [`Compressor`]).
+    ///
+    /// [`Compressor`]: protocols::snappy::Compressor
+    compressor: protocols::snappy::Compressor,
+    /// The last batch's uncompressed bytes, cleared and kept for the capacity.
+    payload: Vec<u8>,
 }
 
 /// How one attempt went.
@@ -156,10 +164,13 @@ impl RwWorker {
         if self.pending.is_empty() {
             return;
         }
-        let mut payload = Vec::new();
+        let mut payload = std::mem::take(&mut self.payload);
+        payload.clear();
         let (content_type, version) = match self.cfg.format {
             KafkaFormat::RemoteWriteV1 => {
-                payload.append(&mut self.body);
+                // The batch's buffer becomes the payload and the last payload's buffer the
+                // next batch's: swapped, not copied, and neither regrows from empty.
+                std::mem::swap(&mut payload, &mut self.body);
                 (
                     "application/x-protobuf;proto=prometheus.WriteRequest",
                     "0.1.0",
@@ -174,7 +185,15 @@ impl RwWorker {
                 )
             }
         };
-        let compressed = protocols::snappy::compress(&payload);
+        let mut compressor = std::mem::take(&mut self.compressor);
+        self.deliver(compressor.compress(&payload), content_type, version);
+        self.compressor = compressor;
+        self.payload = payload;
+    }
+
+    /// Sends one compressed batch (the requests in `pending`), retrying as the module docs
+    /// say, and completes its requests.
+    fn deliver(&mut self, compressed: &[u8], content_type: &str, version: &str) {
         let tenant = self.tenant.take();
         let pending = std::mem::take(&mut self.pending);
         let series = std::mem::take(&mut self.series);
@@ -182,7 +201,7 @@ impl RwWorker {
         let started = Instant::now();
         let mut backoff = Backoff::new(self.cfg.min_backoff, self.cfg.max_backoff);
         let outcome = loop {
-            match self.attempt(&compressed, content_type, version, tenant.as_ref()) {
+            match self.attempt(compressed, content_type, version, tenant.as_ref()) {
                 Attempt::Sent => break Ok(()),
                 Attempt::Rejected(status, body) => break Err((status, body)),
                 Attempt::Retry(why, after) => {
