@@ -22,7 +22,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use traceo_e2e::{
-    free_port, now_ms, prometheus_client, s3_python_bin, wait_for, wait_for_listener, Gateway, Proc,
+    acknowledged, compare, free_port, now_ms, prometheus_client, s3_python_bin, wait_for,
+    wait_for_listener, Gateway, Proc,
 };
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
@@ -317,34 +318,6 @@ fn loadgen(gw: &Gateway, dir: &Path, acks: &Path, shape: &[&str], rate: u32, sec
         .arg("--record-acks")
         .arg(acks);
     Proc::spawn("traceo-loadgen", cmd, dir.join("loadgen.log"))
-}
-
-/// Samples acknowledged per (tenant, timestamp), from `--record-acks`.
-fn acknowledged(acks: &Path) -> BTreeMap<(String, i64), u64> {
-    let mut want = BTreeMap::new();
-    for a in loadtest::acks::read(acks).expect("read acks") {
-        *want.entry((a.tenant, a.timestamp_ms)).or_insert(0) += a.samples;
-    }
-    want
-}
-
-/// The acknowledged requests `found` lacks (as `tenant@ts (got of want)`) and the number
-/// of duplicate samples.
-fn compare(
-    want: &BTreeMap<(String, i64), u64>,
-    found: &HashMap<(String, i64), u64>,
-) -> (Vec<String>, u64) {
-    let mut missing = Vec::new();
-    let mut duplicates = 0;
-    for (key, &n) in want {
-        let got = found.get(key).copied().unwrap_or(0);
-        if got < n {
-            missing.push(format!("{}@{} ({got} of {n})", key.0, key.1));
-        } else {
-            duplicates += got - n;
-        }
-    }
-    (missing, duplicates)
 }
 
 /// Waits until `bucket` holds every acknowledged sample (the log may still be draining);

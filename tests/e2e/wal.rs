@@ -16,8 +16,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use traceo_e2e::{
-    get, now_ms, post_with, read_rows, remote_write_body, tail_json, wait_for, Broker, Gateway,
-    Proc, REMOTE_WRITE_V1_HEADERS,
+    acknowledged, compare, get, now_ms, post_with, read_rows, remote_write_body, tail_json,
+    wait_for, Broker, Gateway, Proc, REMOTE_WRITE_V1_HEADERS,
 };
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_traceo-gateway");
@@ -55,34 +55,6 @@ fn start_loadgen(gw: &Gateway, dir: &Path, acks: &Path, rate: u32, secs: u32) ->
         .arg("--record-acks")
         .arg(acks);
     Proc::spawn("traceo-loadgen", cmd, dir.join("loadgen.log"))
-}
-
-/// Samples expected per (tenant, timestamp): what `--record-acks` says was acknowledged.
-fn acknowledged(acks: &Path) -> BTreeMap<(String, i64), u64> {
-    let mut want = BTreeMap::new();
-    for a in loadtest::acks::read(acks).expect("read acks") {
-        *want.entry((a.tenant, a.timestamp_ms)).or_insert(0) += a.samples;
-    }
-    want
-}
-
-/// Compares what was acknowledged with what `found` holds: the missing requests (with how
-/// many samples each lacks) and the number of duplicate samples.
-fn compare(
-    want: &BTreeMap<(String, i64), u64>,
-    found: &HashMap<(String, i64), u64>,
-) -> (Vec<String>, u64) {
-    let mut missing = Vec::new();
-    let mut duplicates = 0;
-    for (key, &n) in want {
-        let got = found.get(key).copied().unwrap_or(0);
-        if got < n {
-            missing.push(format!("{}@{} ({got} of {n})", key.0, key.1));
-        } else {
-            duplicates += got - n;
-        }
-    }
-    (missing, duplicates)
 }
 
 /// Offsets seen, by partition.

@@ -1023,3 +1023,32 @@ pub fn gateway_cli(gateway_bin: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Samples acknowledged per (tenant, timestamp), from a `traceo-loadgen --record-acks` file.
+pub fn acknowledged(acks: &Path) -> BTreeMap<(String, i64), u64> {
+    let mut want = BTreeMap::new();
+    for a in loadtest::acks::read(acks).expect("read acks") {
+        *want.entry((a.tenant, a.timestamp_ms)).or_insert(0) += a.samples;
+    }
+    want
+}
+
+/// Compares what was acknowledged with what `found` holds (samples per tenant and
+/// timestamp): the acknowledged requests it lacks, as `tenant@ts (got of want)`, and the
+/// number of duplicate samples.
+pub fn compare(
+    want: &BTreeMap<(String, i64), u64>,
+    found: &std::collections::HashMap<(String, i64), u64>,
+) -> (Vec<String>, u64) {
+    let mut missing = Vec::new();
+    let mut duplicates = 0;
+    for (key, &n) in want {
+        let got = found.get(key).copied().unwrap_or(0);
+        if got < n {
+            missing.push(format!("{}@{} ({got} of {n})", key.0, key.1));
+        } else {
+            duplicates += got - n;
+        }
+    }
+    (missing, duplicates)
+}
