@@ -303,17 +303,24 @@ fn read_damaged(path: &Path, offset: u64, one: bool) -> std::io::Result<Vec<u8>>
     Ok(out)
 }
 
-/// How much one read of the log may bring: up to the durable end, within the window.
+/// How one record of the log becomes what its sink takes: [`record::read_raw`] for a sink
+/// that forwards remote-write 1.0, [`record::decode`] for the others.
+type Parse = fn(Vec<u8>, &RegionId) -> Result<record::Record, record::RecordError>;
+
+/// How much one read of the log may bring: up to the durable end, within the window; and how
+/// its records are parsed (on the blocking pool too, see [`read_batch`]).
 struct Want {
     end: u64,
     records: usize,
     bytes: usize,
+    parse: Parse,
+    region: RegionId,
 }
 
 /// What one read of the log brought, in log order.
 enum Read {
-    /// A record, by sequence number.
-    Record(u64, Vec<u8>),
+    /// A record, by sequence number: its size in the log and what it parsed to.
+    Record(u64, usize, Result<record::Record, record::RecordError>),
     /// Records `at..end` lost to corruption, with the bytes to quarantine.
     Corrupt {
         at: u64,
@@ -325,7 +332,11 @@ enum Read {
     Failed(String),
 }
 
-/// Reads up to `want` from `reader` on the blocking pool; gives the reader back. Past a
+/// Reads up to `want` from `reader` on the blocking pool and parses each record there too;
+/// gives the reader back. Parsing a batch is milliseconds of CPU (a 2000-series record is
+/// split or decoded series by series, up to [`READ_BATCH_RECORDS`] of them): on a runtime
+/// worker it would hold up every request that worker serves until the batch is done; on
+/// the blocking pool the kernel's scheduler interleaves it with them. Past a
 /// record whose CRC failed the reader steps over it; where the framing itself is lost it
 /// skips the rest of the segment (see the module doc); either way the lost stretch comes
 /// back as [`Read::Corrupt`] with its bytes, so that it is quarantined, never skipped unseen.
@@ -340,8 +351,9 @@ async fn read_batch(
             let at = reader.position();
             match reader.next_record(want.end) {
                 Ok(Some((seq, payload))) => {
-                    bytes += payload.len();
-                    out.push(Read::Record(seq, payload));
+                    let size = payload.len();
+                    bytes += size;
+                    out.push(Read::Record(seq, size, (want.parse)(payload, &want.region)));
                 }
                 Ok(None) => break,
                 Err(WalError::Corrupt {
@@ -460,6 +472,12 @@ impl Feeder {
                     end,
                     records: (MAX_IN_FLIGHT_RECORDS - in_flight.len()).min(READ_BATCH_RECORDS),
                     bytes: (self.window_bytes - bytes_in_flight).min(READ_BATCH_BYTES),
+                    parse: if self.sink.forwards_v1() {
+                        record::read_raw
+                    } else {
+                        record::decode
+                    },
+                    region: self.region.clone(),
                 };
                 let (back, items) = match read_batch(reader, want).await {
                     Ok(read) => read,
@@ -482,8 +500,8 @@ impl Feeder {
                     break;
                 }
                 for item in items {
-                    let (seq, payload) = match item {
-                        Read::Record(seq, payload) => (seq, payload),
+                    let (seq, bytes, read) = match item {
+                        Read::Record(seq, bytes, read) => (seq, bytes, read),
                         Read::Corrupt {
                             at,
                             end,
@@ -508,12 +526,6 @@ impl Feeder {
                             pause(&stop, Duration::from_secs(1)).await;
                             break 'fill;
                         }
-                    };
-                    let bytes = payload.len();
-                    let read = if self.sink.forwards_v1() {
-                        record::read_raw(payload, &self.region)
-                    } else {
-                        record::decode(payload, &self.region)
                     };
                     let (accepted_ms, ack) = match read {
                         Ok(rec) => match self.enqueue(Arc::new(rec.share), &stop).await {
