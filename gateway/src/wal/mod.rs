@@ -206,6 +206,47 @@ struct Segment {
     owners: OwnerBytes,
 }
 
+/// A sealed segment taken out of its log ([`Wal::take_released`]) to be deleted; the log goes
+/// on counting it until it is given back ([`Wal::forget`]).
+#[derive(Debug)]
+pub struct Released(Segment);
+
+impl Released {
+    /// The segment's file.
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
+
+    /// Deletes the file; one already gone counts as deleted. Its directory is not synced here:
+    /// a deletion lost to a crash leaves a segment below every cursor, released again.
+    pub fn delete(&self) -> Result<(), WalError> {
+        match std::fs::remove_file(&self.0.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&self.0.path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes the file as [`Released::delete`] does, after cutting it down `step` bytes at a
+    /// time. On ext4 one unlink of a 64 MiB segment runs as one journal transaction of tens
+    /// of milliseconds (its blocks freed, its cached pages dropped), and the appender's next
+    /// `fdatasync` waits for that transaction: cut in steps, it waits for one step at most.
+    pub fn delete_in_steps(&self, step: u64) -> Result<(), WalError> {
+        let path = &self.0.path;
+        let file = match OpenOptions::new().write(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(path)(e)),
+        };
+        let mut len = file.metadata().map_err(io(path))?.len();
+        while len > step {
+            len -= step;
+            file.set_len(len).map_err(io(path))?;
+        }
+        drop(file);
+        self.delete()
+    }
+}
+
 /// One region's write-ahead log. Not shared: one appender owns it (see the module docs).
 #[derive(Debug)]
 pub struct Wal {
@@ -668,30 +709,58 @@ impl Wal {
     }
 
     /// Deletes every sealed segment whose records all come before `seq` (every reader is past
-    /// them). The active segment stays.
+    /// them). The active segment stays. A segment that cannot be deleted stays in the log,
+    /// with those after it.
     pub fn remove_before(&mut self, seq: u64) -> Result<(), WalError> {
+        let mut taken = self.take_released(seq).into_iter();
         let mut removed = false;
-        while self.segments.len() > 1 && self.segments[1].first_seq <= seq {
-            let seg = self.segments.remove(0);
-            std::fs::remove_file(&seg.path).map_err(io(&seg.path))?;
-            self.total_bytes -= seg.bytes;
-            for (owner, b) in &seg.owners {
-                if let Some(total) = self.owner_bytes.get_mut(owner) {
-                    *total = total.saturating_sub(*b);
-                    if *total == 0 {
-                        self.owner_bytes.remove(owner);
-                    }
-                }
+        while let Some(released) = taken.next() {
+            if let Err(e) = released.delete() {
+                let back: Vec<Segment> = std::iter::once(released.0)
+                    .chain(taken.map(|r| r.0))
+                    .collect();
+                self.segments.splice(0..0, back);
+                return Err(e);
             }
-            if let Some(b) = &self.budget {
-                b.release(seg.bytes);
-            }
+            self.forget(released);
             removed = true;
         }
         if removed {
             sync_dir(&self.dir)?;
         }
         Ok(())
+    }
+
+    /// Takes every sealed segment whose records all come before `seq` out of the log, to be
+    /// deleted elsewhere: unlinking a 64 MiB file takes tens of milliseconds, which the
+    /// appender must not spend while requests wait for their group. What is taken stays
+    /// counted against the log's bounds (it is still on disk) until [`Wal::forget`] gets it
+    /// back, deleted.
+    pub fn take_released(&mut self, seq: u64) -> Vec<Released> {
+        let n = self
+            .segments
+            .iter()
+            .skip(1)
+            .take_while(|s| s.first_seq <= seq)
+            .count();
+        self.segments.drain(..n).map(Released).collect()
+    }
+
+    /// Stops counting a segment [`Wal::take_released`] took, once it is deleted.
+    pub fn forget(&mut self, released: Released) {
+        let seg = released.0;
+        self.total_bytes -= seg.bytes;
+        for (owner, b) in &seg.owners {
+            if let Some(total) = self.owner_bytes.get_mut(owner) {
+                *total = total.saturating_sub(*b);
+                if *total == 0 {
+                    self.owner_bytes.remove(owner);
+                }
+            }
+        }
+        if let Some(b) = &self.budget {
+            b.release(seg.bytes);
+        }
     }
 
     /// The records from `seq` up to the last appended one, in order, as

@@ -451,3 +451,53 @@ fn a_vectored_append_resumes_after_short_writes() {
     write_all_vectored(&mut out, &mut slices).unwrap();
     assert_eq!(out.0, parts.concat());
 }
+
+#[test]
+fn released_segments_stay_counted_until_forgotten_and_are_deleted_in_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = WalLimits {
+        segment_bytes: 200,
+        max_bytes: 1 << 20,
+        ..ROOMY
+    };
+    let (mut wal, _) = Wal::open(dir.path(), limits).unwrap();
+    for i in 0..20 {
+        append_range(&mut wal, i..i + 1);
+    }
+    let files = segments(dir.path()).len();
+    let bytes = wal.bytes();
+    let owned = wal.owner_bytes_of(b"record ");
+
+    let released = wal.take_released(12);
+    let taken = released.len();
+    assert!(taken > 0);
+    let first = wal.first_seq();
+    assert!(first > 0 && first <= 12, "{first}");
+    assert_records(&wal, first, 20);
+    assert_eq!(wal.bytes(), bytes, "still on disk, still counted");
+    assert_eq!(wal.owner_bytes_of(b"record "), owned);
+    assert_eq!(segments(dir.path()).len(), files, "nothing deleted yet");
+
+    let mut freed = 0;
+    for r in released {
+        freed += std::fs::metadata(r.path()).unwrap().len();
+        // Steps smaller than a record: the file is cut many times before it goes.
+        r.delete_in_steps(7).unwrap();
+        assert!(!r.path().exists());
+        // A second delete of a file already gone is not an error.
+        r.delete_in_steps(7).unwrap();
+        r.delete().unwrap();
+        wal.forget(r);
+    }
+    assert_eq!(wal.bytes(), bytes - freed);
+    assert!(wal.owner_bytes_of(b"record ") < owned);
+    assert_eq!(segments(dir.path()).len(), files - taken);
+    drop(wal);
+    let (wal, rec) = Wal::open(dir.path(), limits).unwrap();
+    assert_eq!(
+        wal.first_seq(),
+        first,
+        "the reopened log starts where the kept segments do"
+    );
+    assert_eq!(rec.records, 20 - first);
+}

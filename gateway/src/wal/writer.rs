@@ -2,6 +2,12 @@
 //! while its previous `fdatasync` ran as one group, so one sync covers many concurrent
 //! requests and a busy region pays fewer syncs per request, not more.
 //!
+//! Released segments are deleted by a second thread, the reaper: an unlink of a 64 MiB
+//! segment took 35-50 ms on the dev machine's ext4, and in the writer it held up every
+//! request of the next group (the `wal` mode's p99 at half rate was 45 ms against 4 ms
+//! `upstream`). The log counts a segment until the reaper has deleted it, so its bounds
+//! still hold for the disk.
+//!
 //! The writer also says what readiness needs: whether the log is full, and whether its last
 //! write failed (a full disk or quota, `ENOSPC`/`EDQUOT`, or any other write or `fdatasync`
 //! error) and why; a later successful append clears the failure.
@@ -14,7 +20,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Wal, WalError};
+use super::{Released, Wal, WalError};
 
 /// Most bytes one group gathers before it is written; the rest waits for the next group.
 const MAX_GROUP_BYTES: usize = 16 << 20;
@@ -184,6 +190,7 @@ pub fn start(
     let group_records =
         metrics::histogram!("traceo_wal_group_records", "region" => name.to_string());
     let region = name.to_string();
+    let (reap, reaped, reaper) = start_reaper(name, tx.downgrade())?;
     // Tenants whose gauge was set, so one whose records all went is set to 0, not left stale.
     let mut gauged = TenantGauges::default();
     let thread = std::thread::Builder::new()
@@ -191,6 +198,15 @@ pub fn start(
         .spawn(move || {
             let mut group: Vec<AppendRequest> = Vec::new();
             while let Some(first) = rx.blocking_recv() {
+                // What the reaper deleted since the last turn stops counting.
+                let mut freed = false;
+                while let Ok(released) = reaped.try_recv() {
+                    wal.forget(released);
+                    freed = true;
+                }
+                if freed {
+                    shared.full.store(false, Ordering::Relaxed);
+                }
                 let mut bytes = first.bytes();
                 group.push(first);
                 // Everything that queued up while the last group synced joins this one.
@@ -205,12 +221,11 @@ pub fn start(
                 }
                 let floor = shared.release.load(Ordering::Acquire);
                 if floor > wal.first_seq() {
-                    let before = wal.bytes();
-                    if let Err(e) = wal.remove_before(floor) {
-                        tracing::error!(wal = %wal.dir().display(), error = %e, "cannot delete released segments");
-                    }
-                    if wal.bytes() < before {
-                        shared.full.store(false, Ordering::Relaxed);
+                    for released in wal.take_released(floor) {
+                        // The reaper is gone only if it panicked: the file stays, counted.
+                        if let Err(lost) = reap.send(released) {
+                            tracing::error!(segment = %lost.0.path().display(), "the segment reaper stopped; released segment stays on disk");
+                        }
                     }
                 }
                 // Wake-ups from `release` carry nothing to write.
@@ -264,6 +279,14 @@ pub fn start(
                 gauged.update(&region, &wal);
                 let _ = durable_tx.send(wal.next_seq());
             }
+            // The reaper ends once it has deleted what it was given.
+            drop(reap);
+            if reaper.join().is_err() {
+                tracing::error!(region = %region, "the segment reaper panicked");
+            }
+            while let Ok(released) = reaped.try_recv() {
+                wal.forget(released);
+            }
             wal
         })?;
     Ok((
@@ -275,6 +298,79 @@ pub fn start(
         },
         thread,
     ))
+}
+
+/// The reaper cuts a segment down this much at a time before unlinking it (see
+/// [`Released::delete_in_steps`]).
+const REAP_STEP_BYTES: u64 = 1 << 20;
+
+/// How long the reaper waits before trying again a segment it could not delete.
+const REAP_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts the thread that deletes released segments: it takes them from the first channel,
+/// gives each back on the second once deleted, and wakes the writer (through `wake`, which
+/// does not keep its queue open) so the log's size drops even while no request comes. A
+/// segment it cannot delete is logged and tried again every [`REAP_RETRY`], still counted.
+#[allow(clippy::type_complexity)]
+fn start_reaper(
+    name: &str,
+    wake: mpsc::WeakSender<AppendRequest>,
+) -> std::io::Result<(
+    std::sync::mpsc::Sender<Released>,
+    std::sync::mpsc::Receiver<Released>,
+    JoinHandle<()>,
+)> {
+    use std::sync::mpsc::{channel, RecvTimeoutError};
+    let (reap, todo) = channel::<Released>();
+    let (done, reaped) = channel::<Released>();
+    let region = name.to_string();
+    let thread = std::thread::Builder::new()
+        .name(format!("wal-reap/{name}"))
+        .spawn(move || {
+            let mut failed: Vec<Released> = Vec::new();
+            let mut open = true;
+            // Once the writer is gone, what still cannot be deleted stays for the next start.
+            while open {
+                let mut batch = std::mem::take(&mut failed);
+                let next = if batch.is_empty() {
+                    todo.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                } else {
+                    todo.recv_timeout(REAP_RETRY)
+                };
+                match next {
+                    Ok(r) => batch.push(r),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => open = false,
+                }
+                batch.extend(todo.try_iter());
+                let mut any = false;
+                for released in batch {
+                    match released.delete_in_steps(REAP_STEP_BYTES) {
+                        Ok(()) => {
+                            any = true;
+                            if done.send(released).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(region = %region, error = %e, retry_in = ?REAP_RETRY, "cannot delete a released write-ahead log segment; it stays counted");
+                            failed.push(released);
+                        }
+                    }
+                }
+                if any {
+                    if let Some(tx) = wake.upgrade() {
+                        let (reply, _) = oneshot::channel();
+                        // A full queue means the writer is busy and will look anyway.
+                        let _ = tx.try_send(AppendRequest {
+                            payloads: Vec::new(),
+                            reply,
+                        });
+                    }
+                }
+            }
+        })?;
+    Ok((reap, reaped, thread))
 }
 
 /// `traceo_wal_tenant_bytes{region,tenant}`: each tenant's framed bytes in the log, set
@@ -479,5 +575,58 @@ mod tests {
             !handle.is_full(),
             "one tenant's share is not the region's log"
         );
+    }
+
+    /// The reaper deletes what every reader is past, and the log's size drops without another
+    /// append to wake the writer; the writer's shutdown waits for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn released_segments_are_deleted_by_the_reaper_and_uncounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = WalLimits {
+            segment_bytes: 300,
+            ..limits_of(1 << 30)
+        };
+        let (wal, _) = Wal::open(dir.path(), limits).unwrap();
+        let (tx, rx) = queue(64);
+        let (handle, thread) = start("reap", wal, tx, rx).unwrap();
+        for _ in 0..30 {
+            handle.append(vec![vec![9u8; 100]]).await.unwrap();
+        }
+        let files = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "wal")
+                })
+                .count()
+        };
+        let (before_files, before_bytes) = (files(), handle.bytes());
+        assert!(before_files >= 10, "{before_files} segments");
+
+        handle.release(30);
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while (files() > 1 || handle.bytes() >= before_bytes) && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(files(), 1, "only the active segment is left");
+        assert!(
+            handle.bytes() < before_bytes / 5,
+            "{} of {before_bytes}",
+            handle.bytes()
+        );
+        // What is left is the active segment's few records.
+        let first = handle.first_seq();
+        assert!((25..30).contains(&first), "{first}");
+
+        drop(handle);
+        let wal = tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(wal.first_seq(), first);
+        assert_eq!(wal.read_from(first).unwrap().len() as u64, 30 - first);
     }
 }
