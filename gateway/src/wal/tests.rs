@@ -71,8 +71,9 @@ fn groups_append_in_order_and_survive_a_reopen() {
     ));
 }
 
-#[test]
-fn segments_rotate_and_are_removed_once_read_past() {
+/// A log of 200-byte segments holding records 0..20, one per append, so several segments are
+/// sealed.
+fn twenty_records_in_small_segments() -> (tempfile::TempDir, WalLimits, Wal) {
     let dir = tempfile::tempdir().unwrap();
     let limits = WalLimits {
         segment_bytes: 200,
@@ -83,6 +84,12 @@ fn segments_rotate_and_are_removed_once_read_past() {
     for i in 0..20 {
         append_range(&mut wal, i..i + 1);
     }
+    (dir, limits, wal)
+}
+
+#[test]
+fn segments_rotate_and_are_removed_once_read_past() {
+    let (dir, limits, mut wal) = twenty_records_in_small_segments();
     let before = segments(dir.path());
     assert!(before.len() > 3, "{before:?}");
     assert_records(&wal, 0, 20);
@@ -454,16 +461,7 @@ fn a_vectored_append_resumes_after_short_writes() {
 
 #[test]
 fn released_segments_stay_counted_until_forgotten_and_are_deleted_in_steps() {
-    let dir = tempfile::tempdir().unwrap();
-    let limits = WalLimits {
-        segment_bytes: 200,
-        max_bytes: 1 << 20,
-        ..ROOMY
-    };
-    let (mut wal, _) = Wal::open(dir.path(), limits).unwrap();
-    for i in 0..20 {
-        append_range(&mut wal, i..i + 1);
-    }
+    let (dir, limits, mut wal) = twenty_records_in_small_segments();
     let files = segments(dir.path()).len();
     let bytes = wal.bytes();
     let owned = wal.owner_bytes_of(b"record ");
