@@ -499,3 +499,36 @@ fn released_segments_stay_counted_until_forgotten_and_are_deleted_in_steps() {
     );
     assert_eq!(rec.records, 20 - first);
 }
+
+/// A crash while the reaper cuts a released segment down leaves it short but still there: the
+/// log opens, the records past every cursor read back, and the stub is released again.
+#[test]
+fn a_released_segment_cut_short_by_a_crash_opens_and_is_released_again() {
+    let (dir, limits, mut wal) = twenty_records_in_small_segments();
+    let released = wal.take_released(12);
+    let first_kept = wal.first_seq();
+    let stub = released[0].path().to_path_buf();
+    let len = std::fs::metadata(&stub).unwrap().len();
+    // Cut in the middle of a record, as one step of `delete_in_steps` may leave it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&stub)
+        .unwrap()
+        .set_len(len / 2 + 3)
+        .unwrap();
+    drop(released);
+    drop(wal);
+
+    let (mut wal, rec) = Wal::open(dir.path(), limits).unwrap();
+    assert_eq!(
+        rec.bytes_cut, 0,
+        "only the active segment's tail is ever cut"
+    );
+    assert_eq!(wal.next_seq(), 20);
+    assert!(wal.first_seq() < first_kept, "the stub is back in the log");
+    assert_records(&wal, first_kept, 20);
+    wal.remove_before(12).unwrap();
+    assert_eq!(wal.first_seq(), first_kept);
+    assert!(!stub.exists());
+    assert_records(&wal, first_kept, 20);
+}
