@@ -709,8 +709,10 @@ impl Wal {
     }
 
     /// Deletes every sealed segment whose records all come before `seq` (every reader is past
-    /// them). The active segment stays. A segment that cannot be deleted stays in the log,
-    /// with those after it.
+    /// them), here and now: the writer hands them to its reaper instead (see
+    /// [`Wal::take_released`]), so only tests call this. The active segment stays. A segment
+    /// that cannot be deleted stays in the log, with those after it.
+    #[cfg(test)]
     pub fn remove_before(&mut self, seq: u64) -> Result<(), WalError> {
         let mut taken = self.take_released(seq).into_iter();
         let mut removed = false;

@@ -33,7 +33,8 @@ fn assert_records(wal: &Wal, from: u64, to: u64) {
     assert_eq!(got, want);
 }
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
+/// The segment files in `dir`, in order (the writer's tests use it too).
+pub(super) fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut s: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -592,18 +592,7 @@ mod tests {
         for _ in 0..30 {
             handle.append(vec![vec![9u8; 100]]).await.unwrap();
         }
-        let files = || {
-            std::fs::read_dir(dir.path())
-                .unwrap()
-                .filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .path()
-                        .extension()
-                        .is_some_and(|x| x == "wal")
-                })
-                .count()
-        };
+        let files = || super::super::tests::segments(dir.path()).len();
         let (before_files, before_bytes) = (files(), handle.bytes());
         assert!(before_files >= 10, "{before_files} segments");
 
